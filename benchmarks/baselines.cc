@@ -1,0 +1,132 @@
+// The physical floors every keel benchmark target is a ratio to, measured in the same run:
+// a steady-clock read, a clock read plus one uncontended CAS, an absl::Mutex lock/unlock, a
+// hiredis PING round trip, a trivial EVALSHA, and a libpqxx SELECT 1. The server floors read
+// KEEL_TEST_REDIS_URL / KEEL_TEST_POSTGRES_URL and skip with a message when they are absent.
+#include <benchmark/benchmark.h>
+#include <hiredis/hiredis.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <pqxx/pqxx>
+#include <string>
+
+#include "absl/synchronization/mutex.h"
+#include "bench_env.h"
+
+namespace {
+
+void BM_Baseline_SteadyClockNow(benchmark::State& state) {
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(std::chrono::steady_clock::now());
+  }
+}
+BENCHMARK(BM_Baseline_SteadyClockNow);
+
+// The cost model of a lock-free limiter or breaker: read the clock, then CAS one word.
+void BM_Baseline_ClockPlusCas(benchmark::State& state) {
+  static std::atomic<int64_t> word{0};
+  for (auto _ : state) {
+    const int64_t now = std::chrono::steady_clock::now().time_since_epoch().count();
+    int64_t expected = word.load(std::memory_order_relaxed);
+    word.compare_exchange_strong(expected, now, std::memory_order_relaxed);
+    benchmark::DoNotOptimize(expected);
+  }
+}
+BENCHMARK(BM_Baseline_ClockPlusCas)->Threads(1)->Threads(2);
+
+void BM_Baseline_MutexLockUnlock(benchmark::State& state) {
+  static absl::Mutex mu;
+  for (auto _ : state) {
+    mu.Lock();
+    benchmark::ClobberMemory();
+    mu.Unlock();
+  }
+}
+BENCHMARK(BM_Baseline_MutexLockUnlock)->Threads(1)->Threads(2);
+
+struct RedisContextDeleter {
+  void operator()(redisContext* c) const { redisFree(c); }
+};
+using RedisContextPtr = std::unique_ptr<redisContext, RedisContextDeleter>;
+
+// Connects to KEEL_TEST_REDIS_URL (redis://host:port[/db]) with plain hiredis, or explains why not.
+RedisContextPtr ConnectRedis(benchmark::State& state) {
+  const auto url = keel::bench::Env("KEEL_TEST_REDIS_URL");
+  if (!url) {
+    state.SkipWithError("KEEL_TEST_REDIS_URL is not set (run scripts/bench or scripts/test)");
+    return nullptr;
+  }
+  std::string rest = url->substr(url->find("://") == std::string::npos ? 0 : url->find("://") + 3);
+  rest = rest.substr(0, rest.find('/'));
+  if (auto at = rest.rfind('@'); at != std::string::npos) rest = rest.substr(at + 1);
+  const auto colon = rest.rfind(':');
+  const std::string host = rest.substr(0, colon);
+  const int port = colon == std::string::npos ? 6379 : std::stoi(rest.substr(colon + 1));
+  RedisContextPtr c(redisConnect(host.c_str(), port));
+  if (c == nullptr || c->err != 0) {
+    state.SkipWithError(("cannot connect to " + *url).c_str());
+    return nullptr;
+  }
+  return c;
+}
+
+void BM_Baseline_RedisPing(benchmark::State& state) {
+  RedisContextPtr c = ConnectRedis(state);
+  if (!c) return;
+  for (auto _ : state) {
+    auto* reply = static_cast<redisReply*>(redisCommand(c.get(), "PING"));
+    if (reply == nullptr) {
+      state.SkipWithError("PING failed");
+      break;
+    }
+    freeReplyObject(reply);
+  }
+}
+BENCHMARK(BM_Baseline_RedisPing)->UseRealTime();
+
+void BM_Baseline_RedisEvalshaTrivial(benchmark::State& state) {
+  RedisContextPtr c = ConnectRedis(state);
+  if (!c) return;
+  auto* load = static_cast<redisReply*>(redisCommand(c.get(), "SCRIPT LOAD %s", "return 1"));
+  if (load == nullptr || load->type != REDIS_REPLY_STRING) {
+    state.SkipWithError("SCRIPT LOAD failed");
+    if (load) freeReplyObject(load);
+    return;
+  }
+  const std::string sha(load->str, load->len);
+  freeReplyObject(load);
+  for (auto _ : state) {
+    auto* reply = static_cast<redisReply*>(redisCommand(c.get(), "EVALSHA %s 0", sha.c_str()));
+    if (reply == nullptr || reply->type != REDIS_REPLY_INTEGER) {
+      state.SkipWithError("EVALSHA failed");
+      if (reply) freeReplyObject(reply);
+      break;
+    }
+    freeReplyObject(reply);
+  }
+}
+BENCHMARK(BM_Baseline_RedisEvalshaTrivial)->UseRealTime();
+
+void BM_Baseline_PgSelect1(benchmark::State& state) {
+  const auto url = keel::bench::Env("KEEL_TEST_POSTGRES_URL");
+  if (!url) {
+    state.SkipWithError("KEEL_TEST_POSTGRES_URL is not set (run scripts/bench or scripts/test)");
+    return;
+  }
+  try {
+    pqxx::connection conn(*url);
+    for (auto _ : state) {
+      pqxx::nontransaction tx(conn);
+      benchmark::DoNotOptimize(tx.exec1("SELECT 1")[0].as<int>());
+    }
+  } catch (const std::exception& e) {
+    state.SkipWithError(e.what());
+  }
+}
+BENCHMARK(BM_Baseline_PgSelect1)->UseRealTime();
+
+}  // namespace
+
+BENCHMARK_MAIN();

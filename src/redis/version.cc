@@ -1,0 +1,14 @@
+#include <hiredis/hiredis.h>
+
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "keel/version.h"
+
+namespace keel::redis {
+
+std::string HiredisVersion() {
+  return absl::StrCat(HIREDIS_MAJOR, ".", HIREDIS_MINOR, ".", HIREDIS_PATCH);
+}
+
+}  // namespace keel::redis
