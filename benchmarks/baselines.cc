@@ -14,6 +14,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "bench_env.h"
+#include "keel/sync.h"
 
 namespace {
 
@@ -45,6 +46,17 @@ void BM_Baseline_MutexLockUnlock(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_Baseline_MutexLockUnlock)->Threads(1)->Threads(2);
+
+// keel::Mutex (std::mutex underneath), what keel's components actually lock.
+void BM_Baseline_KeelMutexLockUnlock(benchmark::State& state) {
+  static keel::Mutex mu;
+  for (auto _ : state) {
+    mu.Lock();
+    benchmark::ClobberMemory();
+    mu.Unlock();
+  }
+}
+BENCHMARK(BM_Baseline_KeelMutexLockUnlock)->Threads(1)->Threads(2);
 
 struct RedisContextDeleter {
   void operator()(redisContext* c) const { redisFree(c); }

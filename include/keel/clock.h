@@ -13,12 +13,19 @@
 //   auto breaker = keel::CircuitBreaker::Create({.wait_in_open = 30s}, clock).value();
 //   ...                                   // trip it
 //   clock.Advance(30s);                   // no real waiting
-//   REQUIRE(breaker->state() == keel::CircuitBreaker::State::kHalfOpen);
 //
 //   std::thread sleeper([&] { clock.SleepFor(5s); });
 //   clock.AwaitSleepers(1);               // the thread is now blocked in SleepFor
 //   clock.Advance(5s);                    // ... and this wakes it
 //   sleeper.join();
+//
+// Components wait for a condition with a deadline through the clock, so the same code waits in
+// real time in production and in manual time under test:
+//
+//   keel::MutexLock lock(mu_);
+//   if (!clock_.WaitUntil(mu_, cv_, deadline.time(), [&] { return free_ > 0; })) {
+//     return absl::DeadlineExceededError(...);
+//   }
 #pragma once
 
 #include <atomic>
@@ -26,7 +33,7 @@
 #include <cstdint>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
+#include "keel/sync.h"
 
 namespace keel {
 
@@ -42,15 +49,27 @@ class Clock {
   // The current time on this clock's steady timeline.
   virtual TimePoint Now() const = 0;
 
-  // Blocks the calling thread until `Now() >= t`. Used only for the rare deliberate waits (retry
-  // backoff); waits on a condition use `WaitUntil`.
+  // Blocks the calling thread until `Now() >= t`. Used only for deliberate waits (retry backoff);
+  // waits for a condition use WaitUntil.
   virtual void SleepUntil(TimePoint t) = 0;
   void SleepFor(Duration d);
 
-  // Blocks until `condition` holds or `Now() >= deadline`, whichever comes first; returns whether
-  // the condition holds. `TimePoint::max()` waits without a time limit.
-  // REQUIRES: `mu` is held by the caller; it is held again on return (released while waiting).
-  virtual bool WaitUntil(absl::Mutex& mu, const absl::Condition& condition, TimePoint deadline)
+  // Blocks until `pred()` holds or `Now() >= deadline`; returns the final value of `pred()`.
+  // `TimePoint::max()` waits without a time limit. Whoever makes `pred` true must signal `cv`.
+  // REQUIRES: `mu` is held; it is held again on return (released while waiting).
+  template <typename Pred>
+  bool WaitUntil(Mutex& mu, CondVar& cv, TimePoint deadline, Pred pred)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    while (!pred()) {
+      if (deadline != TimePoint::max() && Now() >= deadline) return false;
+      WaitOnce(mu, cv, deadline);
+    }
+    return true;
+  }
+
+ protected:
+  // One wait on `cv`: returns on a signal, a spurious wake-up, or (at the latest) at `deadline`.
+  virtual void WaitOnce(Mutex& mu, CondVar& cv, TimePoint deadline)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) = 0;
 };
 
@@ -60,10 +79,10 @@ Clock& SteadyClock();
 // A clock that moves only when told to. Starts at an arbitrary non-zero point so that code which
 // subtracts durations from "now" never underflows the epoch.
 //
-// Sleeps (`SleepUntil`) wake exactly when another thread advances the time far enough. Condition
-// waits (`WaitUntil`) wake when the condition's mutex is released as usual, and notice a manual
-// time change within about a millisecond of real time (they re-check the manual time on a short
-// real-time period, which keeps the clock free of any lock ordering with components' mutexes).
+// Sleeps (SleepUntil) wake exactly when another thread advances the time far enough. Condition
+// waits (WaitUntil) wake on their condition variable as usual, and notice a manual time change
+// within about a millisecond of real time: they re-check the manual time on a short real-time
+// period, which keeps the clock free of any lock ordering with the components' mutexes.
 class ManualClock final : public Clock {
  public:
   static constexpr TimePoint kDefaultStart = TimePoint{} + std::chrono::hours(24);
@@ -72,25 +91,30 @@ class ManualClock final : public Clock {
 
   TimePoint Now() const override;
   void SleepUntil(TimePoint t) override ABSL_LOCKS_EXCLUDED(mu_);
-  bool WaitUntil(absl::Mutex& mu, const absl::Condition& condition, TimePoint deadline) override
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) ABSL_LOCKS_EXCLUDED(mu_);
 
-  // Moves time forward by `d` and wakes every sleeper whose time has come.
-  // REQUIRES: d >= 0 (time never goes backwards on a steady clock; negative values are ignored).
+  // Moves time forward by `d` and wakes every sleeper whose time has come. Negative `d` is
+  // ignored: a steady clock never goes backwards.
   void Advance(Duration d) ABSL_LOCKS_EXCLUDED(mu_);
-  // Sets the time to `t`. REQUIRES: t >= Now(); an earlier `t` is ignored.
+  // Sets the time to `t`; an earlier `t` than Now() is ignored.
   void Set(TimePoint t) ABSL_LOCKS_EXCLUDED(mu_);
 
-  // Number of threads currently blocked in SleepUntil/SleepFor/WaitUntil on this clock.
+  // Number of threads currently blocked in a sleep or condition wait on this clock.
   int sleepers() const ABSL_LOCKS_EXCLUDED(mu_);
   // Blocks (in real time) until at least `n` threads are blocked on this clock. Lets a test know a
   // thread has reached its wait before advancing time, without sleeping.
   void AwaitSleepers(int n) const ABSL_LOCKS_EXCLUDED(mu_);
 
+ protected:
+  void WaitOnce(Mutex& mu, CondVar& cv, TimePoint deadline) override
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) ABSL_LOCKS_EXCLUDED(mu_);
+
  private:
+  void AddSleepers(int delta) ABSL_LOCKS_EXCLUDED(mu_);
+
   // Nanoseconds since the steady epoch; atomic so Now() is lock-free for hot paths under test.
   std::atomic<int64_t> now_;
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
+  mutable CondVar cv_;  // signalled when now_ or sleepers_ changes
   int sleepers_ ABSL_GUARDED_BY(mu_) = 0;
 };
 

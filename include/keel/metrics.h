@@ -39,7 +39,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
+#include "keel/sync.h"
 
 namespace keel {
 
@@ -169,7 +169,7 @@ class MetricsRegistry {
                                            std::function<double()> read) ABSL_LOCKS_EXCLUDED(mu_);
   void Remove(const std::string& name, const std::string& key) ABSL_LOCKS_EXCLUDED(mu_);
 
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   std::map<std::string, std::unique_ptr<Family>, std::less<>> families_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -2,30 +2,27 @@
 
 #include <thread>
 
-#include "absl/time/clock.h"
-#include "absl/time/time.h"
-
 namespace keel {
 namespace {
 
 class SteadyClockImpl final : public Clock {
  public:
   TimePoint Now() const override { return std::chrono::steady_clock::now(); }
-
   void SleepUntil(TimePoint t) override { std::this_thread::sleep_until(t); }
 
-  bool WaitUntil(absl::Mutex& mu, const absl::Condition& condition, TimePoint deadline) override
+ protected:
+  void WaitOnce(Mutex& mu, CondVar& cv, TimePoint deadline) override
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     if (deadline == TimePoint::max()) {
-      mu.Await(condition);
-      return true;
+      cv.Wait(mu);
+    } else {
+      cv.WaitUntil(mu, deadline);
     }
-    // absl waits on its own (realtime-based) clock: convert the remaining steady interval.
-    const Duration remaining = deadline - Now();
-    if (remaining <= Duration::zero()) return condition.Eval();
-    return mu.AwaitWithTimeout(condition, absl::FromChrono(remaining));
   }
 };
+
+// How often a condition wait on a ManualClock re-reads the manual time.
+constexpr auto kManualPollPeriod = std::chrono::milliseconds(1);
 
 }  // namespace
 
@@ -47,55 +44,56 @@ TimePoint ManualClock::Now() const {
 }
 
 void ManualClock::SleepUntil(TimePoint t) {
-  absl::MutexLock lock(&mu_);
-  ++sleepers_;
   const int64_t target = t.time_since_epoch().count();
-  auto reached = [this, target]() { return now_.load(std::memory_order_acquire) >= target; };
-  mu_.Await(absl::Condition(&reached));
+  MutexLock lock(mu_);
+  ++sleepers_;
+  cv_.SignalAll();  // AwaitSleepers
+  while (now_.load(std::memory_order_acquire) < target) cv_.Wait(mu_);
   --sleepers_;
 }
 
-bool ManualClock::WaitUntil(absl::Mutex& mu, const absl::Condition& condition,
-                            TimePoint deadline) {
+void ManualClock::WaitOnce(Mutex& mu, CondVar& cv, TimePoint deadline) {
+  (void)deadline;  // manual time: the caller re-checks it after every short real-time wait
+  AddSleepers(1);
+  cv.WaitUntil(mu, std::chrono::steady_clock::now() + kManualPollPeriod);
+  AddSleepers(-1);
+}
+
+void ManualClock::AddSleepers(int delta) {
   {
-    absl::MutexLock lock(&mu_);
-    ++sleepers_;
+    MutexLock lock(mu_);
+    sleepers_ += delta;
   }
-  bool satisfied = condition.Eval();
-  // Manual time moves without touching `mu`, so poll it on a short real-time period.
-  while (!satisfied && Now() < deadline) {
-    satisfied = mu.AwaitWithTimeout(condition, absl::Milliseconds(1));
-  }
-  {
-    absl::MutexLock lock(&mu_);
-    --sleepers_;
-  }
-  return satisfied;
+  cv_.SignalAll();
 }
 
 void ManualClock::Advance(Duration d) {
   if (d <= Duration::zero()) return;
-  Set(Now() + d);
+  {
+    MutexLock lock(mu_);  // read-modify-write under mu_ so concurrent advances all count
+    now_.store(now_.load(std::memory_order_relaxed) + d.count(), std::memory_order_release);
+  }
+  cv_.SignalAll();
 }
 
 void ManualClock::Set(TimePoint t) {
-  // Taking mu_ makes absl re-evaluate the sleepers' conditions when it is released.
-  absl::MutexLock lock(&mu_);
-  const int64_t target = t.time_since_epoch().count();
-  if (target > now_.load(std::memory_order_relaxed)) {
+  {
+    MutexLock lock(mu_);
+    const int64_t target = t.time_since_epoch().count();
+    if (target <= now_.load(std::memory_order_relaxed)) return;
     now_.store(target, std::memory_order_release);
   }
+  cv_.SignalAll();
 }
 
 int ManualClock::sleepers() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(mu_);
   return sleepers_;
 }
 
 void ManualClock::AwaitSleepers(int n) const {
-  absl::MutexLock lock(&mu_);
-  auto enough = [this, n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return sleepers_ >= n; };
-  mu_.Await(absl::Condition(&enough));
+  MutexLock lock(mu_);
+  while (sleepers_ < n) cv_.Wait(mu_);
 }
 
 }  // namespace keel

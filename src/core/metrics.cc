@@ -252,7 +252,7 @@ absl::StatusOr<MetricsRegistry::Series*> MetricsRegistry::FindOrAdd(
 
 absl::StatusOr<Counter*> MetricsRegistry::AddCounter(std::string_view name, std::string_view help,
                                                      const Labels& labels) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(mu_);
   absl::StatusOr<Series*> s = FindOrAdd(name, help, Type::kCounter, labels, nullptr, false);
   if (!s.ok()) return s.status();
   return (*s)->counter.get();
@@ -260,7 +260,7 @@ absl::StatusOr<Counter*> MetricsRegistry::AddCounter(std::string_view name, std:
 
 absl::StatusOr<Gauge*> MetricsRegistry::AddGauge(std::string_view name, std::string_view help,
                                                  const Labels& labels) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(mu_);
   absl::StatusOr<Series*> s = FindOrAdd(name, help, Type::kGauge, labels, nullptr, false);
   if (!s.ok()) return s.status();
   return (*s)->gauge.get();
@@ -270,7 +270,7 @@ absl::StatusOr<Histogram*> MetricsRegistry::AddHistogram(std::string_view name,
                                                          std::string_view help,
                                                          std::vector<double> bounds,
                                                          const Labels& labels) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(mu_);
   absl::StatusOr<Series*> s = FindOrAdd(name, help, Type::kHistogram, labels, &bounds, false);
   if (!s.ok()) return s.status();
   return (*s)->histogram.get();
@@ -282,7 +282,7 @@ absl::StatusOr<MetricsRegistry::Registration> MetricsRegistry::AddCallback(
   if (!read) {
     return absl::InvalidArgumentError(internal::StrCat("metric \"", name, "\": callback is empty"));
   }
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(mu_);
   absl::StatusOr<Series*> s = FindOrAdd(name, help, type, labels, nullptr, true);
   if (!s.ok()) return s.status();
   (*s)->callback = std::move(read);
@@ -302,7 +302,7 @@ absl::StatusOr<MetricsRegistry::Registration> MetricsRegistry::AddGaugeCallback(
 }
 
 void MetricsRegistry::Remove(const std::string& name, const std::string& key) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(mu_);
   auto fit = families_.find(name);
   if (fit == families_.end()) return;
   fit->second->series.erase(key);
@@ -311,7 +311,7 @@ void MetricsRegistry::Remove(const std::string& name, const std::string& key) {
 
 std::string MetricsRegistry::RenderPrometheus() const {
   std::string out;
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(mu_);
   for (const auto& [name, family] : families_) {
     out += "# HELP ";
     out += name;

@@ -3,6 +3,7 @@
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <thread>
+#include <vector>
 
 using namespace std::chrono_literals;
 
@@ -54,46 +55,71 @@ TEST_CASE("manual clock sleeps of zero or in the past return at once") {
 
 TEST_CASE("manual clock condition wait returns when the condition becomes true") {
   keel::ManualClock clock;
-  absl::Mutex mu;
+  keel::Mutex mu;
+  keel::CondVar cv;
   bool ready = false;
   bool result = false;
   std::thread waiter([&] {
-    absl::MutexLock lock(&mu);
-    result = clock.WaitUntil(mu, absl::Condition(&ready), keel::TimePoint::max());
+    keel::MutexLock lock(mu);
+    result = clock.WaitUntil(mu, cv, keel::TimePoint::max(), [&] { return ready; });
   });
   clock.AwaitSleepers(1);
   {
-    absl::MutexLock lock(&mu);
+    keel::MutexLock lock(mu);
     ready = true;
   }
+  cv.SignalAll();
   waiter.join();
   CHECK(result);
 }
 
 TEST_CASE("manual clock condition wait times out when manual time passes the deadline") {
   keel::ManualClock clock;
-  absl::Mutex mu;
-  bool ready = false;
+  keel::Mutex mu;
+  keel::CondVar cv;
   bool result = true;
   const keel::TimePoint deadline = clock.Now() + 10s;
   std::thread waiter([&] {
-    absl::MutexLock lock(&mu);
-    result = clock.WaitUntil(mu, absl::Condition(&ready), deadline);
+    keel::MutexLock lock(mu);
+    result = clock.WaitUntil(mu, cv, deadline, [] { return false; });
   });
   clock.AwaitSleepers(1);
-  clock.Advance(10s);
+  clock.Advance(9s);
+  clock.Advance(1s);
   waiter.join();
   CHECK_FALSE(result);
 }
 
 TEST_CASE("steady clock condition wait with an expired deadline returns the condition at once") {
   keel::Clock& clock = keel::SteadyClock();
-  absl::Mutex mu;
-  bool ready = false;
-  absl::MutexLock lock(&mu);
-  CHECK_FALSE(clock.WaitUntil(mu, absl::Condition(&ready), clock.Now() - 1s));
-  ready = true;
-  CHECK(clock.WaitUntil(mu, absl::Condition(&ready), clock.Now() - 1s));
+  keel::Mutex mu;
+  keel::CondVar cv;
+  keel::MutexLock lock(mu);
+  CHECK_FALSE(clock.WaitUntil(mu, cv, clock.Now() - 1s, [] { return false; }));
+  CHECK(clock.WaitUntil(mu, cv, clock.Now() - 1s, [] { return true; }));
+}
+
+TEST_CASE("steady clock condition wait times out in real time") {
+  keel::Clock& clock = keel::SteadyClock();
+  keel::Mutex mu;
+  keel::CondVar cv;
+  keel::MutexLock lock(mu);
+  const keel::TimePoint deadline = clock.Now() + 2ms;
+  CHECK_FALSE(clock.WaitUntil(mu, cv, deadline, [] { return false; }));
+  CHECK(clock.Now() >= deadline);
+}
+
+TEST_CASE("concurrent advances of a manual clock all count") {
+  keel::ManualClock clock;
+  const keel::TimePoint start = clock.Now();
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 4; ++i) {
+    threads.emplace_back([&] {
+      for (int j = 0; j < 1000; ++j) clock.Advance(1ms);
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(clock.Now() - start == 4s);
 }
 
 TEST_CASE("steady clock is monotonic") {
