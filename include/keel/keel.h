@@ -14,5 +14,6 @@
 #include "keel/clock.h"
 #include "keel/deadline.h"
 #include "keel/metrics.h"
+#include "keel/resilience/cancellation.h"
 #include "keel/status.h"
 #include "keel/version.h"
