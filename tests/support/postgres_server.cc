@@ -105,10 +105,13 @@ absl::Status PgServer::Restart(const std::string& mode) {
 }
 
 absl::StatusOr<std::string> PgServer::Psql(const std::string& sql) const {
-  // The SQL goes through a quoted heredoc so the shell leaves it alone.
+  // Single-quoted for the shell, with embedded quotes spelled '\''.
+  std::string quoted = "'";
+  for (char c : sql) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  quoted += "'";
   ShellResult r =
       RunShell(absl::StrCat(bin_, "/psql -X -q -A -t -v ON_ERROR_STOP=1 -h 127.0.0.1 -p ", port_,
-                            " -U postgres -d postgres <<'KEEL_SQL'\n", sql, "\nKEEL_SQL"));
+                            " -U postgres -d postgres -c ", quoted));
   if (r.exit_code != 0) return absl::InternalError(absl::StrCat("psql: ", r.output));
   while (!r.output.empty() && r.output.back() == '\n') r.output.pop_back();
   return r.output;

@@ -177,6 +177,8 @@ class Pool {
   void RunMaintenance() { pool_->RunMaintenance(); }
   void Shutdown() { pool_->Shutdown(); }
   const std::string& name() const { return options_.pool.name; }
+  // `postgres "<name>"`: how errors from this pool start.
+  const std::string& component() const { return component_; }
   // The generic pool underneath (TryAcquire, options).
   keel::Pool<pqxx::connection>& pool() { return *pool_; }
 
