@@ -2,6 +2,8 @@
 // from deadlines, an on_connect hook and validation by a cheap query.
 #include "keel/postgres/pool.h"
 
+#include <poll.h>
+
 #include <algorithm>
 #include <chrono>
 #include <exception>
@@ -68,6 +70,16 @@ absl::StatusOr<std::unique_ptr<Pool>> Pool::Create(PoolOptions options, Clock& c
   PoolHooks<pqxx::connection> hooks;
   hooks.create = [conninfo = options.conninfo, on_connect = options.on_connect](Deadline d) {
     return internal::Connect(conninfo, d, on_connect);
+  };
+  // An idle connection has nothing to read. If its socket is readable, the server closed it or
+  // sent a FATAL error (pg_terminate_backend, a restart): discard it without a round trip, even
+  // inside the validation bypass window. (A connection that LISTENs may see a false positive and
+  // is merely replaced.)
+  hooks.is_broken = [](const pqxx::connection& c) {
+    if (!c.is_open()) return true;
+    pollfd p{.fd = c.sock(), .events = POLLIN, .revents = 0};
+    if (p.fd < 0) return true;
+    return ::poll(&p, 1, 0) != 0;
   };
   if (!options.validation_query.empty()) {
     // One round trip, no transaction: the deadline is not turned into a statement timeout here

@@ -132,6 +132,11 @@ struct PoolHooks {
   // Resets a returned resource before it is reused (roll back, clear session state). Not called
   // for invalidated resources. Optional.
   std::function<void(T&)> on_return = nullptr;
+  // A cheap local check, without a round trip, run on every handout: true discards the resource
+  // (counted as a validation failure) and the caller gets another or a new one. For a socket,
+  // "readable while idle" means the server closed it or sent an error (a killed backend). Must
+  // not block. Optional.
+  std::function<bool(const T&)> is_broken = nullptr;
 };
 
 // A snapshot of a pool; counters (`*_total`) are cumulative since Create.

@@ -23,7 +23,8 @@ struct Fake {
   ~Fake() { alive->fetch_sub(1); }
   int id;
   std::atomic<int>* alive;
-  bool healthy = true;
+  bool healthy = true;  // what validate finds (a round trip)
+  bool closed = false;  // what is_broken finds (a local check)
   int resets = 0;
 };
 
@@ -49,6 +50,7 @@ struct Backend {
       };
     }
     h.on_return = [](Fake& f) { ++f.resets; };
+    h.is_broken = [](const Fake& f) { return f.closed; };
     return h;
   }
 };
@@ -237,6 +239,44 @@ TEST_CASE("pool discards a resource that fails validation and hands out a new on
   CHECK(pool->Stats().validation_failures_total == 1);
   CHECK(pool->Stats().destroyed_total == 1);
   CHECK(b.alive.load() == 1);
+}
+
+TEST_CASE("pool discards a resource its local check finds broken, even inside the bypass window",
+          "[pool]") {
+  ManualClock clock;
+  Backend b;
+  auto pool = MakePool(TestOptions(), b, clock);
+  {
+    auto lease = pool->Acquire();
+    (*lease)->closed = true;  // e.g. the server closed the socket while it was leased
+  }
+  auto lease = pool->Acquire();
+  REQUIRE(lease.ok());
+  CHECK((*lease)->id == 1);
+  CHECK(b.validations.load() == 0);
+  CHECK(pool->Stats().validation_failures_total == 1);
+  CHECK(b.alive.load() == 1);
+}
+
+TEST_CASE("pool waiter handed a broken resource keeps its place and gets a new one", "[pool]") {
+  ManualClock clock;
+  Backend b;
+  auto pool = MakePool(TestOptions(1), b, clock);
+  auto held = pool->Acquire();
+  REQUIRE(held.ok());
+  absl::StatusOr<int> got_id = absl::UnknownError("not run");
+  std::thread waiter([&] {
+    auto lease = pool->Acquire();
+    got_id = lease.ok() ? absl::StatusOr<int>((*lease)->id) : lease.status();
+  });
+  AwaitTrue([&] { return pool->Stats().pending == 1; });
+  (*held)->closed = true;
+  held->Release();
+  waiter.join();
+  REQUIRE(got_id.ok());
+  CHECK(*got_id == 1);
+  CHECK(pool->Stats().validation_failures_total == 1);
+  CHECK(pool->Stats().pending == 0);
 }
 
 TEST_CASE("pool closes an invalidated resource and replaces it", "[pool]") {

@@ -243,15 +243,19 @@ absl::StatusOr<Lease<T>> Core<T>::Acquire(TimePoint caller_deadline, bool wait) 
       continue;
     }
     MarkLeased(e, now);
-    if (!hooks_.validate || now - e->last_checked < options_.validation_bypass) {
-      mu_.Unlock();
+    const bool validate = hooks_.validate && now - e->last_checked >= options_.validation_bypass;
+    mu_.Unlock();
+    const bool broken = hooks_.is_broken && hooks_.is_broken(*e->resource);
+    if (!broken && !validate) {
       if (histogram_ != nullptr) histogram_->ObserveDuration(clock_.Now() - start);
       return Lease<T>(this, e);
     }
-    mu_.Unlock();
-    const Deadline check_by =
-        Deadline::At(std::min(limit, AddSaturating(now, options_.validation_timeout)), clock_);
-    const absl::Status valid = hooks_.validate(*e->resource, check_by);
+    absl::Status valid = absl::UnavailableError("is_broken");
+    if (!broken) {
+      const Deadline check_by =
+          Deadline::At(std::min(limit, AddSaturating(now, options_.validation_timeout)), clock_);
+      valid = hooks_.validate(*e->resource, check_by);
+    }
     now = clock_.Now();
     mu_.Lock();
     if (valid.ok()) {
@@ -282,14 +286,30 @@ absl::StatusOr<Lease<T>> Core<T>::Acquire(TimePoint caller_deadline, bool wait) 
 
   Waiter self;
   waiters_.push_back(&self);
-  const auto position = std::prev(waiters_.end());
+  auto position = std::prev(waiters_.end());
   for (;;) {
     if (self.entry != nullptr) {
+      Entry<T>* e = self.entry;
       mu_.Unlock();
-      // Handed over by Put straight after its last use or creation: no validation needed.
-      now = clock_.Now();
-      if (histogram_ != nullptr) histogram_->ObserveDuration(now - start);
-      return Lease<T>(this, self.entry);
+      // Handed over by Put straight after its last use or creation: no validation needed, only
+      // the cheap local check.
+      if (!hooks_.is_broken || !hooks_.is_broken(*e->resource)) {
+        now = clock_.Now();
+        if (histogram_ != nullptr) histogram_->ObserveDuration(now - start);
+        return Lease<T>(this, e);
+      }
+      mu_.Lock();
+      UnmarkLeased(e);
+      --acquired_;
+      ++validation_failures_;
+      self.entry = nullptr;
+      waiters_.push_front(&self);  // still the oldest: keep our place
+      position = waiters_.begin();
+      Destroyed();
+      mu_.Unlock();
+      delete e;
+      mu_.Lock();
+      continue;
     }
     if (self.cancelled) {
       mu_.Unlock();
