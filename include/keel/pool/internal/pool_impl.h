@@ -316,6 +316,14 @@ absl::StatusOr<Lease<T>> Core<T>::Acquire(TimePoint caller_deadline, bool wait) 
       return CancelledError(options_);
     }
     if (CanCreate()) {
+      now = clock_.Now();
+      if (now >= limit) {  // e.g. our own creation just went to an older waiter
+        Snapshot snap = SnapshotLocked(now);
+        waiters_.erase(position);
+        ++timeouts_;
+        mu_.Unlock();
+        return AcquireTimeoutError(options_, now - start, snap);
+      }
       ++connecting_;
       mu_.Unlock();
       absl::StatusOr<std::unique_ptr<T>> created = hooks_.create(Deadline::At(limit, clock_));
