@@ -73,7 +73,8 @@ struct PoolOptions {
   std::string validation_query = "SELECT 1";
 
   // The generic pool's options (size, timeouts, lifetime, leak detection). `pool.name` names this
-  // pool in errors and metrics: name primary and replica pools apart (Default: "postgres").
+  // pool in errors and metrics: name primary and replica pools apart. Default: {.name =
+  // "postgres"}; a `.pool = {...}` written without `.name` gets keel::PoolOptions' "pool".
   keel::PoolOptions pool = {.name = "postgres"};
 };
 
