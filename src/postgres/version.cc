@@ -1,8 +1,7 @@
-#include <pqxx/version>
-
-#include <string>
-
 #include "keel/version.h"
+
+#include <pqxx/version>
+#include <string>
 
 namespace keel::postgres {
 
