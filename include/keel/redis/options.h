@@ -29,6 +29,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "keel/clock.h"
+#include "keel/pool/pool.h"
 
 namespace keel::redis {
 
@@ -78,6 +79,12 @@ struct Options {
   // forever on a paused server. A finite caller deadline always wins (also when longer, which
   // blocking commands such as BLPOP need). Default: 1 s.
   Duration command_timeout = std::chrono::seconds(1);
+
+  // The client's connection pool (keel/pool/pool.h; HikariCP's defaults). Its `name` appears in
+  // every pool error and metric. Redis runs commands on one thread, so a handful of connections
+  // per process saturates it; raise max_size only for blocking commands or long pipelines.
+  // Default: PoolOptions{} named "redis" (10 connections, kept open).
+  PoolOptions pool = {.name = "redis"};
 
   // Parses a redis:// or redis+sentinel:// URL (grammar in the banner); fields the URL does not
   // carry keep their defaults. INVALID_ARGUMENT naming the part that is wrong (scheme, host,

@@ -7,8 +7,8 @@
 #include <string>
 #include <thread>
 
-#include "keel/redis/script.h"
 #include "integration/redis/test_server.h"
+#include "keel/redis/script.h"
 #include "support/subprocess.h"
 
 using keel::Deadline;
@@ -175,12 +175,11 @@ TEST_CASE("connection: AUTH with an ACL user and SELECT run on connect") {
     Options admin = OwnOptions(server);
     admin.password = "adminpw";
     auto c = Connect(admin);
-    REQUIRE(c->Command(Deadline::After(1s), "ACL", "SETUSER", "app", "on", ">app pw", "~*",
-                       "+@all")
+    REQUIRE(c->Command(Deadline::After(1s), "ACL", "SETUSER", "app", "on", ">app pw", "~*", "+@all")
                 .ok());
   }
-  auto o = Options::FromUrl("redis://app:app%20pw@127.0.0.1:" + std::to_string(server.port()) +
-                            "/5");
+  auto o =
+      Options::FromUrl("redis://app:app%20pw@127.0.0.1:" + std::to_string(server.port()) + "/5");
   REQUIRE(o.ok());
   auto c = Connect(*o);
   CHECK(c->Command(Deadline::After(1s), "ACL", "WHOAMI")->str() == "app");
