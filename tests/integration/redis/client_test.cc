@@ -130,3 +130,24 @@ TEST_CASE("client: pool metrics are registered under the pool's name") {
   const std::string text = registry.RenderPrometheus();
   CHECK_THAT(text, Catch::Contains("keel_pool_acquired_total{pool=\"redis-main\"}"));
 }
+
+TEST_CASE("client: the deadline also bounds waiting for a connection from a full pool") {
+  auto client = MakeClient(keel::test::RequireEnv("KEEL_TEST_REDIS_URL"), 1);
+  auto held = client->Acquire(Deadline::After(1s));
+  REQUIRE(held.ok());
+  const auto start = std::chrono::steady_clock::now();
+  auto r = client->Command(Deadline::After(100ms), "PING");
+  const auto took = std::chrono::steady_clock::now() - start;
+  CHECK(r.status().code() == absl::StatusCode::kDeadlineExceeded);
+  CHECK_THAT(std::string(r.status().message()), Catch::Contains("pool \"redis\""));
+  CHECK(took >= 95ms);
+  CHECK(took < 150ms);
+}
+
+TEST_CASE("client: after Shutdown calls fail with FAILED_PRECONDITION") {
+  auto client = MakeClient(keel::test::RequireEnv("KEEL_TEST_REDIS_URL"));
+  REQUIRE(client->Command(Deadline::After(1s), "PING").ok());
+  client->Shutdown();
+  CHECK(client->Command(Deadline::After(1s), "PING").status().code() ==
+        absl::StatusCode::kFailedPrecondition);
+}
