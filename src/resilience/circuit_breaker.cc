@@ -208,6 +208,11 @@ CircuitBreaker::CircuitBreaker(Options options, Clock& clock)
                                    ? std::min(options_.minimum_calls, options_.window_size)
                                    : options_.minimum_calls),
       window_type_time_based_(options_.window_type == WindowType::kTimeBased),
+      default_classifier_([this] {
+        using Fn = Outcome (*)(const absl::Status&);
+        const Fn* fn = options_.classifier.target<Fn>();
+        return fn != nullptr && *fn == &CircuitBreaker::DefaultClassifier;
+      }()),
       word_(static_cast<uint64_t>(State::kClosed)),
       window_(std::make_unique<Window>(options_.window_type, options_.window_size)) {}
 
@@ -266,7 +271,12 @@ CircuitBreaker::Permit& CircuitBreaker::Permit::operator=(Permit&& other) noexce
 void CircuitBreaker::Permit::Record(const absl::Status& outcome, Duration elapsed) {
   CircuitBreaker* b = std::exchange(breaker_, nullptr);
   if (b == nullptr) return;
-  b->OnRecord(epoch_, b->options_.classifier(outcome), elapsed);
+  // The default classifier is called directly, and OK (an inline check) needs no call at all:
+  // Status::code() lives in Abseil's shared library and std::function adds an indirect call.
+  const Outcome o = b->default_classifier_
+                        ? (outcome.ok() ? Outcome::kSuccess : DefaultClassifier(outcome))
+                        : b->options_.classifier(outcome);
+  b->OnRecord(epoch_, o, elapsed);
 }
 
 void CircuitBreaker::Permit::Release() {

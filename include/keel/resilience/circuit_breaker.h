@@ -281,6 +281,7 @@ class CircuitBreaker {
   Clock& clock_;
   const int64_t effective_minimum_calls_;
   const bool window_type_time_based_;
+  const bool default_classifier_;  // options_.classifier is DefaultClassifier: call it directly
 
   // (epoch << kStateBits) | state. Written only under mu_ (release), read lock-free (acquire) by
   // TryAcquire so the CLOSED path takes no lock. The epoch grows on every transition; a permit
