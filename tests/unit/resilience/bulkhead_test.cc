@@ -3,6 +3,7 @@
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -137,13 +138,17 @@ TEST_CASE("semaphore bulkhead TryAcquire does not barge past a waiter") {
   auto c = b->TryAcquire();
   REQUIRE(a.ok());
   REQUIRE(c.ok());
-  std::atomic<bool> got{false};
-  std::thread waiter([&] { got = b->Acquire(keel::Deadline::Infinite()).ok(); });
+  std::optional<SemaphoreBulkhead::Permit> handed;  // written by the waiter, read after join
+  std::thread waiter([&] {
+    auto p = b->Acquire(keel::Deadline::Infinite());
+    if (p.ok()) handed.emplace(std::move(*p));
+  });
   clock.AwaitSleepers(1);
   a->Release();                       // handed straight to the waiter...
-  CHECK_FALSE(b->TryAcquire().ok());  // ...so this newcomer finds none, even before it wakes
+  CHECK_FALSE(b->TryAcquire().ok());  // ...so this newcomer finds none, woken waiter or not
   waiter.join();
-  CHECK(got);
+  CHECK(handed.has_value());
+  CHECK(b->Stats().in_use == 2);
 }
 
 TEST_CASE("semaphore bulkhead Acquire fails with DEADLINE_EXCEEDED when the deadline comes first") {
