@@ -479,7 +479,17 @@ void CircuitBreaker::TransitionTo(State to) {
   DeliverEvents();
 }
 
-CircuitBreaker::State CircuitBreaker::state() {
+// A breaker is only ever created non-const (Create allocates it), so casting const away to apply
+// a due transition is well-defined; the transition is what any caller would observe anyway.
+CircuitBreaker::State CircuitBreaker::state() const {
+  return const_cast<CircuitBreaker*>(this)->StateImpl();
+}
+
+CircuitBreaker::StatsSnapshot CircuitBreaker::Stats() const {
+  return const_cast<CircuitBreaker*>(this)->StatsImpl();
+}
+
+CircuitBreaker::State CircuitBreaker::StateImpl() {
   const State s = StateOf(word_.load(std::memory_order_acquire));
   if (s != State::kOpen && s != State::kHalfOpen) return s;
   const TimePoint now = clock_.Now();
@@ -493,7 +503,7 @@ CircuitBreaker::State CircuitBreaker::state() {
   return result;
 }
 
-CircuitBreaker::StatsSnapshot CircuitBreaker::Stats() {
+CircuitBreaker::StatsSnapshot CircuitBreaker::StatsImpl() {
   const TimePoint now = clock_.Now();
   StatsSnapshot st;
   {

@@ -222,11 +222,12 @@ class CircuitBreaker {
     return result;
   }
 
-  // The current state, after applying any time-driven transition that is due.
-  State state() ABSL_LOCKS_EXCLUDED(mu_);
+  // The current state, after applying any time-driven transition that is due. Logically const:
+  // applying a due transition (and notifying listeners of it) changes no observable decision.
+  State state() const ABSL_LOCKS_EXCLUDED(mu_);
 
   // A snapshot of the state, rates and counters (applies due time-driven transitions first).
-  StatsSnapshot Stats() ABSL_LOCKS_EXCLUDED(mu_);
+  StatsSnapshot Stats() const ABSL_LOCKS_EXCLUDED(mu_);
 
   // Moves the breaker to `to` with a fresh window and notifies listeners (if the state changed).
   // Use it for the manual states (kDisabled, kForcedOpen, kMetricsOnly) and to leave them again;
@@ -258,6 +259,8 @@ class CircuitBreaker {
   static uint64_t EpochOf(uint64_t word) { return word >> kStateBits; }
 
   absl::StatusOr<Permit> AcquireSlow(uint64_t word) ABSL_LOCKS_EXCLUDED(mu_);
+  State StateImpl() ABSL_LOCKS_EXCLUDED(mu_);
+  StatsSnapshot StatsImpl() ABSL_LOCKS_EXCLUDED(mu_);
   void OnRecord(uint64_t epoch, Outcome outcome, Duration elapsed) ABSL_LOCKS_EXCLUDED(mu_);
   void OnRelease(uint64_t epoch) ABSL_LOCKS_EXCLUDED(mu_);
   // Applies the time-driven transitions due at `now`.
