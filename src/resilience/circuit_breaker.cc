@@ -401,7 +401,9 @@ void CircuitBreaker::OnRecord(uint64_t epoch, Outcome outcome, Duration elapsed)
 void CircuitBreaker::OnRelease(uint64_t epoch) {
   ignored_.fetch_add(1, std::memory_order_relaxed);
   // Only a HALF_OPEN probe holds a slot that must be given back; a relaxed peek avoids the lock
-  // on the common CLOSED path (a stale read only means we lock and re-check under mu_).
+  // on the common CLOSED path. It cannot miss a slot: a probe of epoch E was issued after word_
+  // was set to E (both under mu_, and the permit reached this thread after that), so coherence
+  // guarantees this load returns E or a later word, and a later word means the slot is gone.
   if (StateOf(word_.load(std::memory_order_relaxed)) != State::kHalfOpen) return;
   internal::SpinLockGuard lock(mu_);
   const uint64_t word = word_.load(std::memory_order_relaxed);
