@@ -111,11 +111,15 @@ TEST_CASE("keyed limiter evicts the least recently used key at the cap") {
       Keyed<TokenBucket>::Create({.max_keys = 2, .shards = 1}, {{.rate = 1, .burst = 1}}, clock)
           .value();
   REQUIRE(keyed->TryAcquire("a").value().allowed);
+  clock.Advance(1ms);
   REQUIRE(keyed->TryAcquire("b").value().allowed);
+  clock.Advance(1ms);
   REQUIRE_FALSE(keyed->TryAcquire("a").value().allowed);  // "a" is now the most recent
-  REQUIRE(keyed->TryAcquire("c").value().allowed);        // evicts "b"
-  CHECK_FALSE(keyed->TryAcquire("a").value().allowed);    // "a" kept its state
-  CHECK(keyed->TryAcquire("b").value().allowed);          // "b" starts fresh
+  clock.Advance(1ms);
+  REQUIRE(keyed->TryAcquire("c").value().allowed);  // evicts "b"
+  clock.Advance(1ms);
+  CHECK_FALSE(keyed->TryAcquire("a").value().allowed);  // "a" kept its state
+  CHECK(keyed->TryAcquire("b").value().allowed);        // "b" starts fresh
   CHECK(keyed->Stats().evicted_capacity == 2);
 }
 
