@@ -137,4 +137,8 @@ TEST_CASE("keyed limiter rejects long keys, negative quantities and bad options"
   CHECK(std::string(bad_limit.status().message()).find("token_bucket.rate") != std::string::npos);
   CHECK_FALSE(Keyed<TokenBucket>::Create({.max_keys = 4, .shards = 8}, {{.rate = 1}}).ok());
   CHECK_FALSE(Keyed<TokenBucket>::Create({.block_for = 0s}, {{.rate = 1}}).ok());
+  auto forever = Keyed<TokenBucket>::Create({.block_for = keel::Duration::max()}, {{.rate = 1}});
+  REQUIRE_FALSE(forever.ok());
+  CHECK(std::string(forever.status().message()).find("keyed.block_for") != std::string::npos);
+  CHECK_FALSE(Keyed<TokenBucket>::Create({.idle_ttl = -1s}, {{.rate = 1}}).ok());
 }
