@@ -67,8 +67,8 @@ std::string HumanDuration(Duration d) {
   return absl::FormatDuration(a);
 }
 
-std::string DescribeCreateError(const absl::Status& cause, Duration age) {
-  return StrCat(HumanDuration(age), " ago: ", cause.message());
+std::string DescribeCreateError(std::string_view cause, Duration age) {
+  return StrCat(HumanDuration(age), " ago: ", cause);
 }
 
 absl::Status AcquireTimeoutError(const PoolOptions& o, Duration waited, const Snapshot& s) {

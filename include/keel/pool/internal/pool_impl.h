@@ -172,7 +172,10 @@ class Core {
   void RecordCreateFailure(const absl::Status& s, TimePoint now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     ++create_failures_;
-    last_create_error_ = s;
+    // Kept as text, not as a Status: an absl::Status shares its heap rep between copies through
+    // a reference count inside Debian's Abseil, which is not TSan-instrumented, so sharing one
+    // across threads reads as a race under TSan.
+    last_create_error_ = std::string(s.message());
     last_create_error_at_ = now;
   }
 
@@ -181,8 +184,8 @@ class Core {
                .max_size = options_.max_size,
                .waiting = static_cast<int>(waiters_.size()),
                .connecting = connecting_};
-    if (!last_create_error_.ok()) {
-      s.last_create_error = DescribeCreateError(last_create_error_, now - last_create_error_at_);
+    if (last_create_error_.has_value()) {
+      s.last_create_error = DescribeCreateError(*last_create_error_, now - last_create_error_at_);
     }
     return s;
   }
@@ -208,7 +211,7 @@ class Core {
   bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
   bool orphaned_ ABSL_GUARDED_BY(mu_) = false;
   bool fill_requested_ ABSL_GUARDED_BY(mu_) = true;  // the first pass fills the pool
-  absl::Status last_create_error_ ABSL_GUARDED_BY(mu_);
+  std::optional<std::string> last_create_error_ ABSL_GUARDED_BY(mu_);
   TimePoint last_create_error_at_ ABSL_GUARDED_BY(mu_);
   uint64_t acquired_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t created_ ABSL_GUARDED_BY(mu_) = 0;

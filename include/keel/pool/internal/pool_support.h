@@ -45,7 +45,7 @@ absl::Status AcquireTimeoutError(const PoolOptions& options, Duration waited, co
 // UNAVAILABLE: `pool "db": cannot create a connection: <cause>`.
 absl::Status CreateFailedError(const PoolOptions& options, const absl::Status& cause);
 // "3s ago: <cause message>".
-std::string DescribeCreateError(const absl::Status& cause, Duration age);
+std::string DescribeCreateError(std::string_view cause, Duration age);
 absl::Status ShutDownError(const PoolOptions& options);   // FAILED_PRECONDITION
 absl::Status CancelledError(const PoolOptions& options);  // CANCELLED
 absl::Status ExhaustedError(const PoolOptions& options, int in_use, int waiting);
