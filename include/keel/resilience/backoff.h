@@ -45,6 +45,18 @@ class Backoff {
  public:
   enum class Kind { kConstant, kExponential, kFullJitter, kEqualJitter, kDecorrelatedJitter };
 
+  // The schedule as options (what Retry::Options holds), validated by Create.
+  struct Options {
+    // Which schedule. Full jitter spreads retries best for the least work (docs/retry.md).
+    // Default: kFullJitter.
+    Kind kind = Kind::kFullJitter;
+    // The first delay (constant: every delay). Shorter retries sooner; too short piles retries
+    // onto a backend that has not recovered. Default: 100 ms. Must be > 0.
+    Duration base = std::chrono::milliseconds(100);
+    // The longest delay. Ignored by kConstant. Default: 10 s. Must be >= base.
+    Duration cap = std::chrono::seconds(10);
+  };
+
   // Each factory returns INVALID_ARGUMENT naming the field when `base` is not positive or, for
   // the capped schedules, when `base > cap`.
   static absl::StatusOr<Backoff> Constant(Duration delay);
@@ -56,6 +68,10 @@ class Backoff {
   // ("retry.backoff" gives "retry.backoff.base must be <= retry.backoff.cap, ...").
   static absl::StatusOr<Backoff> Create(Kind kind, Duration base, Duration cap,
                                         std::string_view field_prefix = "backoff");
+  static absl::StatusOr<Backoff> Create(const Options& options,
+                                        std::string_view field_prefix = "backoff") {
+    return Create(options.kind, options.base, options.cap, field_prefix);
+  }
 
   Kind kind() const { return kind_; }
   Duration base() const { return base_; }

@@ -1,0 +1,122 @@
+#include "keel/resilience/retry.h"
+
+#include <algorithm>
+#include <string>
+
+#include "absl/random/random.h"
+#include "absl/strings/cord.h"
+#include "keel/internal/status_macros.h"
+#include "keel/internal/strings.h"
+
+namespace keel {
+namespace {
+
+std::string Millis(Duration d) {
+  return internal::StrCat(std::chrono::duration<double, std::milli>(d).count(), "ms");
+}
+
+// `status` with `prefix` before its message; code and payloads (retry-after) are kept.
+absl::Status Annotate(const absl::Status& status, const std::string& prefix) {
+  absl::Status out(status.code(), internal::StrCat(prefix, ": ", status.message()));
+  status.ForEachPayload(
+      [&](absl::string_view url, const absl::Cord& payload) { out.SetPayload(url, payload); });
+  return out;
+}
+
+std::string Attempts(int n) { return internal::StrCat(n, n == 1 ? " attempt" : " attempts"); }
+
+}  // namespace
+
+absl::StatusOr<Retry> Retry::Create(Options options, Clock& clock) {
+  return CreateImpl(std::move(options), clock, std::nullopt);
+}
+
+absl::StatusOr<Retry> Retry::Create(Options options, Clock& clock, absl::BitGenRef gen) {
+  return CreateImpl(std::move(options), clock, gen);
+}
+
+absl::StatusOr<Retry> Retry::CreateImpl(Options options, Clock& clock,
+                                        std::optional<absl::BitGenRef> gen) {
+  if (options.max_attempts < 1) {
+    return absl::InvalidArgumentError(
+        internal::StrCat("retry.max_attempts must be >= 1, got ", options.max_attempts));
+  }
+  if (!options.retry_on) {
+    return absl::InvalidArgumentError("retry.retry_on must be set");
+  }
+  if (options.max_retry_after < Duration::zero()) {
+    return absl::InvalidArgumentError(internal::StrCat("retry.max_retry_after must be >= 0, got ",
+                                                       Millis(options.max_retry_after)));
+  }
+  KEEL_ASSIGN_OR_RETURN(Backoff backoff, Backoff::Create(options.backoff, "retry.backoff"));
+  return Retry(std::move(options), backoff, clock, gen);
+}
+
+absl::Status Retry::Run(const CallContext& ctx,
+                        absl::FunctionRef<absl::Status(const CallContext&)> attempt) const {
+  if (options_.budget != nullptr) options_.budget->OnRequest();
+  CallContext inner = ctx;
+  inner.attempt = 1;
+  absl::Status status = attempt(inner);
+  if (status.ok()) {
+    if (options_.budget != nullptr) options_.budget->OnAttemptSucceeded();
+    return status;
+  }
+  return RetryLoop(std::move(inner), std::move(status), attempt);
+}
+
+absl::Status Retry::RetryLoop(CallContext ctx, absl::Status status,
+                              absl::FunctionRef<absl::Status(const CallContext&)> attempt) const {
+  thread_local absl::InsecureBitGen thread_gen;
+  absl::BitGenRef gen = gen_.has_value() ? *gen_ : absl::BitGenRef(thread_gen);
+  BackoffSequence delays = backoff_.Start();
+  const std::string& name = options_.name;
+  for (;;) {
+    const bool retryable = options_.retry_on(status);
+    if (!retryable) {
+      if (ctx.attempt == 1) return status;
+      return Annotate(status, internal::StrCat("retry \"", name, "\": not retryable after ",
+                                               Attempts(ctx.attempt)));
+    }
+    if (options_.budget != nullptr) options_.budget->OnAttemptFailed();
+    if (ctx.attempt >= options_.max_attempts) {
+      return Annotate(
+          status, internal::StrCat("retry \"", name, "\": gave up after ", Attempts(ctx.attempt)));
+    }
+    if (ctx.cancellation.cancelled()) {
+      return absl::CancelledError(internal::StrCat("retry \"", name, "\": cancelled after ",
+                                                   Attempts(ctx.attempt),
+                                                   "; last error: ", status.ToString()));
+    }
+    Duration delay = delays.Next(gen);
+    if (options_.honor_retry_after) {
+      if (auto hint = RetryAfter(status)) {
+        delay = std::max(delay, std::min(*hint, options_.max_retry_after));
+      }
+    }
+    // A sleep ending exactly at the deadline would leave no time for the attempt: stop at `>=`.
+    if (!ctx.deadline.IsInfinite()) {
+      const Duration left = ctx.deadline.Remaining();
+      if (delay >= left) {
+        return absl::DeadlineExceededError(internal::StrCat(
+            "retry \"", name, "\": ", Millis(left), " left before the deadline, next attempt in ",
+            Millis(delay), "; stopped after ", Attempts(ctx.attempt),
+            "; last error: ", status.ToString()));
+      }
+    }
+    if (options_.budget != nullptr && !options_.budget->TryAcquireRetry()) {
+      return Annotate(status,
+                      internal::StrCat("retry \"", name, "\": retry budget exhausted after ",
+                                       Attempts(ctx.attempt)));
+    }
+    if (delay > Duration::zero()) clock_->SleepFor(delay);
+    ++ctx.attempt;
+    status = attempt(ctx);
+    if (status.ok()) {
+      if (options_.budget != nullptr) options_.budget->OnAttemptSucceeded();
+      return status;
+    }
+  }
+}
+
+}  // namespace keel
