@@ -23,11 +23,16 @@
 //   // On failure: "retry \"users-api\": gave up after 4 attempts: backend down" (UNAVAILABLE).
 #pragma once
 
+#include <array>
+#include <atomic>
+#include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "absl/functional/function_ref.h"
 #include "absl/random/bit_gen_ref.h"
@@ -35,6 +40,7 @@
 #include "absl/status/statusor.h"
 #include "keel/clock.h"
 #include "keel/deadline.h"
+#include "keel/metrics.h"
 #include "keel/resilience/backoff.h"
 #include "keel/resilience/call_context.h"
 #include "keel/resilience/retry_budget.h"
@@ -67,11 +73,37 @@ class Retry {
     RetryBudgetPolicy* budget = nullptr;
   };
 
+  // How a call that needed Retry's help (its first attempt failed) ended. Calls whose first
+  // attempt succeeds are not counted: counting them would put a shared atomic on the success
+  // path; count them where the call is made if needed.
+  enum class Outcome {
+    kSucceededAfterRetry,  // a retry succeeded
+    kGaveUpAttempts,       // max_attempts reached
+    kGaveUpDeadline,       // the next delay would have ended past the deadline
+    kGaveUpBudget,         // the budget refused a retry
+    kNotRetryable,         // retry_on rejected the failure (first or later attempt)
+    kCancelled,            // the cancellation token was signalled
+  };
+  static constexpr int kOutcomes = 6;
+
+  struct StatsSnapshot {
+    uint64_t retries_total = 0;                        // attempts beyond the first
+    std::array<uint64_t, kOutcomes> outcomes_total{};  // indexed by Outcome
+    uint64_t outcome(Outcome o) const { return outcomes_total[static_cast<size_t>(o)]; }
+  };
+
   // Validates `options`: INVALID_ARGUMENT naming the field ("retry.max_attempts must be >= 1,
   // got 0", "retry.backoff.base must be <= retry.backoff.cap, ..."). Sleeps on `clock`. Jitter
   // comes from a per-thread generator, or from `gen` when given (tests pass a fixed one).
-  static absl::StatusOr<Retry> Create(Options options, Clock& clock = SteadyClock());
-  static absl::StatusOr<Retry> Create(Options options, Clock& clock, absl::BitGenRef gen);
+  // `metrics` (optional, must outlive the Retry and its copies) gets, labelled name=<name>:
+  // keel_retry_retries_total and keel_retry_calls_total{outcome=...} (see Outcome).
+  static absl::StatusOr<Retry> Create(Options options, Clock& clock = SteadyClock(),
+                                      MetricsRegistry* metrics = nullptr);
+  static absl::StatusOr<Retry> Create(Options options, Clock& clock, absl::BitGenRef gen,
+                                      MetricsRegistry* metrics = nullptr);
+
+  // Counters since Create, shared by copies of this Retry (a Pipeline holds a copy).
+  StatsSnapshot Stats() const;
 
   // Runs `fn(const CallContext&)`, which returns absl::Status or absl::StatusOr<T>, until it
   // succeeds or Retry stops. `ctx.attempt` counts the attempts; deadline and cancellation pass
@@ -99,10 +131,25 @@ class Retry {
                    absl::FunctionRef<absl::Status(const CallContext&)> attempt) const;
 
  private:
+  // Updated only on the retry path; relaxed: independent statistics, read by Stats/metrics.
+  struct Counters {
+    std::atomic<uint64_t> retries{0};
+    std::array<std::atomic<uint64_t>, kOutcomes> outcomes{};
+    std::vector<MetricsRegistry::Registration> registrations;
+  };
+
   static absl::StatusOr<Retry> CreateImpl(Options options, Clock& clock,
-                                          std::optional<absl::BitGenRef> gen);
+                                          std::optional<absl::BitGenRef> gen,
+                                          MetricsRegistry* metrics);
   Retry(Options options, Backoff backoff, Clock& clock, std::optional<absl::BitGenRef> gen)
-      : options_(std::move(options)), backoff_(backoff), clock_(&clock), gen_(gen) {}
+      : options_(std::move(options)),
+        backoff_(backoff),
+        clock_(&clock),
+        gen_(gen),
+        counters_(std::make_shared<Counters>()) {}
+  void Count(Outcome o) const {
+    counters_->outcomes[static_cast<size_t>(o)].fetch_add(1, std::memory_order_relaxed);
+  }
 
   // After a failed first attempt: the backoff loop.
   absl::Status RetryLoop(CallContext ctx, absl::Status status,
@@ -112,6 +159,7 @@ class Retry {
   Backoff backoff_;
   Clock* clock_;
   std::optional<absl::BitGenRef> gen_;
+  std::shared_ptr<Counters> counters_;
 };
 
 template <typename F>

@@ -7,6 +7,7 @@
 #include <thread>
 #include <vector>
 
+#include "keel/metrics.h"
 #include "keel/status.h"
 #include "unit/resilience/recording_clock.h"
 
@@ -280,4 +281,40 @@ TEST_CASE("retry rejects bad options naming the field") {
   check({.backoff = {.base = 0s}}, "retry.backoff.base must be > 0");
   check({.retry_on = nullptr}, "retry.retry_on must be set");
   check({.max_retry_after = -1s}, "retry.max_retry_after must be >= 0");
+}
+
+TEST_CASE("retry counts retries and how retried calls ended, in Stats and metrics") {
+  RecordingClock clock;
+  keel::MetricsRegistry metrics;
+  Retry retry = Retry::Create(Exact(2), clock, &metrics).value();
+  Script ok_first;
+  CHECK(retry.Execute(Deadline::Infinite(), std::ref(ok_first)).ok());
+  Script ok_second{.failures = {absl::UnavailableError("down")}};
+  CHECK(retry.Execute(Deadline::Infinite(), std::ref(ok_second)).ok());
+  Script never{.failures = {absl::UnavailableError("a"), absl::UnavailableError("b")}};
+  CHECK_FALSE(retry.Execute(Deadline::Infinite(), std::ref(never)).ok());
+  Script bad{.failures = {absl::InvalidArgumentError("bad")}};
+  CHECK_FALSE(retry.Execute(Deadline::Infinite(), std::ref(bad)).ok());
+
+  const Retry copy = retry;  // copies share the counters (a Pipeline holds a copy)
+  const Retry::StatsSnapshot s = copy.Stats();
+  CHECK(s.retries_total == 2);
+  CHECK(s.outcome(Retry::Outcome::kSucceededAfterRetry) == 1);
+  CHECK(s.outcome(Retry::Outcome::kGaveUpAttempts) == 1);
+  CHECK(s.outcome(Retry::Outcome::kNotRetryable) == 1);
+  CHECK(s.outcome(Retry::Outcome::kGaveUpDeadline) == 0);
+  const std::string text = metrics.RenderPrometheus();
+  CHECK(text.find("keel_retry_retries_total{name=\"users\"} 2") != std::string::npos);
+  CHECK(text.find("keel_retry_calls_total{name=\"users\",outcome=\"gave_up_attempts\"} 1") !=
+        std::string::npos);
+}
+
+TEST_CASE("retry counts stops caused by the deadline") {
+  RecordingClock clock;
+  Retry retry = Retry::Create(Exact(3), clock).value();
+  Script call{.failures = {absl::UnavailableError("down")}};
+  CHECK(absl::IsDeadlineExceeded(
+      retry.Execute(Deadline::After(5ms, clock), std::ref(call)).status()));
+  CHECK(retry.Stats().outcome(Retry::Outcome::kGaveUpDeadline) == 1);
+  CHECK(retry.Stats().retries_total == 0);
 }
