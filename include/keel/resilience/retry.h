@@ -12,7 +12,8 @@
 // count added to its message. A Timeout placed inside a Retry bounds each attempt; the caller's
 // deadline bounds the whole (docs/timeout.md).
 //
-// Thread safety: thread-safe (a Retry is immutable; per-call state lives on the caller's stack).
+// Thread safety: thread-safe (options are immutable, counters atomic, per-call state lives on the
+// caller's stack).
 // The random source, when you pass one, must itself be safe for the threads that use the Retry.
 //
 //   auto retry = keel::Retry::Create({.name = "users-api", .max_attempts = 4,
