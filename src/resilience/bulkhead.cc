@@ -108,7 +108,7 @@ absl::StatusOr<SemaphoreBulkhead::Permit> SemaphoreBulkhead::Acquire(Deadline de
     Bump(acquired_);
     return Permit(this);
   }
-  auto fail = [&]() -> absl::Status {
+  auto fail = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> absl::Status {
     if (deadline_first) {
       Bump(rejected_deadline_);
       return absl::DeadlineExceededError(internal::StrCat(
@@ -123,7 +123,10 @@ absl::StatusOr<SemaphoreBulkhead::Permit> SemaphoreBulkhead::Acquire(Deadline de
   Waiter me;
   const auto it = waiters_.insert(waiters_.end(), &me);
   Set(waiting_view_, static_cast<int>(waiters_.size()));
-  clock_.WaitUntil(mu_, me.cv, until, [&] { return me.granted || shut_down_; });
+  clock_.WaitUntil(mu_, me.cv, until, [&] {
+    mu_.AssertHeld();  // WaitUntil calls the predicate with mu_ held
+    return me.granted || shut_down_;
+  });
   if (me.granted) {
     // ReleaseOne() handed its permit to us and removed us from the queue; in_use_ already
     // counts it. This wins over a shutdown or a timeout that raced with the hand-over.

@@ -325,7 +325,7 @@ absl::StatusOr<CircuitBreaker::Permit> CircuitBreaker::AcquireSlow(uint64_t /*se
   const TimePoint now = clock_.Now();
   absl::StatusOr<Permit> result = absl::InternalError("unset");
   {
-    MutexLock lock(mu_);
+    internal::SpinLockGuard lock(mu_);
     AdvanceLocked(now);
     const uint64_t word = word_.load(std::memory_order_relaxed);
     switch (StateOf(word)) {
@@ -373,7 +373,7 @@ void CircuitBreaker::OnRecord(uint64_t epoch, Outcome outcome, Duration elapsed)
   const TimePoint now = window_type_time_based_ ? clock_.Now() : TimePoint{};
   bool transitioned = false;
   {
-    MutexLock lock(mu_);
+    internal::SpinLockGuard lock(mu_);
     Bump(failure ? failed_ : successful_);
     if (slow) Bump(slow_);
     const uint64_t word = word_.load(std::memory_order_relaxed);
@@ -401,9 +401,11 @@ void CircuitBreaker::OnRecord(uint64_t epoch, Outcome outcome, Duration elapsed)
 void CircuitBreaker::OnRelease(uint64_t epoch) {
   ignored_.fetch_add(1, std::memory_order_relaxed);
   // Only a HALF_OPEN probe holds a slot that must be given back; a relaxed peek avoids the lock
-  // on the common CLOSED path (a stale read only means we lock and re-check under mu_).
+  // on the common CLOSED path. It cannot miss a slot: a probe of epoch E was issued after word_
+  // was set to E (both under mu_, and the permit reached this thread after that), so coherence
+  // guarantees this load returns E or a later word, and a later word means the slot is gone.
   if (StateOf(word_.load(std::memory_order_relaxed)) != State::kHalfOpen) return;
-  MutexLock lock(mu_);
+  internal::SpinLockGuard lock(mu_);
   const uint64_t word = word_.load(std::memory_order_relaxed);
   if (EpochOf(word) == epoch && StateOf(word) == State::kHalfOpen) --probes_issued_;
 }
@@ -473,7 +475,7 @@ void CircuitBreaker::TransitionLocked(State to, TimePoint now) {
 void CircuitBreaker::TransitionTo(State to) {
   const TimePoint now = clock_.Now();
   {
-    MutexLock lock(mu_);
+    internal::SpinLockGuard lock(mu_);
     TransitionLocked(to, now);
   }
   DeliverEvents();
@@ -495,7 +497,7 @@ CircuitBreaker::State CircuitBreaker::StateImpl() {
   const TimePoint now = clock_.Now();
   State result;
   {
-    MutexLock lock(mu_);
+    internal::SpinLockGuard lock(mu_);
     AdvanceLocked(now);
     result = StateOf(word_.load(std::memory_order_relaxed));
   }
@@ -507,7 +509,7 @@ CircuitBreaker::StatsSnapshot CircuitBreaker::StatsImpl() {
   const TimePoint now = clock_.Now();
   StatsSnapshot st;
   {
-    MutexLock lock(mu_);
+    internal::SpinLockGuard lock(mu_);
     AdvanceLocked(now);
     st.state = StateOf(word_.load(std::memory_order_relaxed));
     if (st.state == State::kHalfOpen) {
@@ -539,7 +541,7 @@ CircuitBreaker::StatsSnapshot CircuitBreaker::StatsImpl() {
 }
 
 void CircuitBreaker::AddListener(Listener listener) {
-  MutexLock lock(mu_);
+  internal::SpinLockGuard lock(mu_);
   listeners_.push_back(std::move(listener));
 }
 

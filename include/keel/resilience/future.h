@@ -82,7 +82,11 @@ class Future {
     if (s.retrieved) {
       return absl::FailedPreconditionError("future: result already retrieved by an earlier Get");
     }
-    if (!s.clock.WaitUntil(s.mu, s.cv, deadline.time(), [&] { return s.result.has_value(); })) {
+    const bool done = s.clock.WaitUntil(s.mu, s.cv, deadline.time(), [&] {
+      s.mu.AssertHeld();  // WaitUntil calls the predicate with the mutex held
+      return s.result.has_value();
+    });
+    if (!done) {
       return absl::DeadlineExceededError(
           "future: deadline passed before the task finished (the task keeps running)");
     }

@@ -556,3 +556,17 @@ TEST_CASE("circuit breaker rejects bad options with INVALID_ARGUMENT naming the 
 }
 
 }  // namespace
+
+namespace {
+
+TEST_CASE("circuit breaker Execute passes move-only results through") {
+  keel::ManualClock clock;
+  auto b = Make(clock);
+  absl::StatusOr<std::unique_ptr<int>> r =
+      b->Execute([]() -> absl::StatusOr<std::unique_ptr<int>> { return std::make_unique<int>(9); });
+  REQUIRE(r.ok());
+  CHECK(**r == 9);
+  CHECK(b->Stats().successful_total == 1);
+}
+
+}  // namespace

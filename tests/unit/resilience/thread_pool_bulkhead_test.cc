@@ -238,3 +238,19 @@ TEST_CASE("thread pool bulkhead exports metrics") {
 }
 
 }  // namespace
+
+namespace {
+
+TEST_CASE("thread pool bulkhead accepts move-only tasks and move-only results") {
+  auto pool = Make(keel::SteadyClock(), 1, 4);
+  auto owned = std::make_unique<int>(5);
+  keel::Future<std::unique_ptr<int>> f =
+      pool->Submit([p = std::move(owned)]() mutable -> absl::StatusOr<std::unique_ptr<int>> {
+        return std::move(p);
+      });
+  absl::StatusOr<std::unique_ptr<int>> r = f.Get();
+  REQUIRE(r.ok());
+  CHECK(**r == 5);
+}
+
+}  // namespace
