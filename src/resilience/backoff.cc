@@ -1,0 +1,110 @@
+#include "keel/resilience/backoff.h"
+
+#include <algorithm>
+#include <cstdint>
+
+#include "absl/random/distributions.h"
+#include "keel/internal/strings.h"
+
+namespace keel {
+namespace {
+
+std::string FormatNanos(Duration d) { return internal::StrCat(d.count(), "ns"); }
+
+}  // namespace
+
+absl::StatusOr<Backoff> Backoff::Create(Kind kind, Duration base, Duration cap,
+                                        std::string_view field_prefix) {
+  if (base <= Duration::zero()) {
+    return absl::InvalidArgumentError(
+        internal::StrCat(field_prefix, ".base must be > 0, got ", FormatNanos(base)));
+  }
+  if (kind == Kind::kConstant) cap = base;
+  if (base > cap) {
+    return absl::InvalidArgumentError(
+        internal::StrCat(field_prefix, ".base must be <= ", field_prefix, ".cap, got base ",
+                         FormatNanos(base), " > cap ", FormatNanos(cap)));
+  }
+  return Backoff(kind, base, cap);
+}
+
+absl::StatusOr<Backoff> Backoff::Constant(Duration delay) {
+  return Create(Kind::kConstant, delay, delay);
+}
+absl::StatusOr<Backoff> Backoff::Exponential(Duration base, Duration cap) {
+  return Create(Kind::kExponential, base, cap);
+}
+absl::StatusOr<Backoff> Backoff::FullJitter(Duration base, Duration cap) {
+  return Create(Kind::kFullJitter, base, cap);
+}
+absl::StatusOr<Backoff> Backoff::EqualJitter(Duration base, Duration cap) {
+  return Create(Kind::kEqualJitter, base, cap);
+}
+absl::StatusOr<Backoff> Backoff::DecorrelatedJitter(Duration base, Duration cap) {
+  return Create(Kind::kDecorrelatedJitter, base, cap);
+}
+
+std::string_view Backoff::KindName(Kind kind) {
+  switch (kind) {
+    case Kind::kConstant:
+      return "constant";
+    case Kind::kExponential:
+      return "exponential";
+    case Kind::kFullJitter:
+      return "full_jitter";
+    case Kind::kEqualJitter:
+      return "equal_jitter";
+    case Kind::kDecorrelatedJitter:
+      return "decorrelated_jitter";
+  }
+  return "unknown";
+}
+
+Duration BackoffSequence::CappedExponential() const {
+  const int64_t base = backoff_.base().count();
+  const int64_t cap = backoff_.cap().count();
+  // base * 2^n > cap as soon as n reaches 63 or base > cap >> n; checking before shifting keeps
+  // the product from overflowing however many retries a caller makes.
+  if (retries_ >= 63 || base > (cap >> retries_)) return backoff_.cap();
+  return Duration(base << retries_);
+}
+
+Duration BackoffSequence::Next(absl::BitGenRef gen) {
+  Duration delay;
+  switch (backoff_.kind()) {
+    case Backoff::Kind::kConstant:
+      delay = backoff_.base();
+      break;
+    case Backoff::Kind::kExponential:
+      delay = CappedExponential();
+      break;
+    case Backoff::Kind::kFullJitter:
+      delay = Duration(
+          absl::Uniform<int64_t>(absl::IntervalClosedClosed, gen, 0, CappedExponential().count()));
+      break;
+    case Backoff::Kind::kEqualJitter: {
+      const int64_t v = CappedExponential().count();
+      const int64_t half = v / 2;
+      // v - half rather than half again, so an odd v keeps its last nanosecond: the sum spans
+      // exactly [v/2, v].
+      delay = Duration(half + absl::Uniform<int64_t>(absl::IntervalClosedClosed, gen, 0, v - half));
+      break;
+    }
+    case Backoff::Kind::kDecorrelatedJitter: {
+      const int64_t base = backoff_.base().count();
+      const int64_t cap = backoff_.cap().count();
+      // The draw is over [base, 3 * prev] as published, even when 3 * prev exceeds cap (the
+      // min clips afterwards); only the multiplication is guarded against overflow.
+      const int64_t prev = prev_.count();
+      const int64_t upper = prev > INT64_MAX / 3 ? INT64_MAX : 3 * prev;
+      const int64_t drawn = absl::Uniform<int64_t>(absl::IntervalClosedClosed, gen, base, upper);
+      delay = Duration(std::min(cap, drawn));
+      prev_ = delay;
+      break;
+    }
+  }
+  ++retries_;
+  return delay;
+}
+
+}  // namespace keel

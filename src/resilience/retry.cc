@@ -1,0 +1,167 @@
+#include "keel/resilience/retry.h"
+
+#include <algorithm>
+#include <string>
+
+#include "absl/random/random.h"
+#include "absl/strings/cord.h"
+#include "keel/internal/status_macros.h"
+#include "keel/internal/strings.h"
+
+namespace keel {
+namespace {
+
+std::string Millis(Duration d) {
+  return internal::StrCat(std::chrono::duration<double, std::milli>(d).count(), "ms");
+}
+
+// `status` with `prefix` before its message; code and payloads (retry-after) are kept.
+absl::Status Annotate(const absl::Status& status, const std::string& prefix) {
+  absl::Status out(status.code(), internal::StrCat(prefix, ": ", status.message()));
+  status.ForEachPayload(
+      [&](absl::string_view url, const absl::Cord& payload) { out.SetPayload(url, payload); });
+  return out;
+}
+
+std::string Attempts(int n) { return internal::StrCat(n, n == 1 ? " attempt" : " attempts"); }
+
+}  // namespace
+
+absl::StatusOr<Retry> Retry::Create(Options options, Clock& clock, MetricsRegistry* metrics) {
+  return CreateImpl(std::move(options), clock, std::nullopt, metrics);
+}
+
+absl::StatusOr<Retry> Retry::Create(Options options, Clock& clock, absl::BitGenRef gen,
+                                    MetricsRegistry* metrics) {
+  return CreateImpl(std::move(options), clock, gen, metrics);
+}
+
+Retry::StatsSnapshot Retry::Stats() const {
+  StatsSnapshot s;
+  s.retries_total = counters_->retries.load(std::memory_order_relaxed);
+  for (int i = 0; i < kOutcomes; ++i) {
+    s.outcomes_total[static_cast<size_t>(i)] =
+        counters_->outcomes[static_cast<size_t>(i)].load(std::memory_order_relaxed);
+  }
+  return s;
+}
+
+absl::StatusOr<Retry> Retry::CreateImpl(Options options, Clock& clock,
+                                        std::optional<absl::BitGenRef> gen,
+                                        MetricsRegistry* metrics) {
+  if (options.max_attempts < 1) {
+    return absl::InvalidArgumentError(
+        internal::StrCat("retry.max_attempts must be >= 1, got ", options.max_attempts));
+  }
+  if (!options.retry_on) {
+    return absl::InvalidArgumentError("retry.retry_on must be set");
+  }
+  if (options.max_retry_after < Duration::zero()) {
+    return absl::InvalidArgumentError(internal::StrCat("retry.max_retry_after must be >= 0, got ",
+                                                       Millis(options.max_retry_after)));
+  }
+  KEEL_ASSIGN_OR_RETURN(Backoff backoff, Backoff::Create(options.backoff, "retry.backoff"));
+  Retry retry(std::move(options), backoff, clock, gen);
+  if (metrics != nullptr) {
+    // The callbacks hold the counters (not the Retry), so copies and moves never dangle; the
+    // registrations live as long as the last copy.
+    std::shared_ptr<Counters> counters = retry.counters_;
+    const std::string& name = retry.options_.name;
+    KEEL_ASSIGN_OR_RETURN(
+        MetricsRegistry::Registration r,
+        metrics->AddCounterCallback(
+            "keel_retry_retries_total", "Attempts beyond the first.", {{"name", name}},
+            [c = counters.get()] { return double(c->retries.load(std::memory_order_relaxed)); }));
+    counters->registrations.push_back(std::move(r));
+    static constexpr const char* kOutcomeLabels[kOutcomes] = {
+        "succeeded_after_retry", "gave_up_attempts", "gave_up_deadline",
+        "gave_up_budget",        "not_retryable",    "cancelled"};
+    for (int i = 0; i < kOutcomes; ++i) {
+      KEEL_ASSIGN_OR_RETURN(
+          MetricsRegistry::Registration reg,
+          metrics->AddCounterCallback(
+              "keel_retry_calls_total", "Calls whose first attempt failed, by how they ended.",
+              {{"name", name}, {"outcome", kOutcomeLabels[i]}}, [c = counters.get(), i] {
+                return double(c->outcomes[static_cast<size_t>(i)].load(std::memory_order_relaxed));
+              }));
+      counters->registrations.push_back(std::move(reg));
+    }
+  }
+  return retry;
+}
+
+absl::Status Retry::Run(const CallContext& ctx,
+                        absl::FunctionRef<absl::Status(const CallContext&)> attempt) const {
+  if (options_.budget != nullptr) options_.budget->OnRequest();
+  CallContext inner = ctx;
+  inner.attempt = 1;
+  absl::Status status = attempt(inner);
+  if (status.ok()) {
+    if (options_.budget != nullptr) options_.budget->OnAttemptSucceeded();
+    return status;
+  }
+  return RetryLoop(std::move(inner), std::move(status), attempt);
+}
+
+absl::Status Retry::RetryLoop(CallContext ctx, absl::Status status,
+                              absl::FunctionRef<absl::Status(const CallContext&)> attempt) const {
+  thread_local absl::InsecureBitGen thread_gen;
+  absl::BitGenRef gen = gen_.has_value() ? *gen_ : absl::BitGenRef(thread_gen);
+  BackoffSequence delays = backoff_.Start();
+  const std::string& name = options_.name;
+  for (;;) {
+    const bool retryable = options_.retry_on(status);
+    if (!retryable) {
+      Count(Outcome::kNotRetryable);
+      if (ctx.attempt == 1) return status;
+      return Annotate(status, internal::StrCat("retry \"", name, "\": not retryable after ",
+                                               Attempts(ctx.attempt)));
+    }
+    if (options_.budget != nullptr) options_.budget->OnAttemptFailed();
+    if (ctx.attempt >= options_.max_attempts) {
+      Count(Outcome::kGaveUpAttempts);
+      return Annotate(
+          status, internal::StrCat("retry \"", name, "\": gave up after ", Attempts(ctx.attempt)));
+    }
+    if (ctx.cancellation.cancelled()) {
+      Count(Outcome::kCancelled);
+      return absl::CancelledError(internal::StrCat("retry \"", name, "\": cancelled after ",
+                                                   Attempts(ctx.attempt),
+                                                   "; last error: ", status.ToString()));
+    }
+    Duration delay = delays.Next(gen);
+    if (options_.honor_retry_after) {
+      if (auto hint = RetryAfter(status)) {
+        delay = std::max(delay, std::min(*hint, options_.max_retry_after));
+      }
+    }
+    // A sleep ending exactly at the deadline would leave no time for the attempt: stop at `>=`.
+    if (!ctx.deadline.IsInfinite()) {
+      const Duration left = ctx.deadline.Remaining();
+      if (delay >= left) {
+        Count(Outcome::kGaveUpDeadline);
+        return absl::DeadlineExceededError(internal::StrCat(
+            "retry \"", name, "\": ", Millis(left), " left before the deadline, next attempt in ",
+            Millis(delay), "; stopped after ", Attempts(ctx.attempt),
+            "; last error: ", status.ToString()));
+      }
+    }
+    if (options_.budget != nullptr && !options_.budget->TryAcquireRetry()) {
+      Count(Outcome::kGaveUpBudget);
+      return Annotate(status,
+                      internal::StrCat("retry \"", name, "\": retry budget exhausted after ",
+                                       Attempts(ctx.attempt)));
+    }
+    if (delay > Duration::zero()) clock_->SleepFor(delay);
+    ++ctx.attempt;
+    counters_->retries.fetch_add(1, std::memory_order_relaxed);
+    status = attempt(ctx);
+    if (status.ok()) {
+      if (options_.budget != nullptr) options_.budget->OnAttemptSucceeded();
+      Count(Outcome::kSucceededAfterRetry);
+      return status;
+    }
+  }
+}
+
+}  // namespace keel
