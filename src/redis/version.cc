@@ -1,9 +1,10 @@
+#include "keel/version.h"
+
 #include <hiredis/hiredis.h>
 
 #include <string>
 
 #include "absl/strings/str_cat.h"
-#include "keel/version.h"
 
 namespace keel::redis {
 

@@ -1,0 +1,623 @@
+// keel/pool/internal/pool_impl.h: the implementation of keel::Pool<T> (included by
+// keel/pool/pool.h). Not part of keel's API.
+//
+// Invariants, all under Core::mu_:
+//   total_ == in_use_ + idle_.size() + checking_       (open resources)
+//   total_ + connecting_ <= max_size
+//   !waiters_.empty() implies idle_.empty()             (a resource put back goes to the oldest
+//                                                        waiter first, so none sits idle while
+//                                                        someone waits)
+// An Entry belongs to exactly one place: idle_, a Lease (in_use_), the maintainer's local list
+// (checking_), or a thread that is about to destroy it outside the lock.
+#pragma once
+
+#include <algorithm>
+#include <list>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/random/bit_gen_ref.h"
+#include "absl/random/random.h"
+#include "keel/internal/strings.h"
+#include "keel/pool/internal/pool_support.h"
+#include "keel/sync.h"
+
+namespace keel::pool_internal {
+
+template <typename T>
+struct Entry {
+  std::unique_ptr<T> resource;
+  TimePoint retire_at;     // max_lifetime minus jitter after creation
+  TimePoint idle_since;    // when it last went idle (idle_timeout)
+  TimePoint last_checked;  // last use or validation (validation_bypass, keepalive)
+  TimePoint leased_at;
+  std::string label;  // for leak reports
+  bool leak_reported = false;
+  size_t leased_pos = 0;  // index in Core::leased_ (leak detection only)
+};
+
+template <typename T>
+class Core {
+ public:
+  Core(PoolOptions options, PoolHooks<T> hooks, Clock& clock, std::optional<absl::BitGenRef> random)
+      : options_(std::move(options)),
+        hooks_(std::move(hooks)),
+        clock_(clock),
+        min_idle_(options_.min_idle.value_or(options_.max_size)),
+        random_(random ? *random : absl::BitGenRef(own_random_)) {
+    if (!options_.on_leak) options_.on_leak = &WriteLeakReportToStderr;
+  }
+
+  void StartMaintainer() {
+    if (options_.background_maintenance) maintainer_ = std::thread([this] { MaintainerLoop(); });
+  }
+
+  // The maintainer reads labels for leak reports, hence the lock.
+  void SetLabel(Entry<T>* e, std::string label) ABSL_LOCKS_EXCLUDED(mu_) {
+    MutexLock lock(mu_);
+    e->label = std::move(label);
+  }
+
+  void set_histogram(Histogram* h) { histogram_ = h; }
+  const PoolOptions& options() const { return options_; }
+
+  absl::StatusOr<Lease<T>> Acquire(TimePoint caller_deadline, bool wait) ABSL_LOCKS_EXCLUDED(mu_);
+  void Return(Entry<T>* e, bool broken) ABSL_LOCKS_EXCLUDED(mu_);
+  void RunMaintenance() ABSL_LOCKS_EXCLUDED(mu_);
+  void Shutdown() ABSL_LOCKS_EXCLUDED(mu_, join_mu_);
+  PoolStats Stats() const ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Called by ~Pool after Shutdown: deletes the core now, or lets the last lease do it.
+  void Orphan() ABSL_LOCKS_EXCLUDED(mu_) {
+    bool last;
+    {
+      MutexLock lock(mu_);
+      orphaned_ = true;
+      last = in_use_ == 0;
+    }
+    if (last) delete this;
+  }
+
+ private:
+  struct Waiter {
+    CondVar cv;
+    Entry<T>* entry = nullptr;  // handed over by Put
+    bool cancelled = false;     // by Shutdown
+  };
+
+  bool CanCreate() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return !shutdown_ && idle_.empty() && total_ + connecting_ < options_.max_size &&
+           connecting_ < options_.max_connecting && connecting_ < static_cast<int>(waiters_.size());
+  }
+
+  Entry<T>* NewEntry(std::unique_ptr<T> resource, TimePoint now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    auto* e = new Entry<T>;
+    e->resource = std::move(resource);
+    // Retire at a uniformly random point in the last 2.5% of the lifetime (HikariCP's variance).
+    const Duration lifetime = options_.max_lifetime;
+    const Duration jitter(absl::Uniform<int64_t>(random_, 0, lifetime.count() / 40 + 1));
+    e->retire_at = AddSaturating(now, lifetime - jitter);
+    e->idle_since = now;
+    e->last_checked = now;
+    ++total_;
+    ++created_;
+    return e;
+  }
+
+  void MarkLeased(Entry<T>* e, TimePoint now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    ++in_use_;
+    ++acquired_;
+    e->leased_at = now;
+    if (options_.leak_detection_threshold) {
+      e->label.clear();
+      e->leak_reported = false;
+      e->leased_pos = leased_.size();
+      leased_.push_back(e);
+    }
+  }
+
+  void UnmarkLeased(Entry<T>* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    --in_use_;
+    if (options_.leak_detection_threshold) {
+      Entry<T>* last = leased_.back();
+      leased_[e->leased_pos] = last;
+      last->leased_pos = e->leased_pos;
+      leased_.pop_back();
+    }
+  }
+
+  // Puts an open, unleased entry back into service: to the oldest waiter, else idle. Returns the
+  // entry when the pool is shut down (the caller destroys it outside the lock).
+  Entry<T>* Put(Entry<T>* e, TimePoint now, bool keep_idle_since = false)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (shutdown_) {
+      --total_;
+      ++destroyed_;
+      return e;
+    }
+    if (!waiters_.empty()) {
+      Waiter* w = waiters_.front();
+      waiters_.pop_front();
+      w->entry = e;
+      MarkLeased(e, now);
+      w->cv.Signal();
+      return nullptr;
+    }
+    if (!keep_idle_since) e->idle_since = now;
+    idle_.push_back(e);
+    return nullptr;
+  }
+
+  // A resource was closed or a creation ended: room for a creation, and maybe a refill.
+  void OnCapacityFreed() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    for (Waiter* w : waiters_) w->cv.Signal();
+    if (total_ < min_idle_ && !fill_requested_) {
+      fill_requested_ = true;
+      maintainer_cv_.Signal();
+    }
+  }
+
+  void Destroyed(int n = 1) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    total_ -= n;
+    destroyed_ += n;
+    OnCapacityFreed();
+  }
+
+  void RecordCreateFailure(const absl::Status& s, TimePoint now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    ++create_failures_;
+    last_create_error_ = s;
+    last_create_error_at_ = now;
+  }
+
+  Snapshot SnapshotLocked(TimePoint now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    Snapshot s{.in_use = in_use_,
+               .max_size = options_.max_size,
+               .waiting = static_cast<int>(waiters_.size()),
+               .connecting = connecting_};
+    if (!last_create_error_.ok()) {
+      s.last_create_error = DescribeCreateError(last_create_error_, now - last_create_error_at_);
+    }
+    return s;
+  }
+
+  void MaintainerLoop() ABSL_LOCKS_EXCLUDED(mu_);
+
+  PoolOptions options_;
+  const PoolHooks<T> hooks_;
+  Clock& clock_;
+  const int min_idle_;
+  Histogram* histogram_ = nullptr;
+  absl::BitGen own_random_;
+  absl::BitGenRef random_ ABSL_GUARDED_BY(mu_);
+
+  mutable Mutex mu_;
+  std::vector<Entry<T>*> idle_ ABSL_GUARDED_BY(mu_);    // LIFO: back is the most recently used
+  std::list<Waiter*> waiters_ ABSL_GUARDED_BY(mu_);     // FIFO: front is the oldest
+  std::vector<Entry<T>*> leased_ ABSL_GUARDED_BY(mu_);  // only with leak detection
+  int total_ ABSL_GUARDED_BY(mu_) = 0;
+  int in_use_ ABSL_GUARDED_BY(mu_) = 0;
+  int checking_ ABSL_GUARDED_BY(mu_) = 0;
+  int connecting_ ABSL_GUARDED_BY(mu_) = 0;
+  bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
+  bool orphaned_ ABSL_GUARDED_BY(mu_) = false;
+  bool fill_requested_ ABSL_GUARDED_BY(mu_) = true;  // the first pass fills the pool
+  absl::Status last_create_error_ ABSL_GUARDED_BY(mu_);
+  TimePoint last_create_error_at_ ABSL_GUARDED_BY(mu_);
+  uint64_t acquired_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t created_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t destroyed_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t timeouts_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t create_failures_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t validation_failures_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t leaks_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t maintenance_runs_ ABSL_GUARDED_BY(mu_) = 0;
+  CondVar maintainer_cv_;
+
+  Mutex join_mu_;  // serializes joining the maintainer when Shutdown races with itself
+  std::thread maintainer_ ABSL_GUARDED_BY(join_mu_);
+};
+
+template <typename T>
+absl::StatusOr<Lease<T>> Core<T>::Acquire(TimePoint caller_deadline, bool wait) {
+  const TimePoint start = clock_.Now();
+  const TimePoint limit = std::min(caller_deadline, AddSaturating(start, options_.acquire_timeout));
+  TimePoint now = start;
+  mu_.Lock();
+  // Fast path: an idle resource and nobody ahead of us.
+  while (!shutdown_ && waiters_.empty() && !idle_.empty()) {
+    Entry<T>* e = idle_.back();
+    idle_.pop_back();
+    if (now >= e->retire_at) {
+      Destroyed();
+      mu_.Unlock();
+      delete e;
+      now = clock_.Now();
+      mu_.Lock();
+      continue;
+    }
+    MarkLeased(e, now);
+    if (!hooks_.validate || now - e->last_checked < options_.validation_bypass) {
+      mu_.Unlock();
+      if (histogram_ != nullptr) histogram_->ObserveDuration(clock_.Now() - start);
+      return Lease<T>(this, e);
+    }
+    mu_.Unlock();
+    const Deadline check_by =
+        Deadline::At(std::min(limit, AddSaturating(now, options_.validation_timeout)), clock_);
+    const absl::Status valid = hooks_.validate(*e->resource, check_by);
+    now = clock_.Now();
+    mu_.Lock();
+    if (valid.ok()) {
+      e->last_checked = now;
+      mu_.Unlock();
+      if (histogram_ != nullptr) histogram_->ObserveDuration(now - start);
+      return Lease<T>(this, e);
+    }
+    UnmarkLeased(e);
+    --acquired_;
+    ++validation_failures_;
+    Destroyed();
+    mu_.Unlock();
+    delete e;
+    now = clock_.Now();
+    mu_.Lock();
+  }
+  if (shutdown_) {
+    mu_.Unlock();
+    return ShutDownError(options_);
+  }
+  if (!wait) {
+    const int in_use = in_use_;
+    const int waiting = static_cast<int>(waiters_.size());
+    mu_.Unlock();
+    return ExhaustedError(options_, in_use, waiting);
+  }
+
+  Waiter self;
+  waiters_.push_back(&self);
+  const auto position = std::prev(waiters_.end());
+  for (;;) {
+    if (self.entry != nullptr) {
+      mu_.Unlock();
+      // Handed over by Put straight after its last use or creation: no validation needed.
+      now = clock_.Now();
+      if (histogram_ != nullptr) histogram_->ObserveDuration(now - start);
+      return Lease<T>(this, self.entry);
+    }
+    if (self.cancelled) {
+      mu_.Unlock();
+      return CancelledError(options_);
+    }
+    if (CanCreate()) {
+      ++connecting_;
+      mu_.Unlock();
+      absl::StatusOr<std::unique_ptr<T>> created = hooks_.create(Deadline::At(limit, clock_));
+      now = clock_.Now();
+      mu_.Lock();
+      --connecting_;
+      if (created.ok() && *created != nullptr) {
+        Entry<T>* e = NewEntry(std::move(*created), now);
+        // To the oldest waiter (perhaps us), keeping FIFO order.
+        if (Entry<T>* dead = Put(e, now)) {
+          mu_.Unlock();
+          delete dead;
+          mu_.Lock();
+        }
+        continue;
+      }
+      const absl::Status cause = created.ok()
+                                     ? absl::InternalError("create hook returned a null resource")
+                                     : created.status();
+      RecordCreateFailure(cause, now);
+      OnCapacityFreed();  // another waiter may try
+      if (self.entry != nullptr || self.cancelled) continue;
+      waiters_.erase(position);
+      if (now >= limit) {
+        ++timeouts_;
+        const Snapshot snap = SnapshotLocked(now);
+        mu_.Unlock();
+        return AcquireTimeoutError(options_, now - start, snap);
+      }
+      mu_.Unlock();
+      return CreateFailedError(options_, cause);
+    }
+    if (!clock_.WaitUntil(mu_, self.cv, limit, [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          return self.entry != nullptr || self.cancelled || CanCreate();
+        })) {
+      now = clock_.Now();
+      Snapshot snap = SnapshotLocked(now);
+      waiters_.erase(position);
+      ++timeouts_;
+      mu_.Unlock();
+      return AcquireTimeoutError(options_, now - start, snap);
+    }
+  }
+}
+
+template <typename T>
+void Core<T>::Return(Entry<T>* e, bool broken) {
+  if (!broken && hooks_.on_return) hooks_.on_return(*e->resource);
+  const TimePoint now = clock_.Now();
+  Entry<T>* dead = nullptr;
+  bool delete_core = false;
+  {
+    MutexLock lock(mu_);
+    UnmarkLeased(e);
+    if (broken || shutdown_ || now >= e->retire_at) {
+      dead = e;
+      Destroyed();
+    } else {
+      e->last_checked = now;
+      dead = Put(e, now);
+    }
+    delete_core = orphaned_ && in_use_ == 0;
+  }
+  delete dead;  // closes the resource outside the lock
+  if (delete_core) delete this;
+}
+
+template <typename T>
+void Core<T>::RunMaintenance() {
+  TimePoint now = clock_.Now();
+  std::vector<Entry<T>*> retire;
+  std::vector<Entry<T>*> check;
+  std::vector<std::string> leaks;
+  {
+    MutexLock lock(mu_);
+    if (shutdown_) return;
+    ++maintenance_runs_;
+    // Oldest idle first (front), so idle_timeout closes the least recently used.
+    int removable = static_cast<int>(idle_.size()) - min_idle_;
+    std::vector<Entry<T>*> keep;
+    keep.reserve(idle_.size());
+    for (Entry<T>* e : idle_) {
+      if (now >= e->retire_at) {
+        retire.push_back(e);
+        --removable;
+      } else if (removable > 0 && now - e->idle_since >= options_.idle_timeout) {
+        retire.push_back(e);
+        --removable;
+      } else if (hooks_.validate && now - e->last_checked >= options_.keepalive_interval) {
+        check.push_back(e);
+      } else {
+        keep.push_back(e);
+      }
+    }
+    idle_.swap(keep);
+    checking_ += static_cast<int>(check.size());
+    if (!retire.empty()) Destroyed(static_cast<int>(retire.size()));
+    if (options_.leak_detection_threshold) {
+      for (Entry<T>* e : leased_) {
+        const Duration held = now - e->leased_at;
+        if (!e->leak_reported && held >= *options_.leak_detection_threshold) {
+          e->leak_reported = true;
+          ++leaks_;
+          leaks.push_back(LeakReport(options_, e->label, held));
+        }
+      }
+    }
+  }
+  for (Entry<T>* e : retire) delete e;
+  for (const std::string& report : leaks) options_.on_leak(report);
+  for (Entry<T>* e : check) {
+    const absl::Status valid = hooks_.validate(
+        *e->resource, Deadline::At(AddSaturating(now, options_.validation_timeout), clock_));
+    now = clock_.Now();
+    Entry<T>* dead = nullptr;
+    {
+      MutexLock lock(mu_);
+      --checking_;
+      if (valid.ok()) {
+        e->last_checked = now;
+        dead = Put(e, now, /*keep_idle_since=*/true);
+      } else {
+        ++validation_failures_;
+        dead = e;
+        Destroyed();
+      }
+    }
+    delete dead;
+  }
+  // Fill up to min_idle, one creation at a time; stop at the first failure (the next pass or an
+  // Acquire tries again) so a down backend is not hammered.
+  for (;;) {
+    {
+      MutexLock lock(mu_);
+      fill_requested_ = false;
+      const bool want = !shutdown_ && static_cast<int>(idle_.size()) + connecting_ < min_idle_ &&
+                        total_ + connecting_ < options_.max_size &&
+                        connecting_ < options_.max_connecting;
+      if (!want) break;
+      ++connecting_;
+    }
+    absl::StatusOr<std::unique_ptr<T>> created =
+        hooks_.create(Deadline::At(AddSaturating(now, options_.acquire_timeout), clock_));
+    now = clock_.Now();
+    Entry<T>* dead = nullptr;
+    {
+      MutexLock lock(mu_);
+      --connecting_;
+      if (!created.ok() || *created == nullptr) {
+        RecordCreateFailure(
+            created.ok() ? absl::InternalError("create hook returned null") : created.status(),
+            now);
+        for (Waiter* w : waiters_) w->cv.Signal();
+        fill_requested_ = false;  // don't spin: retry at the next interval
+        break;
+      }
+      dead = Put(NewEntry(std::move(*created), now), now);
+    }
+    delete dead;
+  }
+}
+
+template <typename T>
+void Core<T>::MaintainerLoop() {
+  for (;;) {
+    {
+      MutexLock lock(mu_);
+      const TimePoint next = AddSaturating(clock_.Now(), options_.maintenance_interval);
+      clock_.WaitUntil(mu_, maintainer_cv_, next, [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return shutdown_ || fill_requested_;
+      });
+      if (shutdown_) return;
+    }
+    RunMaintenance();
+  }
+}
+
+template <typename T>
+void Core<T>::Shutdown() {
+  std::vector<Entry<T>*> idle;
+  {
+    MutexLock lock(mu_);
+    if (!shutdown_) {
+      shutdown_ = true;
+      for (Waiter* w : waiters_) {
+        w->cancelled = true;
+        w->cv.Signal();
+      }
+      waiters_.clear();
+      idle.swap(idle_);
+      total_ -= static_cast<int>(idle.size());
+      destroyed_ += idle.size();
+      maintainer_cv_.SignalAll();
+    }
+  }
+  {
+    MutexLock lock(join_mu_);
+    if (maintainer_.joinable()) maintainer_.join();
+  }
+  for (Entry<T>* e : idle) delete e;
+}
+
+template <typename T>
+PoolStats Core<T>::Stats() const {
+  MutexLock lock(mu_);
+  return PoolStats{.max_size = options_.max_size,
+                   .in_use = in_use_,
+                   .idle = static_cast<int>(idle_.size()),
+                   .pending = static_cast<int>(waiters_.size()),
+                   .connecting = connecting_,
+                   .total = total_,
+                   .acquired_total = acquired_,
+                   .created_total = created_,
+                   .destroyed_total = destroyed_,
+                   .timeouts_total = timeouts_,
+                   .create_failures_total = create_failures_,
+                   .validation_failures_total = validation_failures_,
+                   .leaks_detected_total = leaks_,
+                   .maintenance_runs_total = maintenance_runs_};
+}
+
+}  // namespace keel::pool_internal
+
+namespace keel {
+
+template <typename T>
+T* Lease<T>::get() const {
+  return entry_->resource.get();
+}
+
+template <typename T>
+void Lease<T>::Release() {
+  if (entry_ == nullptr) return;
+  pool_internal::Entry<T>* e = std::exchange(entry_, nullptr);
+  std::exchange(core_, nullptr)->Return(e, /*broken=*/false);
+}
+
+template <typename T>
+void Lease<T>::Invalidate() {
+  if (entry_ == nullptr) return;
+  pool_internal::Entry<T>* e = std::exchange(entry_, nullptr);
+  std::exchange(core_, nullptr)->Return(e, /*broken=*/true);
+}
+
+template <typename T>
+void Lease<T>::SetLabel(std::string label) {
+  core_->SetLabel(entry_, std::move(label));
+}
+
+template <typename T>
+absl::StatusOr<std::unique_ptr<Pool<T>>> Pool<T>::Create(PoolOptions options, PoolHooks<T> hooks,
+                                                         Clock& clock, MetricsRegistry* metrics) {
+  return CreateImpl(std::move(options), std::move(hooks), clock, metrics, std::nullopt);
+}
+
+template <typename T>
+absl::StatusOr<std::unique_ptr<Pool<T>>> Pool<T>::Create(PoolOptions options, PoolHooks<T> hooks,
+                                                         Clock& clock, MetricsRegistry* metrics,
+                                                         absl::BitGenRef random) {
+  return CreateImpl(std::move(options), std::move(hooks), clock, metrics,
+                    std::optional<absl::BitGenRef>(random));
+}
+
+template <typename T>
+absl::StatusOr<std::unique_ptr<Pool<T>>> Pool<T>::CreateImpl(
+    PoolOptions options, PoolHooks<T> hooks, Clock& clock, MetricsRegistry* metrics,
+    std::optional<absl::BitGenRef> random) {
+  if (auto s = pool_internal::ValidateOptions(options); !s.ok()) return s;
+  if (!hooks.create) {
+    return absl::InvalidArgumentError(
+        internal::StrCat("pool \"", options.name, "\": hooks.create is required"));
+  }
+  std::unique_ptr<Pool<T>> pool(
+      new Pool<T>(new pool_internal::Core<T>(std::move(options), std::move(hooks), clock, random)));
+  if (metrics != nullptr) {
+    Histogram* histogram = nullptr;
+    pool_internal::Core<T>* core = pool->core_;
+    auto registrations = pool_internal::RegisterMetrics(
+        *metrics, core->options().name, [core] { return core->Stats(); }, &histogram);
+    if (!registrations.ok()) return registrations.status();  // ~Pool cleans up
+    pool->registrations_ = std::move(*registrations);
+    core->set_histogram(histogram);
+  }
+  pool->core_->StartMaintainer();
+  return pool;
+}
+
+template <typename T>
+Pool<T>::~Pool() {
+  core_->Shutdown();
+  registrations_.clear();  // before the core may go: the callbacks read it
+  core_->Orphan();
+}
+
+template <typename T>
+absl::StatusOr<Lease<T>> Pool<T>::Acquire(Deadline deadline) {
+  return core_->Acquire(deadline.time(), /*wait=*/true);
+}
+
+template <typename T>
+absl::StatusOr<Lease<T>> Pool<T>::TryAcquire() {
+  return core_->Acquire(TimePoint::max(), /*wait=*/false);
+}
+
+template <typename T>
+void Pool<T>::RunMaintenance() {
+  core_->RunMaintenance();
+}
+
+template <typename T>
+PoolStats Pool<T>::Stats() const {
+  return core_->Stats();
+}
+
+template <typename T>
+const PoolOptions& Pool<T>::options() const {
+  return core_->options();
+}
+
+template <typename T>
+void Pool<T>::Shutdown() {
+  core_->Shutdown();
+}
+
+}  // namespace keel

@@ -1,0 +1,106 @@
+// keel/redis/command.h: binary-safe command arguments and pipelines.
+//
+// Defines `keel::redis::Arg` (one argument: any string-like value, viewed without copying, or an
+// integer, formatted in place) and `keel::redis::Pipeline` (many commands encoded into one
+// buffer, sent in one write and answered in one round trip).
+//
+// Commands are always sent as an argument vector in the RESP protocol (each argument
+// length-prefixed), never built by string formatting, so keys and values may hold any bytes,
+// spaces, newlines and NULs included.
+//
+// Thread safety: Arg is a value. A Pipeline is not thread-safe; build it on one thread, then
+// run it (Client::Run / Connection::Run) from any thread, as often as you like.
+//
+//   keel::redis::Pipeline p;
+//   for (const auto& [key, value] : batch) p.Add("SET", key, value, "EX", 60);
+//   p.Add("INCR", "writes");
+//   auto results = client.Run(deadline, p);       // one round trip
+//   if (!results.ok()) return results.status();    // the connection failed: nothing is known
+//   for (const absl::StatusOr<Reply>& r : *results) ...   // one per command, in order
+#pragma once
+
+#include <charconv>
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "keel/redis/reply.h"
+
+namespace keel::redis {
+
+// One command argument. Holds a view of string-like values (the caller keeps them alive for
+// the duration of the call) and formats integers into an inline buffer.
+class Arg {
+ public:
+  Arg(std::string_view s) : data_(s.data()), size_(s.size()) {}    // NOLINT: implicit by design
+  Arg(const std::string& s) : data_(s.data()), size_(s.size()) {}  // NOLINT
+  Arg(const char* s) : Arg(std::string_view(s)) {}                 // NOLINT
+  template <std::integral T>
+  requires(!std::same_as<T, bool> && !std::same_as<T, char>) Arg(T v) : inline_(true) {  // NOLINT
+    size_ = static_cast<size_t>(std::to_chars(buf_, buf_ + sizeof(buf_), v).ptr - buf_);
+  }
+
+  Arg(const Arg& other) { *this = other; }
+  Arg& operator=(const Arg& other) {
+    data_ = other.data_;
+    size_ = other.size_;
+    inline_ = other.inline_;
+    if (inline_) std::copy(other.buf_, other.buf_ + other.size_, buf_);
+    return *this;
+  }
+
+  std::string_view view() const {
+    return inline_ ? std::string_view(buf_, size_) : std::string_view(data_, size_);
+  }
+
+ private:
+  const char* data_ = nullptr;
+  size_t size_ = 0;
+  bool inline_ = false;
+  char buf_[24];  // fits any 64-bit integer in decimal with its sign
+};
+
+// Appends the RESP encoding of `argv` (`*N\r\n$len\r\nbytes\r\n...`) to `out`.
+void AppendRespCommand(std::span<const std::string_view> argv, std::string& out);
+
+// The replies of a pipeline, one per command in order: each is the reply or the Status of the
+// server's error reply for that command.
+using PipelineReplies = std::vector<absl::StatusOr<Reply>>;
+
+// Commands to send together. Arguments are copied into the pipeline's buffer when added.
+class Pipeline {
+ public:
+  Pipeline() = default;
+
+  // Appends one command, e.g. Add("HSET", key, field, value).
+  template <typename... Args>
+  Pipeline& Add(const Args&... args) {
+    const Arg argv[] = {Arg(args)...};
+    std::string_view views[sizeof...(Args)];
+    for (size_t i = 0; i < sizeof...(Args); ++i) views[i] = argv[i].view();
+    return AddArgv(views);
+  }
+  // Appends one command given as an argument vector. REQUIRES: !argv.empty().
+  Pipeline& AddArgv(std::span<const std::string_view> argv);
+
+  size_t size() const { return count_; }
+  bool empty() const { return count_ == 0; }
+  void Clear() {
+    encoded_.clear();
+    count_ = 0;
+  }
+
+  // The RESP bytes of every command, in order.
+  const std::string& encoded() const { return encoded_; }
+
+ private:
+  std::string encoded_;
+  size_t count_ = 0;
+};
+
+}  // namespace keel::redis

@@ -1,0 +1,101 @@
+// keel/redis/options.h: where a Redis client connects and how long it waits.
+//
+// Defines `keel::redis::Endpoint` and `keel::redis::Options`, built by hand with designated
+// initializers or from a URL:
+//
+//   redis://[[user]:password@]host[:port][/db]
+//   redis+sentinel://[[user]:password@]host1[:port1][,host2[:port2]...]/master_name[/db]
+//
+// Hosts may be names, IPv4 addresses or bracketed IPv6 addresses (`[::1]:6379`). The port
+// defaults to 6379 (26379 for sentinels). User and password are percent-decoded, so a password
+// holding `@`, `:` or `/` is written `%40`, `%3A`, `%2F`. With `redis+sentinel://` the
+// credentials are those of the Redis servers, not of the sentinels.
+//
+// Thread safety: plain values.
+//
+//   auto options = keel::redis::Options::FromUrl("redis://:s3cret@10.0.0.5:6379/2");
+//   if (!options.ok()) return options.status();   // INVALID_ARGUMENT naming the bad part
+//   options->command_timeout = 200ms;
+//   options->pool.max_size = 16;
+//   auto client = keel::redis::Client::Create(*options);
+#pragma once
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "keel/clock.h"
+#include "keel/pool/pool.h"
+
+namespace keel::redis {
+
+inline constexpr int kDefaultPort = 6379;
+inline constexpr int kDefaultSentinelPort = 26379;
+
+// One TCP address.
+struct Endpoint {
+  std::string host = "127.0.0.1";
+  int port = kDefaultPort;
+
+  // "host:port", or "[v6]:port" for IPv6 literals.
+  std::string ToString() const;
+  friend bool operator==(const Endpoint&, const Endpoint&) = default;
+};
+
+// How a Client (and a Subscriber) reaches Redis. Validate() (called by every Create) names the
+// first field that is wrong.
+struct Options {
+  // The Redis server. Ignored when `sentinels` is non-empty (the primary is discovered).
+  // Default: 127.0.0.1:6379.
+  Endpoint server;
+
+  // Sentinels to ask for the current primary of `master_name`; non-empty switches the client to
+  // Sentinel mode. Sentinels are tried in order until one answers. Default: none.
+  std::vector<Endpoint> sentinels;
+
+  // The name the sentinels monitor the primary under. REQUIRED in Sentinel mode.
+  std::string master_name;
+
+  // ACL user for `AUTH user password` (Redis 6+). Without it, `AUTH password` authenticates the
+  // `default` user. Default: none.
+  std::optional<std::string> user;
+
+  // Password sent with AUTH on every new connection. Default: none (no AUTH).
+  std::optional<std::string> password;
+
+  // Database selected with SELECT on every new connection. Default: 0 (no SELECT sent).
+  int db = 0;
+
+  // Upper bound on establishing a connection (TCP connect plus AUTH/SELECT/ROLE), further
+  // bounded by the caller's deadline. Keep it short: a connect that takes longer than a few
+  // round trips means the server is down or overloaded. Default: 1 s.
+  Duration connect_timeout = std::chrono::seconds(1);
+
+  // Socket timeout applied when the caller's deadline is infinite, so a call never blocks
+  // forever on a paused server. A finite caller deadline always wins (also when longer, which
+  // blocking commands such as BLPOP need). Default: 1 s.
+  Duration command_timeout = std::chrono::seconds(1);
+
+  // The client's connection pool (keel/pool/pool.h; HikariCP's defaults). Its `name` appears in
+  // every pool error and metric. Redis runs commands on one thread, so a handful of connections
+  // per process saturates it; raise max_size only for blocking commands or long pipelines.
+  // Default: PoolOptions{} named "redis" (10 connections, kept open).
+  PoolOptions pool = {.name = "redis"};
+
+  // Parses a redis:// or redis+sentinel:// URL (grammar in the banner); fields the URL does not
+  // carry keep their defaults. INVALID_ARGUMENT naming the part that is wrong (scheme, host,
+  // port, db, master name, user, password); passwords are never echoed in errors.
+  static absl::StatusOr<Options> FromUrl(std::string_view url);
+
+  // OK, or INVALID_ARGUMENT naming the first bad field
+  // (`redis.connect_timeout must be positive, got -1ms`).
+  absl::Status Validate() const;
+
+  bool sentinel_mode() const { return !sentinels.empty(); }
+};
+
+}  // namespace keel::redis

@@ -1,0 +1,90 @@
+// keel/redis/script.h: a Lua script run atomically on Redis by its SHA-1.
+//
+// Defines `keel::redis::Script`. Every atomic multi-key operation in keel (shared rate limits,
+// locks, queues) is one Script: the source is hashed once at construction, each run sends only
+// `EVALSHA <sha1> numkeys keys... args...`, and when the server does not know the script yet
+// (NOSCRIPT: first use, a restart, a failover, SCRIPT FLUSH) the same call falls back to
+// `EVAL <source> ...`, which both runs it and caches it on that server. Callers never load
+// scripts themselves.
+//
+// Keep every key of one script under one hash tag (`{user:42}:tokens`) so it also works on Redis
+// Cluster, and read time with `redis.call('TIME')` rather than passing a client clock.
+//
+// Thread safety: a Script is immutable after construction; share it (typically a static).
+//
+//   static const keel::redis::Script kIncrWithTtl(R"lua(
+//     local n = redis.call('INCR', KEYS[1])
+//     if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+//     return n
+//   )lua");
+//   absl::StatusOr<Reply> n = kIncrWithTtl.Run(client, deadline, {key}, {60000});
+//   if (!n.ok()) return n.status();   // as for Client::Command
+#pragma once
+
+#include <initializer_list>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "keel/deadline.h"
+#include "keel/redis/command.h"
+#include "keel/redis/reply.h"
+
+namespace keel::redis {
+
+class Script {
+ public:
+  explicit Script(std::string source);
+
+  const std::string& source() const { return source_; }
+  // Lowercase hex SHA-1 of the source: the name Redis caches the script under.
+  const std::string& sha1() const { return sha1_; }
+
+  // Runs the script with `keys` (KEYS[1..]) and `args` (ARGV[1..]) on `executor`, anything with
+  // `CommandArgv(Deadline, std::span<const std::string_view>)`: a Client or a Connection.
+  // Errors: as the executor's CommandArgv; a script's own error (redis.error_reply, a runtime
+  // error) comes back as a Status carrying the server's message (see ServerError).
+  template <typename Executor>
+  absl::StatusOr<Reply> Run(Executor& executor, Deadline deadline, std::initializer_list<Arg> keys,
+                            std::initializer_list<Arg> args = {}) const {
+    std::vector<std::string_view> k, a;
+    k.reserve(keys.size());
+    a.reserve(args.size());
+    for (const Arg& key : keys) k.push_back(key.view());
+    for (const Arg& arg : args) a.push_back(arg.view());
+    return RunArgv(executor, deadline, k, a);
+  }
+
+  // As Run, with keys and arguments given at run time.
+  template <typename Executor>
+  absl::StatusOr<Reply> RunArgv(Executor& executor, Deadline deadline,
+                                std::span<const std::string_view> keys,
+                                std::span<const std::string_view> args) const {
+    std::string numkeys;
+    std::vector<std::string_view> argv = BuildArgv(keys, args, numkeys);
+    absl::StatusOr<Reply> reply = executor.CommandArgv(deadline, argv);
+    if (reply.ok() || !IsServerError(reply.status(), "NOSCRIPT")) return reply;
+    argv[0] = "EVAL";
+    argv[1] = source_;
+    return executor.CommandArgv(deadline, argv);
+  }
+
+  // Adds one EVALSHA of this script to `pipeline`. A pipelined call does not fall back on
+  // NOSCRIPT (its entry fails with NOT_FOUND, see IsServerError(s, "NOSCRIPT")): run the script
+  // once with Run first, and retry such entries with Run.
+  void AddTo(Pipeline& pipeline, std::span<const std::string_view> keys,
+             std::span<const std::string_view> args) const;
+
+ private:
+  // EVALSHA sha1 numkeys keys... args...; `numkeys` holds the count's digits.
+  std::vector<std::string_view> BuildArgv(std::span<const std::string_view> keys,
+                                          std::span<const std::string_view> args,
+                                          std::string& numkeys) const;
+
+  std::string source_;
+  std::string sha1_;
+};
+
+}  // namespace keel::redis

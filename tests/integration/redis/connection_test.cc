@@ -1,0 +1,209 @@
+// One Connection against real servers: the shared test server for harmless commands, servers of
+// the test's own for anything that kills, pauses or reconfigures.
+#include "keel/redis/connection.h"
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <string>
+#include <thread>
+
+#include "integration/redis/test_server.h"
+#include "keel/redis/script.h"
+#include "support/subprocess.h"
+
+using keel::Deadline;
+using keel::redis::Connection;
+using keel::redis::Options;
+using keel::redis::Reply;
+using namespace std::chrono_literals;
+
+namespace {
+
+Options SharedOptions() {
+  auto o = Options::FromUrl(keel::test::RequireEnv("KEEL_TEST_REDIS_URL"));
+  REQUIRE(o.ok());
+  return *o;
+}
+
+std::unique_ptr<Connection> Connect(const Options& o) {
+  auto c = Connection::Connect(o.server, o, Deadline::After(2s));
+  REQUIRE(c.ok());
+  return std::move(*c);
+}
+
+Options OwnOptions(const keel::test::RedisServer& server) {
+  return *Options::FromUrl(server.url());
+}
+
+}  // namespace
+
+TEST_CASE("connection: values are binary-safe and replies are typed") {
+  auto c = Connect(SharedOptions());
+  const std::string key = "keel:test:conn:bin";
+  const std::string value("a\0b\r\n%s $3\r\n", 13);
+  CHECK(c->Command(Deadline::After(1s), "SET", key, value)->is_status());
+  auto got = c->Command(Deadline::After(1s), "GET", key);
+  REQUIRE(got.ok());
+  CHECK(got->is_string());
+  CHECK(got->str() == value);
+  CHECK(c->Command(Deadline::After(1s), "GET", "keel:test:conn:absent")->is_nil());
+  CHECK(c->Command(Deadline::After(1s), "DEL", "keel:test:conn:list").ok());
+  CHECK(c->Command(Deadline::After(1s), "RPUSH", "keel:test:conn:list", 1, "two")->integer() == 2);
+  auto list = c->Command(Deadline::After(1s), "LRANGE", "keel:test:conn:list", 0, -1);
+  REQUIRE(list.ok());
+  CHECK(*list == Reply::Array({Reply::String("1"), Reply::String("two")}));
+  CHECK_FALSE(c->broken());
+}
+
+TEST_CASE("connection: a server error reply becomes a Status and the connection stays usable") {
+  auto c = Connect(SharedOptions());
+  const std::string key = "keel:test:conn:wrongtype";
+  REQUIRE(c->Command(Deadline::After(1s), "SET", key, "x").ok());
+  auto r = c->Command(Deadline::After(1s), "LPUSH", key, "y");
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK_THAT(std::string(r.status().message()), Catch::Contains("WRONGTYPE"));
+  CHECK_FALSE(c->broken());
+  CHECK(c->Command(Deadline::After(1s), "PING")->str() == "PONG");
+}
+
+TEST_CASE("connection: a pipeline returns one result per command in order, errors per entry") {
+  auto c = Connect(SharedOptions());
+  keel::redis::Pipeline p;
+  p.Add("DEL", "keel:test:conn:pipe");
+  for (int i = 0; i < 100; ++i) p.Add("INCR", "keel:test:conn:pipe");
+  p.Add("HGET", "keel:test:conn:pipe", "f");  // wrong type: fails only this entry
+  p.Add("GET", "keel:test:conn:pipe");
+  auto results = c->Run(Deadline::After(2s), p);
+  REQUIRE(results.ok());
+  REQUIRE(results->size() == 103);
+  for (int i = 1; i <= 100; ++i) {
+    REQUIRE((*results)[i].ok());
+    CHECK((*results)[i]->integer() == i);
+  }
+  CHECK((*results)[101].status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK((*results)[102]->str() == "100");
+  CHECK(c->Run(Deadline::After(1s), keel::redis::Pipeline())->empty());
+}
+
+TEST_CASE("script: runs by SHA-1 and reloads itself after SCRIPT FLUSH") {
+  keel::test::RedisServer server;
+  auto c = Connect(OwnOptions(server));
+  const keel::redis::Script script("return {KEYS[1], ARGV[1], tonumber(ARGV[2]) + 1}");
+  auto loaded = c->Command(Deadline::After(1s), "SCRIPT", "LOAD", script.source());
+  REQUIRE(loaded.ok());
+  CHECK(loaded->str() == script.sha1());
+  auto r = script.Run(*c, Deadline::After(1s), {"k"}, {"v", 41});
+  REQUIRE(r.ok());
+  CHECK(*r == Reply::Array({Reply::String("k"), Reply::String("v"), Reply::Integer(42)}));
+  REQUIRE(c->Command(Deadline::After(1s), "SCRIPT", "FLUSH").ok());
+  auto again = script.Run(*c, Deadline::After(1s), {"k"}, {"v", 1});
+  REQUIRE(again.ok());
+  CHECK(again->elements()[2].integer() == 2);
+  // ... and the fallback cached it: EVALSHA works directly now.
+  CHECK(c->Command(Deadline::After(1s), "EVALSHA", script.sha1(), 1, "k", "v", 2).ok());
+}
+
+TEST_CASE("script: an error raised by the script is a Status with its message") {
+  auto c = Connect(SharedOptions());
+  const keel::redis::Script script("return redis.error_reply('LIMITED over quota')");
+  auto r = script.Run(*c, Deadline::After(1s), {});
+  REQUIRE_FALSE(r.ok());
+  CHECK(keel::redis::ServerError(r.status()).value_or("") == "LIMITED over quota");
+  CHECK_FALSE(c->broken());
+}
+
+TEST_CASE("connection: the deadline bounds a slow reply and breaks the connection") {
+  keel::test::RedisServer server({"--enable-debug-command", "yes"});
+  auto c = Connect(OwnOptions(server));
+  const auto start = std::chrono::steady_clock::now();
+  auto r = c->Command(Deadline::After(100ms), "DEBUG", "SLEEP", "1");
+  const auto took = std::chrono::steady_clock::now() - start;
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.status().code() == absl::StatusCode::kDeadlineExceeded);
+  CHECK(took >= 95ms);
+  CHECK(took < 150ms);
+  CHECK(c->broken());
+}
+
+TEST_CASE("connection: an infinite deadline is bounded by command_timeout") {
+  keel::test::RedisServer server({"--enable-debug-command", "yes"});
+  Options o = OwnOptions(server);
+  o.command_timeout = 100ms;
+  auto c = Connect(o);
+  const auto start = std::chrono::steady_clock::now();
+  auto r = c->Command(Deadline::Infinite(), "DEBUG", "SLEEP", "1");
+  CHECK(r.status().code() == absl::StatusCode::kDeadlineExceeded);
+  CHECK_THAT(std::string(r.status().message()), Catch::Contains("command_timeout 100ms"));
+  CHECK(std::chrono::steady_clock::now() - start < 200ms);
+}
+
+TEST_CASE("connection: an expired deadline fails without I/O and keeps the connection") {
+  auto c = Connect(SharedOptions());
+  auto r = c->Command(Deadline::After(-1ms), "PING");
+  CHECK(r.status().code() == absl::StatusCode::kDeadlineExceeded);
+  CHECK_FALSE(c->broken());
+  CHECK(c->Command(Deadline::After(1s), "PING").ok());
+}
+
+TEST_CASE("connection: refused connections fail fast with UNAVAILABLE") {
+  Options o;
+  o.server.port = keel::test::FreeLoopbackPort();
+  const auto start = std::chrono::steady_clock::now();
+  auto c = Connection::Connect(o.server, o, Deadline::After(5s));
+  REQUIRE_FALSE(c.ok());
+  CHECK(c.status().code() == absl::StatusCode::kUnavailable);
+  CHECK_THAT(std::string(c.status().message()), Catch::Contains("cannot connect"));
+  CHECK(std::chrono::steady_clock::now() - start < 100ms);
+}
+
+TEST_CASE("connection: a killed server gives UNAVAILABLE and a broken connection") {
+  keel::test::RedisServer server;
+  auto c = Connect(OwnOptions(server));
+  REQUIRE(c->Command(Deadline::After(1s), "PING").ok());
+  server.Kill();
+  auto r = c->Command(Deadline::After(1s), "PING");
+  CHECK(r.status().code() == absl::StatusCode::kUnavailable);
+  CHECK(c->broken());
+  CHECK(c->Command(Deadline::After(1s), "PING").status().code() ==
+        absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_CASE("connection: AUTH with an ACL user and SELECT run on connect") {
+  keel::test::RedisServer server({"--requirepass", "adminpw"});
+  {
+    Options admin = OwnOptions(server);
+    admin.password = "adminpw";
+    auto c = Connect(admin);
+    REQUIRE(c->Command(Deadline::After(1s), "ACL", "SETUSER", "app", "on", ">app pw", "~*", "+@all")
+                .ok());
+  }
+  auto o =
+      Options::FromUrl("redis://app:app%20pw@127.0.0.1:" + std::to_string(server.port()) + "/5");
+  REQUIRE(o.ok());
+  auto c = Connect(*o);
+  CHECK(c->Command(Deadline::After(1s), "ACL", "WHOAMI")->str() == "app");
+  CHECK(c->Command(Deadline::After(1s), "CLIENT", "INFO")->str().find(" db=5 ") !=
+        std::string::npos);
+
+  o->password = "wrong";
+  auto denied = Connection::Connect(o->server, *o, Deadline::After(1s));
+  REQUIRE_FALSE(denied.ok());
+  CHECK(denied.status().code() == absl::StatusCode::kPermissionDenied);
+  CHECK_THAT(std::string(denied.status().message()), Catch::Contains("WRONGPASS"));
+}
+
+TEST_CASE("connection: a paused server makes connect fail by the connect timeout") {
+  keel::test::RedisServer server({"--requirepass", "pw"});
+  Options o = OwnOptions(server);
+  o.password = "pw";
+  o.connect_timeout = 100ms;
+  server.Stop();
+  const auto start = std::chrono::steady_clock::now();
+  auto c = Connection::Connect(o.server, o, Deadline::After(5s));
+  const auto took = std::chrono::steady_clock::now() - start;
+  server.Continue();
+  REQUIRE_FALSE(c.ok());
+  CHECK(c.status().code() == absl::StatusCode::kUnavailable);
+  CHECK(took < 200ms);
+}
