@@ -1,0 +1,63 @@
+// keel/limit/decision.h: the answer every keel rate limiter gives.
+//
+// Defines `keel::limit::Decision` (allowed or not, with the figures a client needs to pace itself)
+// and the constants shared by the limiters (`kNever`, `kMaxKeyBytes`).
+//
+// A rejection is a value (`allowed == false`), not an error: absl::Status is kept for real
+// failures (bad arguments, a backend that is down). The fields follow redis-cell's CL.THROTTLE
+// reply so that an in-process limiter and a Redis-shared one answer in the same terms.
+//
+// Thread safety: plain values.
+//
+//   absl::StatusOr<keel::limit::Decision> d = bucket.TryAcquire();
+//   if (!d.ok()) return d.status();             // INVALID_ARGUMENT: a negative quantity
+//   if (!d->allowed) {
+//     for (const auto& h : keel::limit::HttpHeaders(*d, {.name = "api", .window = 1min})) {
+//       response.set_header(h.name, h.value);   // 429 with Retry-After
+//     }
+//     return TooManyRequests();
+//   }
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <ostream>
+#include <string>
+
+#include "keel/clock.h"
+
+namespace keel::limit {
+
+// `Decision::retry_after` of a request that can never be admitted because its quantity exceeds
+// the limiter's capacity (redis-cell answers -1 here). Waiting does not help such a request.
+inline constexpr Duration kNever = Duration::max();
+
+// Keys longer than this are rejected with INVALID_ARGUMENT by keyed limiters: a key is an
+// identifier (an IP, a user id, a route), and an unbounded key is a memory attack.
+inline constexpr size_t kMaxKeyBytes = 1024;
+
+struct Decision {
+  // Whether the request was admitted (and its quantity consumed).
+  bool allowed = false;
+  // The largest quantity the limiter can ever admit at once: the burst of a bucket, the limit of
+  // a window (redis-cell: max_burst + 1).
+  int64_t limit = 0;
+  // The quantity that could still be admitted right now, after this decision. Never negative.
+  int64_t remaining = 0;
+  // Time until the limiter is back to its initial, fully replenished state if nothing else is
+  // admitted (redis-cell's reset_after; for windows, until the counted requests have expired).
+  Duration reset_after = Duration::zero();
+  // Zero when allowed. When denied: the earliest time after which the same request would be
+  // admitted if nothing else is admitted meanwhile, or `kNever` when it never can be.
+  Duration retry_after = Duration::zero();
+
+  friend bool operator==(const Decision&, const Decision&) = default;
+};
+
+// "allowed limit=10 remaining=3 reset_after=1.5s retry_after=0s", for logs and test failures.
+std::string DebugString(const Decision& d);
+inline std::ostream& operator<<(std::ostream& os, const Decision& d) {
+  return os << DebugString(d);
+}
+
+}  // namespace keel::limit

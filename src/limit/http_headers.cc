@@ -1,0 +1,54 @@
+#include "keel/limit/http_headers.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace keel::limit {
+namespace {
+
+// RFC 8941 sf-string: printable ASCII with `"` and `\` escaped; anything else is replaced by '?'
+// so a policy name can never inject a header line.
+std::string SfString(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (c >= 0x20 && c < 0x7f) {
+      out += c;
+    } else {
+      out += '?';
+    }
+  }
+  out += '"';
+  return out;
+}
+
+}  // namespace
+
+int64_t CeilSeconds(Duration d) {
+  if (d <= Duration::zero()) return 0;
+  const int64_t ns = d.count();
+  return ns / 1'000'000'000 + (ns % 1'000'000'000 != 0 ? 1 : 0);
+}
+
+std::vector<HttpHeader> HttpHeaders(const Decision& decision, const HttpPolicy& policy) {
+  const std::string name = SfString(policy.name);
+  const int64_t reset = CeilSeconds(decision.reset_after);
+  const int64_t remaining = decision.remaining < 0 ? 0 : decision.remaining;
+  std::vector<HttpHeader> headers;
+  headers.reserve(6);
+  headers.push_back({"RateLimit-Policy",
+                     absl::StrCat(name, ";q=", decision.limit, ";w=", CeilSeconds(policy.window))});
+  headers.push_back({"RateLimit", absl::StrCat(name, ";r=", remaining, ";t=", reset)});
+  headers.push_back({"RateLimit-Limit", absl::StrCat(decision.limit)});
+  headers.push_back({"RateLimit-Remaining", absl::StrCat(remaining)});
+  headers.push_back({"RateLimit-Reset", absl::StrCat(reset)});
+  if (!decision.allowed && decision.retry_after != kNever) {
+    // At least 1: "Retry-After: 0" invites an immediate retry of a request just denied.
+    const int64_t after = CeilSeconds(decision.retry_after);
+    headers.push_back({"Retry-After", absl::StrCat(after < 1 ? 1 : after)});
+  }
+  return headers;
+}
+
+}  // namespace keel::limit

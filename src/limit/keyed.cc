@@ -1,0 +1,56 @@
+#include "keel/limit/keyed.h"
+
+#include "keel/internal/strings.h"
+
+namespace keel::limit::internal {
+
+using keel::internal::StrCat;
+
+absl::Status ValidateKeyed(std::string_view name, std::string_view key, int64_t n) {
+  if (key.size() > kMaxKeyBytes) {
+    return absl::InvalidArgumentError(
+        StrCat(name, ": key of ", key.size(), " bytes exceeds the maximum of ", kMaxKeyBytes));
+  }
+  if (n < 0) return absl::InvalidArgumentError(StrCat(name, ".quantity must be >= 0, got ", n));
+  return absl::OkStatus();
+}
+
+absl::Status ValidateKeyedOptions(const KeyedOptions& options, size_t limits) {
+  if (options.shards < 1) {
+    return absl::InvalidArgumentError(StrCat(options.name, ".shards must be >= 1, got 0"));
+  }
+  if (options.max_keys < options.shards) {
+    return absl::InvalidArgumentError(StrCat(options.name, ".max_keys must be >= shards (",
+                                             options.shards, "), got ", options.max_keys));
+  }
+  if (options.idle_ttl && *options.idle_ttl <= Duration::zero()) {
+    return absl::InvalidArgumentError(
+        StrCat(options.name, ".idle_ttl must be > 0, got ", options.idle_ttl->count(), "ns"));
+  }
+  if (options.block_for && *options.block_for <= Duration::zero()) {
+    return absl::InvalidArgumentError(
+        StrCat(options.name, ".block_for must be > 0, got ", options.block_for->count(), "ns"));
+  }
+  if (limits == 0) {
+    return absl::InvalidArgumentError(StrCat(options.name, ": at least one limit is required"));
+  }
+  return absl::OkStatus();
+}
+
+Decision Combine(const Decision* decisions, size_t count) {
+  Decision out = decisions[0];
+  for (size_t i = 1; i < count; ++i) {
+    const Decision& d = decisions[i];
+    out.allowed = out.allowed && d.allowed;
+    if (d.remaining < out.remaining) {
+      out.remaining = d.remaining;
+      out.limit = d.limit;
+    }
+    out.reset_after = std::max(out.reset_after, d.reset_after);
+    out.retry_after = std::max(out.retry_after, d.retry_after);
+  }
+  if (out.allowed) out.retry_after = Duration::zero();
+  return out;
+}
+
+}  // namespace keel::limit::internal
