@@ -15,7 +15,7 @@
 namespace keel::redis {
 namespace {
 
-using internal::StrCat;
+using keel::internal::StrCat;
 using std::chrono::duration_cast;
 using std::chrono::microseconds;
 using std::chrono::milliseconds;
@@ -229,7 +229,7 @@ absl::Status Connection::Send(Deadline deadline, std::span<const std::string_vie
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::optional<Reply>> Connection::Receive(Deadline deadline) {
+absl::StatusOr<std::optional<Reply>> Connection::Receive(Deadline deadline, int wake_fd) {
   if (broken_) return absl::FailedPreconditionError(StrCat(name_, ": connection is broken"));
   while (true) {
     void* raw = nullptr;
@@ -246,14 +246,18 @@ absl::StatusOr<std::optional<Reply>> Connection::Receive(Deadline deadline) {
           duration_cast<milliseconds>(left + milliseconds(1) - std::chrono::nanoseconds(1)).count(),
           1 << 30));
     }
-    pollfd pfd{.fd = context_->fd, .events = POLLIN, .revents = 0};
-    const int ready = poll(&pfd, 1, timeout_ms);
+    pollfd pfd[2] = {{.fd = context_->fd, .events = POLLIN, .revents = 0},
+                     {.fd = wake_fd, .events = POLLIN, .revents = 0}};
+    const int ready = poll(pfd, wake_fd >= 0 ? 2 : 1, timeout_ms);
     if (ready < 0) {
       if (errno == EINTR) continue;
       broken_ = true;
       return absl::UnavailableError(StrCat(name_, ": poll failed"));
     }
     if (ready == 0) continue;  // loop re-checks the deadline
+    if (wake_fd >= 0 && (pfd[1].revents & POLLIN) != 0 && (pfd[0].revents & POLLIN) == 0) {
+      return std::optional<Reply>();
+    }
     if (redisBufferRead(context_) != REDIS_OK) return Fail(deadline, errno);
   }
 }

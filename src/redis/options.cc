@@ -11,7 +11,7 @@
 namespace keel::redis {
 namespace {
 
-using internal::StrCat;
+using keel::internal::StrCat;
 
 absl::Status UrlError(std::string_view what) {
   return absl::InvalidArgumentError(StrCat("redis url: ", what));

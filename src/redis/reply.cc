@@ -8,7 +8,7 @@
 namespace keel::redis {
 namespace {
 
-using internal::StrCat;
+using keel::internal::StrCat;
 
 constexpr absl::string_view kServerErrorPayloadUrl = "type.keel.dev/redis-server-error";
 
@@ -146,7 +146,7 @@ absl::Status ServerErrorToStatus(std::string_view component, std::string_view me
     code = absl::StatusCode::kAborted;
   }
   absl::Status status(code, StrCat(component, ": ", message));
-  status.SetPayload(kServerErrorPayloadUrl, absl::Cord(internal::ToAbsl(message)));
+  status.SetPayload(kServerErrorPayloadUrl, absl::Cord(keel::internal::ToAbsl(message)));
   return status;
 }
 

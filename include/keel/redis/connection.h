@@ -73,9 +73,10 @@ class Connection {
   // For push-style use (SUBSCRIBE): sends a command without reading a reply.
   absl::Status Send(Deadline deadline, std::span<const std::string_view> argv);
   // Waits until `deadline` for the next reply or pushed message; nullopt when none arrived in
-  // time (the connection stays usable: this wait uses poll(), not the socket timeout).
-  // Server error replies are returned as Reply values of type kError here.
-  absl::StatusOr<std::optional<Reply>> Receive(Deadline deadline);
+  // time, or when `wake_fd` (if >= 0) became readable first (the connection stays usable: this
+  // wait uses poll(), not the socket timeout). Server error replies are returned as Reply values
+  // of type kError here.
+  absl::StatusOr<std::optional<Reply>> Receive(Deadline deadline, int wake_fd = -1);
 
   // True after a timeout or an I/O or protocol error: discard the connection.
   bool broken() const { return broken_; }

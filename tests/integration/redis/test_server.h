@@ -2,6 +2,7 @@
 // kill, pause and restart. Test code only.
 #pragma once
 
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -47,6 +48,33 @@ class RedisServer {
   TempDir dir_{"keel-redis"};
   int port_;
   std::vector<std::string> extra_;
+  Subprocess process_;
+};
+
+// A redis-sentinel monitoring `master_name` at 127.0.0.1:`primary_port`, with short timeouts so
+// a failover takes a few seconds.
+class SentinelServer {
+ public:
+  SentinelServer(const std::string& master_name, int primary_port) : port_(FreeLoopbackPort()) {
+    const auto conf = dir_.path() / "sentinel.conf";
+    std::ofstream out(conf);
+    out << "port " << port_ << "\n"
+        << "bind 127.0.0.1\n"
+        << "dir " << dir_.path().string() << "\n"
+        << "sentinel monitor " << master_name << " 127.0.0.1 " << primary_port << " 2\n"
+        << "sentinel down-after-milliseconds " << master_name << " 1000\n"
+        << "sentinel failover-timeout " << master_name << " 4000\n"
+        << "sentinel parallel-syncs " << master_name << " 1\n";
+    out.close();
+    process_ = Subprocess::Start({"redis-sentinel", conf.string()},
+                                 (dir_.path() / "sentinel.log").string());
+    WaitForPort(port_);
+  }
+  int port() const { return port_; }
+
+ private:
+  TempDir dir_{"keel-sentinel"};
+  int port_;
   Subprocess process_;
 };
 
