@@ -9,6 +9,12 @@
 // exact below 2^53, i.e. for any TIME value until the year 2255 and any product the options allow
 // (RateLimiter::Create bounds them). Numbers go back to Redis through string.format('%d'), never
 // through Lua's default formatting (which would print 1.7e+15).
+//
+// Expiry: keys expire (PEXPIRE, real server time) when their state is the same as a fresh one.
+// With an explicit time (tests replaying scenarios), expiries are at least 10 s of real time,
+// because the replayed clock and the real one are unrelated: a key must not vanish in real time
+// while the replayed clock still needs it. A key that outlives its use is harmless: every script
+// reads stale state as expired (TAT in the past, an old window, log entries out of the window).
 #pragma once
 
 namespace keel::redis::internal {
@@ -17,16 +23,18 @@ namespace keel::redis::internal {
 #define KEEL_RL_PRELUDE                                                   \
   "local n = tonumber(ARGV[1])\n"                                         \
   "local now\n"                                                           \
+  "local min_ms = 1\n"                                                    \
   "if ARGV[2] == '' then\n"                                               \
   "  local t = redis.call('TIME')\n"                                      \
   "  now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"                   \
   "else\n"                                                                \
   "  now = tonumber(ARGV[2])\n"                                           \
+  "  min_ms = 10000\n"                                                    \
   "end\n"                                                                 \
   "local function fmt(x) return string.format('%d', x) end\n"             \
   "local function ms(us)\n"                                               \
   "  local m = math.ceil(us / 1000)\n"                                    \
-  "  if m < 1 then m = 1 end\n"                                           \
+  "  if m < min_ms then m = min_ms end\n"                                 \
   "  return fmt(m)\n"                                                     \
   "end\n"
 
@@ -142,8 +150,10 @@ local W = tonumber(ARGV[3])
 local limit = tonumber(ARGV[4])
 local counted = tonumber(redis.call('GET', KEYS[2]) or 0)
 local function qty(member) return tonumber(string.match(member, ':(%d+)$')) end
+local changed = false
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', fmt(now - W))
 if #expired > 0 then
+  changed = true
   for _, m in ipairs(expired) do counted = counted - qty(m) end
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', fmt(now - W))
 end
@@ -176,14 +186,18 @@ else
     end
     redis.call('ZADD', KEYS[1], fmt(now), fmt(now) .. ':' .. fmt(q))
     counted = counted + n
+    changed = true
   end
 end
 local r = reset()
-if counted > 0 then
-  redis.call('SET', KEYS[2], fmt(counted), 'PX', ms(r))
-  redis.call('PEXPIRE', KEYS[1], ms(r))
-else
-  redis.call('DEL', KEYS[1], KEYS[2])
+-- Denials and peeks that expired nothing write nothing (no replication traffic during an attack).
+if changed then
+  if counted > 0 then
+    redis.call('SET', KEYS[2], fmt(counted), 'PX', ms(r))
+    redis.call('PEXPIRE', KEYS[1], ms(r))
+  else
+    redis.call('DEL', KEYS[1], KEYS[2])
+  end
 end
 return {allowed, limit, limit - counted, r, retry}
 )lua";
