@@ -163,7 +163,12 @@ absl::Status Connection::Fail(Deadline deadline, int saved_errno) {
 }
 
 absl::Status Connection::ReadReply(Deadline deadline, Reply& out) {
-  KEEL_RETURN_IF_ERROR(ArmTimeout(deadline));
+  // A request is already buffered or sent: failing here without reading its reply would pair the
+  // next caller's request with this reply, so the connection must be discarded.
+  if (absl::Status armed = ArmTimeout(deadline); !armed.ok()) {
+    broken_ = true;
+    return armed;
+  }
   void* raw = nullptr;
   if (redisGetReply(context_, &raw) != REDIS_OK) return Fail(deadline, errno);
   ReplyPtr reply(raw);

@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "keel/redis/reply.h"
 
 namespace keel::redis {
@@ -40,6 +41,7 @@ class Arg {
   Arg(std::string_view s) : data_(s.data()), size_(s.size()) {}    // NOLINT: implicit by design
   Arg(const std::string& s) : data_(s.data()), size_(s.size()) {}  // NOLINT
   Arg(const char* s) : Arg(std::string_view(s)) {}                 // NOLINT
+  Arg(absl::string_view s) : data_(s.data()), size_(s.size()) {}   // NOLINT
   template <std::integral T>
   requires(!std::same_as<T, bool> && !std::same_as<T, char>) Arg(T v) : inline_(true) {  // NOLINT
     size_ = static_cast<size_t>(std::to_chars(buf_, buf_ + sizeof(buf_), v).ptr - buf_);

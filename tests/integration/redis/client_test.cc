@@ -7,6 +7,7 @@
 
 #include "integration/redis/test_server.h"
 #include "keel/redis/script.h"
+#include "keel/status.h"
 #include "support/subprocess.h"
 
 using keel::Deadline;
@@ -106,4 +107,26 @@ TEST_CASE("client: Create names the bad option") {
   o = Options{};
   o.db = -1;
   CHECK_THAT(std::string(Client::Create(o).status().message()), Catch::Contains("redis.db"));
+}
+
+TEST_CASE("client: a READONLY reply from a replica is UNAVAILABLE with the server's message") {
+  keel::test::RedisServer primary;
+  keel::test::RedisServer replica({"--replicaof", "127.0.0.1", std::to_string(primary.port())});
+  auto client = MakeClient(replica.url());
+  auto r = client->Command(Deadline::After(1s), "SET", "k", "v");
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.status().code() == absl::StatusCode::kUnavailable);
+  CHECK(keel::redis::IsServerError(r.status(), "READONLY"));
+  CHECK(keel::IsRetryable(r.status()));
+  CHECK(client->Command(Deadline::After(1s), "GET", "k").ok());  // reads still work
+}
+
+TEST_CASE("client: pool metrics are registered under the pool's name") {
+  keel::MetricsRegistry registry;
+  auto o = Options::FromUrl(keel::test::RequireEnv("KEEL_TEST_REDIS_URL"));
+  o->pool.name = "redis-main";
+  auto client = std::move(Client::Create(*o, keel::SteadyClock(), &registry).value());
+  REQUIRE(client->Command(Deadline::After(1s), "PING").ok());
+  const std::string text = registry.RenderPrometheus();
+  CHECK_THAT(text, Catch::Contains("keel_pool_acquired_total{pool=\"redis-main\"}"));
 }

@@ -56,6 +56,7 @@ TEST_CASE("arguments: strings are viewed, integers formatted, copies stay valid"
   std::string s("with\0nul", 8);
   CHECK(Arg(s).view() == s);
   CHECK(Arg("lit").view() == "lit");
+  CHECK(Arg(absl::string_view("absl")).view() == "absl");
   CHECK(Arg(int64_t{-9223372036854775807LL - 1}).view() == "-9223372036854775808");
   CHECK(Arg(uint64_t{18446744073709551615ULL}).view() == "18446744073709551615");
   Arg a(42);
