@@ -23,13 +23,17 @@ absl::Status ValidateKeyedOptions(const KeyedOptions& options, size_t limits) {
     return absl::InvalidArgumentError(StrCat(options.name, ".max_keys must be >= shards (",
                                              options.shards, "), got ", options.max_keys));
   }
-  if (options.idle_ttl && *options.idle_ttl <= Duration::zero()) {
-    return absl::InvalidArgumentError(
-        StrCat(options.name, ".idle_ttl must be > 0, got ", options.idle_ttl->count(), "ns"));
+  // Upper bounds keep `now + duration` from overflowing the clock's int64 nanoseconds.
+  constexpr Duration kLongest = std::chrono::hours(24 * 365 * 50);
+  if (options.idle_ttl && (*options.idle_ttl <= Duration::zero() || *options.idle_ttl > kLongest)) {
+    return absl::InvalidArgumentError(StrCat(
+        options.name, ".idle_ttl must be in (0, 50 years], got ", options.idle_ttl->count(), "ns"));
   }
-  if (options.block_for && *options.block_for <= Duration::zero()) {
-    return absl::InvalidArgumentError(
-        StrCat(options.name, ".block_for must be > 0, got ", options.block_for->count(), "ns"));
+  if (options.block_for &&
+      (*options.block_for <= Duration::zero() || *options.block_for > kLongest)) {
+    return absl::InvalidArgumentError(StrCat(options.name,
+                                             ".block_for must be in (0, 50 years], got ",
+                                             options.block_for->count(), "ns"));
   }
   if (limits == 0) {
     return absl::InvalidArgumentError(StrCat(options.name, ": at least one limit is required"));

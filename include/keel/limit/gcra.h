@@ -79,8 +79,8 @@ class Gcra {
   int64_t tolerance_nanos_;  // tau = T * limit_
   int64_t limit_;            // max_burst + 1
   Clock* clock_;
-  // TAT in nanoseconds; INT64_MIN = never used. On its own cache line (see TokenBucket).
-  alignas(64) std::atomic<int64_t> tat_;
+  // TAT in nanoseconds; INT64_MIN = never used. Not padded, for the reason TokenBucket gives.
+  std::atomic<int64_t> tat_;
 };
 
 }  // namespace keel::limit

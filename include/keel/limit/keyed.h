@@ -4,15 +4,20 @@
 // Defines `keel::limit::Keyed<Limiter>` and `keel::limit::KeyedStats`. `Limiter` is any of
 // TokenBucket, Gcra, FixedWindow, SlidingWindowLog, SlidingWindowCounter.
 //
-// - Sharded map: keys hash to `shards` independently locked shards, each an LRU list plus an
-//   index. A call locks one shard, so calls for different keys rarely contend.
+// - Sharded map: keys hash to `shards` independently locked shards, each a flat hash map holding
+//   the limiters inline, so a call for a known key is one lock, one probe and one CAS, with no
+//   allocation and no list to reorder (a strict LRU list costs several cache misses per call).
 // - Bounded memory: each shard holds at most max_keys / shards keys. A new key arriving at a full
-//   shard evicts that shard's least recently used key (counted in evicted_capacity). Under a flood
-//   of distinct keys (spoofed IPs) memory stays bounded; the price is that an evicted key that
-//   comes back starts fresh, so keep max_keys above the number of keys active within idle_ttl.
-// - Idle eviction: a key untouched for idle_ttl is dropped (counted in evicted_idle), lazily, by
-//   the next call on its shard. By default idle_ttl is the longest limit's Horizon(): the moment an
-//   untouched limiter is back to its initial state, so idle eviction then changes no decision.
+//   shard first drops the shard's idle keys, then, if still full, the least recently used eighth
+//   of it (counted in evicted_capacity): one O(shard) pass per max_keys / (8 * shards) new keys,
+//   so a flood of distinct keys (spoofed IPs) costs amortised O(1) per request and memory stays
+//   bounded. The price: an evicted key that comes back starts fresh, so keep max_keys above the
+//   number of keys active within idle_ttl.
+// - Idle eviction: a key untouched for idle_ttl is dropped (counted in evicted_idle) by a pass
+//   over its shard that runs at most every idle_ttl / 2 (on a call to that shard), so idle keys
+//   go within 1.5 * idle_ttl of their last use. By default idle_ttl is the longest limit's
+//   Horizon(): the moment an untouched limiter is back to its initial state, so idle eviction
+//   then changes no decision.
 // - Several limits on one key (20/minute and 100/hour): a request is admitted only if every limit
 //   admits it, and then consumes from all of them; if any denies, none is touched (checked and
 //   consumed under the shard's lock). The Decision reports the most constraining limit: the
@@ -39,7 +44,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
-#include <list>
 #include <memory>
 #include <optional>
 #include <string>
@@ -120,10 +124,12 @@ class Keyed {
     if (auto s = internal::ValidateKeyed(options_.name, key, n); !s.ok()) return s;
     const absl::string_view k(key.data(), key.size());
     const size_t hash = absl::Hash<absl::string_view>{}(k);
-    Shard& shard = shards_[(hash >> 7) % shards_.size()];
+    // The shard comes from the hash's top bits: the map's own probing uses the low bits, which
+    // must stay uniformly spread within a shard.
+    Shard& shard = shards_[static_cast<size_t>(static_cast<uint64_t>(hash) >> 40) % shards_.size()];
     MutexLock lock(shard.mu);
-    EvictIdle(shard, now);
-    Node& node = Touch(shard, k, now);
+    if (now >= shard.next_sweep) Sweep(shard, now);
+    Node& node = Touch(shard, k, hash, now);
     if (node.blocked_until > now) {
       ++shard.blocked_denials;
       absl::StatusOr<Decision> peek = node.limiters[0].Check(0, now);
@@ -148,7 +154,7 @@ class Keyed {
     KeyedStats stats;
     for (const Shard& shard : shards_) {
       MutexLock lock(shard.mu);
-      stats.keys += shard.index.size();
+      stats.keys += shard.map.size();
       stats.evicted_idle += shard.evicted_idle;
       stats.evicted_capacity += shard.evicted_capacity;
       stats.blocked_denials += shard.blocked_denials;
@@ -160,18 +166,15 @@ class Keyed {
 
  private:
   struct Node {
-    std::string key;
     TimePoint last_used;
     TimePoint blocked_until = TimePoint::min();
     absl::InlinedVector<Limiter, 1> limiters;
   };
-  using Lru = std::list<Node>;  // most recently used first
 
   struct alignas(64) Shard {
     mutable Mutex mu;
-    Lru lru ABSL_GUARDED_BY(mu);
-    // Keys point into the nodes' own `key` strings (list nodes never move).
-    absl::flat_hash_map<absl::string_view, typename Lru::iterator> index ABSL_GUARDED_BY(mu);
+    absl::flat_hash_map<std::string, Node> map ABSL_GUARDED_BY(mu);
+    TimePoint next_sweep ABSL_GUARDED_BY(mu) = TimePoint::min();
     uint64_t evicted_idle ABSL_GUARDED_BY(mu) = 0;
     uint64_t evicted_capacity ABSL_GUARDED_BY(mu) = 0;
     uint64_t blocked_denials ABSL_GUARDED_BY(mu) = 0;
@@ -184,39 +187,53 @@ class Keyed {
         per_shard_(options_.max_keys / options_.shards),
         shards_(options_.shards) {}
 
-  void Erase(Shard& shard, typename Lru::iterator it) ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu) {
-    shard.index.erase(absl::string_view(it->key));
-    shard.lru.erase(it);
+  bool Idle(const Node& node, TimePoint now) const {
+    return now - node.last_used >= *options_.idle_ttl && node.blocked_until <= now;
   }
 
-  // Drops idle keys from the cold end; each key is dropped once, so this is amortised O(1).
-  void EvictIdle(Shard& shard, TimePoint now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu) {
-    while (!shard.lru.empty()) {
-      auto last = std::prev(shard.lru.end());
-      if (now - last->last_used < *options_.idle_ttl || last->blocked_until > now) break;
-      Erase(shard, last);
-      ++shard.evicted_idle;
-    }
+  // Drops the shard's idle keys: O(shard size), at most once per idle_ttl / 2 per shard.
+  void Sweep(Shard& shard, TimePoint now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu) {
+    const size_t before = shard.map.size();
+    absl::erase_if(shard.map, [&](const auto& entry) { return Idle(entry.second, now); });
+    shard.evicted_idle += before - shard.map.size();
+    shard.next_sweep = now + *options_.idle_ttl / 2;
   }
 
-  Node& Touch(Shard& shard, absl::string_view key, TimePoint now)
+  // Makes room for one key in a full shard: idle keys first, then the least recently used
+  // eighth, so the O(shard) pass is amortised over many insertions.
+  void MakeRoom(Shard& shard, TimePoint now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu) {
+    Sweep(shard, now);
+    if (shard.map.size() < per_shard_) return;
+    std::vector<TimePoint> ages;
+    ages.reserve(shard.map.size());
+    for (const auto& entry : shard.map) ages.push_back(entry.second.last_used);
+    const size_t drop = std::max<size_t>(1, per_shard_ / 8);
+    std::nth_element(ages.begin(), ages.begin() + (drop - 1), ages.end());
+    const TimePoint cutoff = ages[drop - 1];
+    size_t dropped = 0;
+    absl::erase_if(shard.map, [&](const auto& entry) {
+      if (dropped < drop && entry.second.last_used <= cutoff) {
+        ++dropped;
+        return true;
+      }
+      return false;
+    });
+    shard.evicted_capacity += dropped;
+  }
+
+  Node& Touch(Shard& shard, absl::string_view key, size_t hash, TimePoint now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu) {
-    if (auto it = shard.index.find(key); it != shard.index.end()) {
-      shard.lru.splice(shard.lru.begin(), shard.lru, it->second);
-      it->second->last_used = std::max(it->second->last_used, now);
-      return *it->second;
+    // `hash` is the map's own hash of `key` (absl::Hash of the string view): computed once.
+    if (auto it = shard.map.find(key, hash); it != shard.map.end()) {
+      it->second.last_used = std::max(it->second.last_used, now);
+      return it->second;
     }
-    if (shard.lru.size() >= per_shard_) {
-      Erase(shard, std::prev(shard.lru.end()));
-      ++shard.evicted_capacity;
-    }
-    Node& node = shard.lru.emplace_front();
-    node.key.assign(key.data(), key.size());
+    if (shard.map.size() >= per_shard_) MakeRoom(shard, now);
+    Node& node = shard.map[std::string(key.data(), key.size())];
     node.last_used = now;
     node.limiters.reserve(limits_.size());
     // Create cannot fail: the same options were validated in Keyed::Create.
     for (const LimitOptions& l : limits_) node.limiters.push_back(*Limiter::Create(l, *clock_));
-    shard.index.emplace(absl::string_view(node.key), shard.lru.begin());
     return node;
   }
 

@@ -111,11 +111,15 @@ TEST_CASE("keyed limiter evicts the least recently used key at the cap") {
       Keyed<TokenBucket>::Create({.max_keys = 2, .shards = 1}, {{.rate = 1, .burst = 1}}, clock)
           .value();
   REQUIRE(keyed->TryAcquire("a").value().allowed);
+  clock.Advance(1ms);
   REQUIRE(keyed->TryAcquire("b").value().allowed);
+  clock.Advance(1ms);
   REQUIRE_FALSE(keyed->TryAcquire("a").value().allowed);  // "a" is now the most recent
-  REQUIRE(keyed->TryAcquire("c").value().allowed);        // evicts "b"
-  CHECK_FALSE(keyed->TryAcquire("a").value().allowed);    // "a" kept its state
-  CHECK(keyed->TryAcquire("b").value().allowed);          // "b" starts fresh
+  clock.Advance(1ms);
+  REQUIRE(keyed->TryAcquire("c").value().allowed);  // evicts "b"
+  clock.Advance(1ms);
+  CHECK_FALSE(keyed->TryAcquire("a").value().allowed);  // "a" kept its state
+  CHECK(keyed->TryAcquire("b").value().allowed);        // "b" starts fresh
   CHECK(keyed->Stats().evicted_capacity == 2);
 }
 
@@ -133,4 +137,8 @@ TEST_CASE("keyed limiter rejects long keys, negative quantities and bad options"
   CHECK(std::string(bad_limit.status().message()).find("token_bucket.rate") != std::string::npos);
   CHECK_FALSE(Keyed<TokenBucket>::Create({.max_keys = 4, .shards = 8}, {{.rate = 1}}).ok());
   CHECK_FALSE(Keyed<TokenBucket>::Create({.block_for = 0s}, {{.rate = 1}}).ok());
+  auto forever = Keyed<TokenBucket>::Create({.block_for = keel::Duration::max()}, {{.rate = 1}});
+  REQUIRE_FALSE(forever.ok());
+  CHECK(std::string(forever.status().message()).find("keyed.block_for") != std::string::npos);
+  CHECK_FALSE(Keyed<TokenBucket>::Create({.idle_ttl = -1s}, {{.rate = 1}}).ok());
 }

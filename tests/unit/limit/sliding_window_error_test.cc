@@ -44,7 +44,8 @@ int64_t MaxInAnyWindow(const std::vector<int64_t>& admitted, int64_t window) {
 }  // namespace
 
 TEST_CASE(
-    "sliding window counter differs from the exact log on few decisions under Poisson traffic") {
+    "sliding window counter stays within its measured bounds of the exact log under Poisson "
+    "traffic") {
   // Two measures. "Shadow": each counter decision is compared with what the exact rule says about
   // the counter's own admission history (the per-decision error, without the knock-on effect of
   // earlier differences). "Independent": an exact log runs side by side on its own decisions, as
