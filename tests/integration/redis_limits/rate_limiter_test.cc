@@ -353,3 +353,23 @@ TEST_CASE("redis rate limiter never waits past the caller's deadline on a stalle
   CHECK(open->Check("k", 1, Deadline::After(0ms))->allowed);
   CHECK(open->Stats().fail_open_total == 2);
 }
+
+TEST_CASE("redis rate limiter exports its stats as Prometheus counters") {
+  auto client = keel::test::SharedRedisClient();
+  keel::MetricsRegistry registry;
+  const std::string name = keel::test::UniqueName("metrics");
+  auto limiter =
+      RateLimiter::Create({.name = name, .algorithm = keel::limit::Gcra::Options{.count = 1}},
+                          *client, keel::SteadyClock(), &registry)
+          .value();
+  REQUIRE(limiter->Check("k", 1, Deadline::After(1s))->allowed);
+  REQUIRE_FALSE(limiter->Check("k", 1, Deadline::After(1s))->allowed);
+  REQUIRE_FALSE(limiter->Check("k", 1, Deadline::After(1s))->allowed);  // from the cache
+  const std::string text = registry.RenderPrometheus();
+  const std::string label = "{limiter=\"" + name + "\"}";
+  CHECK_THAT(text, Catch::Contains("keel_redis_rate_limiter_allowed_total" + label + " 1"));
+  CHECK_THAT(text, Catch::Contains("keel_redis_rate_limiter_denied_total" + label + " 2"));
+  CHECK_THAT(text,
+             Catch::Contains("keel_redis_rate_limiter_blocked_cache_hits_total" + label + " 1"));
+  CHECK_THAT(text, Catch::Contains("keel_redis_rate_limiter_fail_open_total" + label + " 0"));
+}
