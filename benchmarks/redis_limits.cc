@@ -1,0 +1,149 @@
+// keel::redis::RateLimiter against its floor, measured in the same run:
+//   BM_RedisLimiter_Gcra/threads:N       throughput >= 90% of BM_RedisLimits_EvalshaFloor/threads:N
+//   BM_RedisLimiter_CheckMany100         100 keys per pipelined round trip (items/s)
+// BM_RedisLimits_EvalshaFloor is baselines.cc's BM_Baseline_RedisEvalshaTrivial (plain hiredis,
+// `return 1`, one connection per thread) registered at the limiter's concurrencies too: the
+// baseline itself only runs on one thread. Reads KEEL_TEST_REDIS_URL; skips when it is absent.
+#include <benchmark/benchmark.h>
+#include <hiredis/hiredis.h>
+
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "bench_env.h"
+#include "keel/redis/client.h"
+#include "keel/redis/rate_limiter.h"
+
+namespace {
+
+using keel::Deadline;
+using namespace std::chrono_literals;
+
+constexpr int kMaxThreads = 16;
+
+// One client (kMaxThreads connections) and one GCRA limiter shared by every benchmark thread.
+struct Shared {
+  std::unique_ptr<keel::redis::Client> client;
+  std::unique_ptr<keel::redis::RateLimiter> limiter;
+  std::string error;
+};
+
+Shared& GetShared() {
+  static Shared* shared = [] {
+    auto* s = new Shared;
+    const auto url = keel::bench::Env("KEEL_TEST_REDIS_URL");
+    if (!url) {
+      s->error = "KEEL_TEST_REDIS_URL is not set (run scripts/bench or scripts/test)";
+      return s;
+    }
+    auto options = keel::redis::Options::FromUrl(*url);
+    if (!options.ok()) {
+      s->error = std::string(options.status().message());
+      return s;
+    }
+    options->pool.max_size = kMaxThreads;
+    auto client = keel::redis::Client::Create(*options);
+    if (!client.ok()) {
+      s->error = std::string(client.status().message());
+      return s;
+    }
+    s->client = std::move(*client);
+    // A limit no benchmark reaches, so every check runs the whole script and writes its key.
+    auto limiter = keel::redis::RateLimiter::Create(
+        {.name = "bench-gcra",
+         .algorithm =
+             keel::limit::Gcra::Options{.count = 1'000'000, .period = 1s, .max_burst = 1'000'000},
+         .fail_mode = keel::redis::FailMode::kClosed},
+        *s->client);
+    if (!limiter.ok()) {
+      s->error = std::string(limiter.status().message());
+      return s;
+    }
+    s->limiter = std::move(*limiter);
+    // Load the script and open the connections outside the measurement.
+    if (auto d = s->limiter->Check("warm-up", 1, Deadline::After(1s)); !d.ok()) {
+      s->error = std::string(d.status().message());
+    }
+    return s;
+  }();
+  return *shared;
+}
+
+void BM_RedisLimiter_Gcra(benchmark::State& state) {
+  Shared& shared = GetShared();
+  if (!shared.error.empty()) {
+    state.SkipWithError(shared.error.c_str());
+    return;
+  }
+  const std::string key = "user:" + std::to_string(state.thread_index());
+  for (auto _ : state) {
+    auto d = shared.limiter->Check(key, 1, Deadline::After(1s));
+    if (!d.ok() || !d->allowed) {
+      state.SkipWithError("check failed or denied");
+      break;
+    }
+    benchmark::DoNotOptimize(d);
+  }
+}
+BENCHMARK(BM_RedisLimiter_Gcra)->UseRealTime()->Threads(1)->Threads(kMaxThreads);
+
+void BM_RedisLimiter_CheckMany100(benchmark::State& state) {
+  Shared& shared = GetShared();
+  if (!shared.error.empty()) {
+    state.SkipWithError(shared.error.c_str());
+    return;
+  }
+  std::vector<std::string> names;
+  for (int i = 0; i < 100; ++i) names.push_back("many:" + std::to_string(i));
+  const std::vector<std::string_view> keys(names.begin(), names.end());
+  for (auto _ : state) {
+    auto d = shared.limiter->CheckMany(keys, 1, Deadline::After(1s));
+    if (!d.ok()) {
+      state.SkipWithError(std::string(d.status().message()).c_str());
+      break;
+    }
+    benchmark::DoNotOptimize(d);
+  }
+  state.SetItemsProcessed(state.iterations() * 100);
+}
+BENCHMARK(BM_RedisLimiter_CheckMany100)->UseRealTime();
+
+// The floor at the limiter's concurrencies: what BM_Baseline_RedisEvalshaTrivial does, with one
+// plain hiredis connection per thread.
+void BM_RedisLimits_EvalshaFloor(benchmark::State& state) {
+  const auto url = keel::bench::Env("KEEL_TEST_REDIS_URL");
+  auto options = url ? keel::redis::Options::FromUrl(*url) : absl::InvalidArgumentError("unset");
+  if (!options.ok()) {
+    state.SkipWithError("KEEL_TEST_REDIS_URL is not set or invalid");
+    return;
+  }
+  std::unique_ptr<redisContext, void (*)(redisContext*)> c(
+      redisConnect(options->server.host.c_str(), options->server.port), redisFree);
+  if (c == nullptr || c->err != 0) {
+    state.SkipWithError("cannot connect");
+    return;
+  }
+  auto* load = static_cast<redisReply*>(redisCommand(c.get(), "SCRIPT LOAD %s", "return 1"));
+  if (load == nullptr || load->type != REDIS_REPLY_STRING) {
+    state.SkipWithError("SCRIPT LOAD failed");
+    if (load) freeReplyObject(load);
+    return;
+  }
+  const std::string sha(load->str, load->len);
+  freeReplyObject(load);
+  for (auto _ : state) {
+    auto* reply = static_cast<redisReply*>(redisCommand(c.get(), "EVALSHA %s 0", sha.c_str()));
+    if (reply == nullptr || reply->type != REDIS_REPLY_INTEGER) {
+      state.SkipWithError("EVALSHA failed");
+      if (reply) freeReplyObject(reply);
+      break;
+    }
+    freeReplyObject(reply);
+  }
+}
+BENCHMARK(BM_RedisLimits_EvalshaFloor)->UseRealTime()->Threads(1)->Threads(kMaxThreads);
+
+}  // namespace

@@ -1,0 +1,217 @@
+// keel/redis/rate_limiter.h: rate limits shared by every process through Redis, with the same
+// algorithms, semantics and Decision as keel's in-process limiters.
+//
+// Defines `keel::redis::RateLimiter`, its `Options`, `FailMode` and `RateLimiterStats`.
+//
+// Each check is one atomic Lua script (keel::redis::Script: EVALSHA, reloaded on NOSCRIPT) that
+// reads the server's clock (`TIME`), so the clocks of the clients do not matter. The algorithms
+// are those of keel/limit/ (token bucket, GCRA, fixed window, sliding window log and counter),
+// chosen by the type of `Options::algorithm`, so moving a limit from one process to many means
+// changing one type. Keys:
+//   - every key of one check is `{<name>:<key>}:<suffix>`: one hash tag, so a check runs on Redis
+//     Cluster (all its keys in one slot) and different user keys spread over the slots;
+//   - every key has an expiry (PEXPIRE) set to when its state becomes the same as a fresh one, so
+//     idle keys vanish on their own.
+//
+// Differences from the in-process limiters (the scenario suite checks everything else decision by
+// decision, tests/integration/redis_limits/scenario_test.cc):
+//   - Redis TIME has microsecond resolution, so intervals are whole microseconds: the GCRA
+//     interval period/count and the token bucket interval 1s/rate are truncated to microseconds
+//     (Create rejects intervals under 1 us), windows must be whole microseconds, and durations in
+//     a Decision are whole microseconds, rounded up where the in-process value has a fraction of
+//     a microsecond (a client told to retry after it never retries too early).
+//   - TokenBucket::Reserve (borrowing from the future) has no Redis counterpart.
+//   - The sliding counter needs limit * window (in microseconds) below 2^52: Lua numbers are
+//     doubles, and the script's integer arithmetic must stay exact.
+//
+// When Redis fails (unreachable, an error reply, or the caller's deadline passes), the call never
+// blocks past the deadline (Deadline::Infinite() means the client's command_timeout) and follows
+// `fail_mode`: kOpen admits the request (counted in Stats().fail_open_total), kClosed returns
+// UNAVAILABLE. A small local cache remembers keys Redis just denied until their retry_after, so
+// a client hammering a blocked key costs no round trips.
+//
+// Thread safety: thread-safe; share one per limit and process.
+//
+//   auto client = keel::redis::Client::Create(keel::redis::Options::FromUrl(url).value()).value();
+//   auto per_user = keel::redis::RateLimiter::Create(
+//       {.name = "api",
+//        .algorithm = keel::limit::Gcra::Options{.count = 20, .period = 1min, .max_burst = 4},
+//        .fail_mode = keel::redis::FailMode::kOpen},
+//       *client).value();
+//   absl::StatusOr<keel::limit::Decision> d = per_user->Check(user_id, 1, Deadline::After(20ms));
+//   if (!d.ok()) return d.status();             // INVALID_ARGUMENT, or UNAVAILABLE (kClosed)
+//   if (!d->allowed) return TooManyRequests(d->retry_after);
+//   auto many = per_user->CheckMany(ip_and_user_keys, 1, Deadline::After(20ms));   // one round
+//   trip
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "keel/clock.h"
+#include "keel/deadline.h"
+#include "keel/limit/decision.h"
+#include "keel/limit/fixed_window.h"
+#include "keel/limit/gcra.h"
+#include "keel/limit/sliding_window.h"
+#include "keel/limit/token_bucket.h"
+#include "keel/metrics.h"
+#include "keel/redis/client.h"
+#include "keel/redis/script.h"
+#include "keel/sync.h"
+
+namespace keel::redis {
+
+// What a Redis-backed limiter does when it cannot get an answer from Redis.
+enum class FailMode {
+  kOpen,    // admit the request: a Redis outage must not take the service down with it
+  kClosed,  // refuse with UNAVAILABLE: the limit protects something that must not be overrun
+};
+
+// The sliding window algorithms take the in-process options, wrapped so the two are told apart.
+struct SlidingWindowLogOptions {
+  limit::SlidingWindowOptions window;
+};
+struct SlidingWindowCounterOptions {
+  limit::SlidingWindowOptions window;
+};
+
+struct RateLimiterStats {
+  uint64_t allowed_total = 0;             // admitted by Redis
+  uint64_t denied_total = 0;              // denied by Redis or by the blocked-key cache
+  uint64_t blocked_cache_hits_total = 0;  // denials answered locally, without a round trip
+  uint64_t fail_open_total = 0;           // admitted because Redis failed (kOpen)
+  uint64_t fail_closed_total = 0;         // refused with UNAVAILABLE because Redis failed (kClosed)
+};
+
+class RateLimiter {
+ public:
+  using Algorithm =
+      std::variant<limit::Gcra::Options, limit::TokenBucket::Options, limit::FixedWindow::Options,
+                   SlidingWindowLogOptions, SlidingWindowCounterOptions>;
+
+  struct Options {
+    // Names the limit: the first part of every Redis key's hash tag (`{name:key}`), the
+    // `limiter` label of the metrics, and the component in errors. Two limiters with the same
+    // name and algorithm share their counters (that is how processes share a limit); give
+    // different limits different names. Required: 1 to 128 bytes.
+    std::string name;
+
+    // The algorithm and its parameters, with the in-process options and validation (errors name
+    // the field, e.g. `gcra.count must be >= 1, got 0`). Default: Gcra::Options{} (invalid until
+    // `count` is set).
+    Algorithm algorithm = limit::Gcra::Options{};
+
+    // What happens when Redis errors or the deadline passes. Default: kOpen (availability over
+    // strictness: most limits protect against abuse, not against a hard capacity).
+    FailMode fail_mode = FailMode::kOpen;
+
+    // How many denied keys are remembered locally until their retry_after, so repeated requests
+    // on a blocked key are denied without a round trip. A remembered denial for quantity q also
+    // answers requests of quantity >= q (other processes can only make them wait longer); smaller
+    // quantities still go to Redis. 0 disables the cache. When full, expired entries are dropped
+    // and new denials are not remembered until there is room. Default: 10000.
+    size_t blocked_cache_size = 10000;
+  };
+
+  // Validates `options` (INVALID_ARGUMENT naming the field). No I/O. `client` (and `clock`,
+  // `metrics`) must outlive the limiter. `clock` times the blocked-key cache only: decisions use
+  // the server's clock. With `metrics`, registers keel_redis_rate_limiter_*_total counters
+  // labelled limiter=<name>.
+  static absl::StatusOr<std::unique_ptr<RateLimiter>> Create(Options options, Client& client,
+                                                             Clock& clock = SteadyClock(),
+                                                             MetricsRegistry* metrics = nullptr);
+  ~RateLimiter();
+  RateLimiter(const RateLimiter&) = delete;
+  RateLimiter& operator=(const RateLimiter&) = delete;
+
+  // Admits quantity `n` for `key` or not (n == 0 peeks and changes nothing), with the semantics
+  // of the in-process algorithm. Returns within `deadline` (Infinite: the client's
+  // command_timeout).
+  // Errors: INVALID_ARGUMENT for an empty key, a key over limit::kMaxKeyBytes, or n < 0;
+  // UNAVAILABLE when Redis failed and fail_mode is kClosed. Never DEADLINE_EXCEEDED: a deadline
+  // that passes is a Redis failure and follows fail_mode.
+  absl::StatusOr<limit::Decision> Check(std::string_view key, int64_t n = 1,
+                                        Deadline deadline = Deadline::Infinite());
+
+  // Check for each of `keys` (quantity `n` each, independently: one may be admitted while
+  // another is denied), in one pipelined round trip; decisions in the order of `keys`.
+  // Errors: INVALID_ARGUMENT as Check (for any key: then nothing is checked); UNAVAILABLE when
+  // Redis failed for any key and fail_mode is kClosed (with kOpen, each failed key is admitted).
+  absl::StatusOr<std::vector<limit::Decision>> CheckMany(std::span<const std::string_view> keys,
+                                                         int64_t n = 1,
+                                                         Deadline deadline = Deadline::Infinite());
+
+  // Check with the script's clock set to `server_time` (microseconds since the Unix epoch)
+  // instead of TIME, and without the blocked-key cache. For tests that replay scenarios with
+  // exact times; production code uses Check.
+  absl::StatusOr<limit::Decision> CheckAtForTesting(std::string_view key, int64_t n,
+                                                    std::chrono::microseconds server_time,
+                                                    Deadline deadline = Deadline::Infinite());
+
+  // The Redis keys holding `key`'s state (for tests and operators: TTL, DEL to reset a key).
+  std::vector<std::string> RedisKeys(std::string_view key) const;
+
+  RateLimiterStats Stats() const;
+  const std::string& name() const { return name_; }
+  // The largest quantity ever admitted at once (the Decision's `limit`).
+  int64_t limit() const { return limit_; }
+
+ private:
+  struct Blocked {
+    TimePoint until;
+    int64_t quantity;
+    limit::Decision decision;  // as Redis answered, at `until - decision.retry_after`
+  };
+
+  RateLimiter(Options options, Client& client, Clock& clock, const Script& script,
+              std::vector<std::string> args, std::vector<std::string> suffixes, int64_t limit);
+
+  static absl::Status ValidateKey(std::string_view key, int64_t n);
+  // ARGV for one check; `now` is "" (TIME) or a time in microseconds.
+  std::vector<std::string_view> Argv(const std::string& n, const std::string& now) const;
+  std::vector<std::string> Keys(std::string_view key) const;
+  absl::StatusOr<limit::Decision> Run(std::string_view key, int64_t n, const std::string& now,
+                                      Deadline deadline, bool use_cache);
+  // The result of a failed call under fail_mode (counted).
+  absl::StatusOr<limit::Decision> Fail(const absl::Status& cause, int64_t n);
+  // Counts a decision from Redis and remembers a denial in the blocked-key cache.
+  void Record(std::string_view key, int64_t n, const limit::Decision& d, bool use_cache)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  std::optional<limit::Decision> CachedDenial(std::string_view key, int64_t n)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Status RegisterMetrics(MetricsRegistry& metrics);
+
+  const std::string name_;
+  const FailMode fail_mode_;
+  const size_t cache_size_;
+  Client& client_;
+  Clock& clock_;
+  const Script& script_;
+  const std::vector<std::string> args_;      // ARGV[3..]
+  const std::vector<std::string> suffixes_;  // one per Redis key of a check
+  const int64_t limit_;
+
+  // Relaxed counters: they order nothing; Stats() is a snapshot.
+  std::atomic<uint64_t> allowed_{0};
+  std::atomic<uint64_t> denied_{0};
+  std::atomic<uint64_t> cache_hits_{0};
+  std::atomic<uint64_t> fail_open_{0};
+  std::atomic<uint64_t> fail_closed_{0};
+
+  Mutex mu_;
+  absl::flat_hash_map<std::string, Blocked> blocked_ ABSL_GUARDED_BY(mu_);
+  std::vector<MetricsRegistry::Registration> registrations_;
+};
+
+}  // namespace keel::redis

@@ -1,0 +1,144 @@
+#include "keel/redis/concurrency_limiter.h"
+
+#include "absl/random/random.h"
+#include "absl/strings/str_format.h"
+#include "keel/internal/status_macros.h"
+#include "keel/internal/strings.h"
+#include "keel/limit/decision.h"
+#include "rate_limiter_scripts.h"
+
+namespace keel::redis {
+namespace {
+
+using keel::internal::StrCat;
+
+const Script& AcquireScript() {
+  static const Script* s = new Script(internal::kConcurrencyAcquireScript);
+  return *s;
+}
+const Script& RenewScript() {
+  static const Script* s = new Script(internal::kConcurrencyRenewScript);
+  return *s;
+}
+
+int64_t LeaseMicros(Duration d) {
+  return std::chrono::duration_cast<std::chrono::microseconds>(d).count();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ConcurrencyLimiter>> ConcurrencyLimiter::Create(Options options,
+                                                                               Client& client) {
+  if (options.name.empty() || options.name.size() > 128) {
+    return absl::InvalidArgumentError(
+        StrCat("redis_concurrency_limiter.name must be 1 to 128 bytes, got ", options.name.size(),
+               " bytes"));
+  }
+  if (options.max < 1) {
+    return absl::InvalidArgumentError(
+        StrCat("redis_concurrency_limiter.max must be >= 1, got ", options.max));
+  }
+  if (options.lease < std::chrono::milliseconds(1) ||
+      options.lease > std::chrono::hours(24 * 365)) {
+    return absl::InvalidArgumentError(
+        StrCat("redis_concurrency_limiter.lease must be in [1ms, 365 days], got ",
+               options.lease.count(), "ns"));
+  }
+  if (options.release_timeout <= Duration::zero()) {
+    return absl::InvalidArgumentError(
+        StrCat("redis_concurrency_limiter.release_timeout must be > 0, got ",
+               options.release_timeout.count(), "ns"));
+  }
+  std::unique_ptr<ConcurrencyLimiter> limiter(new ConcurrencyLimiter(std::move(options), client));
+  absl::BitGen gen;
+  limiter->instance_id_ =
+      absl::StrFormat("%016x%016x", absl::Uniform<uint64_t>(gen), absl::Uniform<uint64_t>(gen));
+  return limiter;
+}
+
+std::string ConcurrencyLimiter::RedisKey(std::string_view key) const {
+  return StrCat("{", options_.name, ":", key, "}:cc");
+}
+
+std::string ConcurrencyLimiter::NewId() {
+  return StrCat(instance_id_, ":", sequence_.fetch_add(1, std::memory_order_relaxed));
+}
+
+absl::StatusOr<std::optional<ConcurrencyLimiter::Permit>> ConcurrencyLimiter::TryAcquire(
+    std::string_view key, Deadline deadline) {
+  static const std::string kServerTime;
+  return Acquire(key, kServerTime, deadline);
+}
+
+absl::StatusOr<std::optional<ConcurrencyLimiter::Permit>>
+ConcurrencyLimiter::TryAcquireAtForTesting(std::string_view key,
+                                           std::chrono::microseconds server_time,
+                                           Deadline deadline) {
+  return Acquire(key, std::to_string(server_time.count()), deadline);
+}
+
+absl::StatusOr<std::optional<ConcurrencyLimiter::Permit>> ConcurrencyLimiter::Acquire(
+    std::string_view key, const std::string& now, Deadline deadline) {
+  if (key.empty() || key.size() > limit::kMaxKeyBytes) {
+    return absl::InvalidArgumentError(StrCat("redis_concurrency_limiter.key must be 1 to ",
+                                             limit::kMaxKeyBytes, " bytes, got ", key.size()));
+  }
+  std::string redis_key = RedisKey(key);
+  std::string id = NewId();
+  absl::StatusOr<Reply> reply =
+      deadline.Expired()
+          ? absl::StatusOr<Reply>(absl::DeadlineExceededError("the deadline passed"))
+          : AcquireScript().Run(client_, deadline, {redis_key},
+                                {id, now, LeaseMicros(options_.lease), options_.max});
+  if (reply.ok() &&
+      (!reply->is_array() || reply->elements().empty() || !reply->elements()[0].is_integer())) {
+    reply = absl::InternalError(
+        StrCat("redis concurrency limiter: unexpected script reply ", reply->DebugString()));
+  }
+  if (!reply.ok()) {
+    if (options_.fail_mode == FailMode::kClosed) {
+      return absl::UnavailableError(
+          StrCat("redis concurrency limiter \"", options_.name,
+                 "\" unavailable (fail_mode kClosed): ", std::string(reply.status().message())));
+    }
+    fail_open_.fetch_add(1, std::memory_order_relaxed);
+    return std::optional<Permit>(Permit(this, std::string(), std::string()));
+  }
+  if (reply->elements()[0].integer() != 1) return std::optional<Permit>();
+  return std::optional<Permit>(Permit(this, std::move(redis_key), std::move(id)));
+}
+
+ConcurrencyLimiter::Permit& ConcurrencyLimiter::Permit::operator=(Permit&& other) noexcept {
+  if (this != &other) {
+    Release();
+    owner_ = std::exchange(other.owner_, nullptr);
+    key_ = std::move(other.key_);
+    id_ = std::move(other.id_);
+  }
+  return *this;
+}
+
+void ConcurrencyLimiter::Permit::Release() {
+  ConcurrencyLimiter* owner = std::exchange(owner_, nullptr);
+  if (owner == nullptr || id_.empty()) return;
+  // Best effort: if this fails, the lease gives the slot back.
+  (void)owner->client_.Command(Deadline::After(owner->options_.release_timeout), "ZREM", key_, id_);
+}
+
+absl::Status ConcurrencyLimiter::Permit::Renew(Deadline deadline) {
+  if (owner_ == nullptr) {
+    return absl::FailedPreconditionError("redis concurrency limiter: permit already released");
+  }
+  if (id_.empty()) return absl::OkStatus();  // a fail-open permit: nothing to renew
+  static const std::string kServerTime;
+  KEEL_ASSIGN_OR_RETURN(Reply r,
+                        RenewScript().Run(owner_->client_, deadline, {key_},
+                                          {id_, kServerTime, LeaseMicros(owner_->options_.lease)}));
+  if (r.integer() != 1) {
+    return absl::AbortedError(StrCat("redis concurrency limiter \"", owner_->options_.name,
+                                     "\": the permit's lease ran out and was reclaimed"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace keel::redis

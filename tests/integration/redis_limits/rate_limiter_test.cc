@@ -1,0 +1,375 @@
+// redis::RateLimiter against a real Redis: each algorithm's script, key layout and expiry,
+// validation, CheckMany, the blocked-key cache and fail modes.
+#include "keel/redis/rate_limiter.h"
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "integration/redis/test_server.h"
+#include "integration/redis_limits/helpers.h"
+#include "keel/limit/gcra.h"
+#include "keel/limit/token_bucket.h"
+
+using keel::Deadline;
+using keel::Duration;
+using keel::limit::Decision;
+using keel::redis::FailMode;
+using keel::redis::RateLimiter;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::unique_ptr<RateLimiter> MakeLimiter(keel::redis::Client& client, RateLimiter::Options o) {
+  auto l = RateLimiter::Create(std::move(o), client);
+  REQUIRE(l.ok());
+  return std::move(*l);
+}
+
+int64_t Pttl(keel::redis::Client& client, const std::string& key) {
+  auto r = client.Command(Deadline::After(1s), "PTTL", key);
+  REQUIRE(r.ok());
+  return r->integer();
+}
+
+}  // namespace
+
+TEST_CASE("redis gcra admits the burst then paces at the rate, using the server clock") {
+  auto client = keel::test::SharedRedisClient();
+  auto gcra = MakeLimiter(*client, {.name = keel::test::UniqueName("gcra"),
+                                    .algorithm = keel::limit::Gcra::Options{
+                                        .count = 10, .period = 10s, .max_burst = 2}});
+  for (int i = 0; i < 3; ++i) {
+    auto d = gcra->Check("user:1", 1, Deadline::After(1s));
+    REQUIRE(d.ok());
+    CHECK(d->allowed);
+    CHECK(d->limit == 3);
+    CHECK(d->remaining == 2 - i);
+  }
+  auto denied = gcra->Check("user:1", 1, Deadline::After(1s));
+  REQUIRE(denied.ok());
+  CHECK_FALSE(denied->allowed);
+  CHECK(denied->retry_after > 900ms);  // one emission interval (1 s), less the test's own time
+  CHECK(denied->retry_after <= 1s);
+  CHECK(denied->reset_after > 2s);
+  CHECK(denied->reset_after <= 3s);
+  // Another key is independent.
+  CHECK(gcra->Check("user:2", 1, Deadline::After(1s))->allowed);
+  // The state expires when it is back to fresh: at most tau = 3 s from now.
+  const auto keys = gcra->RedisKeys("user:1");
+  REQUIRE(keys.size() == 1);
+  CHECK(keys[0].find("{" + gcra->name() + ":user:1}") == 0);
+  const int64_t ttl = Pttl(*client, keys[0]);
+  CHECK(ttl > 2000);
+  CHECK(ttl <= 3000);
+}
+
+TEST_CASE(
+    "redis gcra matches the in-process gcra at explicit times, including peeks and n > limit") {
+  auto client = keel::test::SharedRedisClient();
+  const keel::limit::Gcra::Options options{.count = 5, .period = 1s, .max_burst = 3};
+  auto redis_gcra =
+      MakeLimiter(*client, {.name = keel::test::UniqueName("gcra-exact"), .algorithm = options});
+  keel::ManualClock clock;
+  auto local = keel::limit::Gcra::Create(options, clock).value();
+  const int64_t quantities[] = {1, 1, 2, 0, 1, 5, 1, 3, 1, 0, 4, 1};
+  Duration at = 0ms;
+  for (int step = 0; step < 60; ++step) {
+    const int64_t n = quantities[step % 12];
+    at += std::chrono::milliseconds((step * 37) % 230);
+    const Decision expect = local.TryAcquire(n, keel::ManualClock::kDefaultStart + at).value();
+    const auto got = redis_gcra->CheckAtForTesting(
+        "k", n, keel::test::kTestEpoch + std::chrono::duration_cast<std::chrono::microseconds>(at),
+        Deadline::After(1s));
+    REQUIRE(got.ok());
+    INFO("step " << step << " n=" << n);
+    CHECK(*got == expect);
+  }
+}
+
+TEST_CASE(
+    "redis token bucket admits the burst, denies with the time to the next token, sets a TTL") {
+  auto client = keel::test::SharedRedisClient();
+  auto bucket = MakeLimiter(
+      *client, {.name = keel::test::UniqueName("tb"),
+                .algorithm = keel::limit::TokenBucket::Options{.rate = 10, .burst = 3}});
+  const auto t0 = keel::test::kTestEpoch;
+  CHECK(bucket->CheckAtForTesting("k", 3, t0)->allowed);
+  const auto denied = bucket->CheckAtForTesting("k", 1, t0);
+  REQUIRE(denied.ok());
+  CHECK_FALSE(denied->allowed);
+  CHECK(denied->retry_after == 100ms);
+  CHECK(bucket->CheckAtForTesting("k", 4, t0)->retry_after == keel::limit::kNever);
+  CHECK(bucket->CheckAtForTesting("k", 1, t0 + 100ms)->allowed);
+  // With the server's clock: full again 300 ms after being emptied, so the key lives no longer.
+  for (int i = 0; i < 3; ++i) REQUIRE(bucket->Check("real", 1, Deadline::After(1s)).ok());
+  const int64_t ttl = Pttl(*client, bucket->RedisKeys("real")[0]);
+  CHECK(ttl > 0);
+  CHECK(ttl <= 300);
+}
+
+TEST_CASE("redis fixed window, sliding log and sliding counter hold the limit per window") {
+  auto client = keel::test::SharedRedisClient();
+  // 60 s windows aligned to the server's clock: a run that straddles a boundary (the server's
+  // TIME before and after it differ in window) may rightly admit more, so it is run again.
+  const auto window_of_now = [&] {
+    auto t = client->Command(Deadline::After(1s), "TIME");
+    REQUIRE(t.ok());
+    return std::stoll(t->elements()[0].str()) / 60;
+  };
+  const keel::limit::SlidingWindowOptions w{.limit = 4, .window = 60s};
+  const RateLimiter::Algorithm algorithms[] = {
+      keel::limit::FixedWindow::Options{.limit = 4, .window = 60s},
+      keel::limit::FixedWindow::Options{
+          .limit = 4,
+          .window = 60s,
+          .alignment = keel::limit::FixedWindow::Alignment::kFirstRequest},
+      keel::redis::SlidingWindowLogOptions{w}, keel::redis::SlidingWindowCounterOptions{w}};
+  for (const auto& algorithm : algorithms) {
+    INFO("algorithm index " << algorithm.index());
+    for (int attempt = 0;; ++attempt) {
+      REQUIRE(attempt < 3);
+      auto limiter =
+          MakeLimiter(*client, {.name = keel::test::UniqueName("window"), .algorithm = algorithm});
+      const int64_t before = window_of_now();
+      int admitted = 0;
+      for (int i = 0; i < 10; ++i) {
+        auto d = limiter->Check("k", 1, Deadline::After(1s));
+        REQUIRE(d.ok());
+        admitted += d->allowed ? 1 : 0;
+        if (!d->allowed) {
+          CHECK(d->retry_after > 0ms);
+          CHECK(d->retry_after <= 120s);
+        }
+      }
+      if (window_of_now() != before) continue;
+      CHECK(admitted == 4);
+      for (const std::string& key : limiter->RedisKeys("k")) {
+        const int64_t ttl = Pttl(*client, key);
+        CHECK(ttl > 0);
+        CHECK(ttl <= 120'000);
+      }
+      break;
+    }
+  }
+}
+
+TEST_CASE("redis sliding log counts each admission for exactly one window") {
+  auto client = keel::test::SharedRedisClient();
+  auto log = MakeLimiter(
+      *client, {.name = keel::test::UniqueName("log"),
+                .algorithm = keel::redis::SlidingWindowLogOptions{{.limit = 3, .window = 1s}}});
+  const auto t0 = keel::test::kTestEpoch;
+  CHECK(log->CheckAtForTesting("k", 1, t0)->allowed);
+  CHECK(log->CheckAtForTesting("k", 2, t0 + 500ms)->allowed);
+  const auto denied = log->CheckAtForTesting("k", 1, t0 + 999ms).value();
+  CHECK_FALSE(denied.allowed);
+  CHECK(denied.retry_after == 1ms);
+  CHECK(log->CheckAtForTesting("k", 1, t0 + 1000ms)->allowed);
+  CHECK_FALSE(log->CheckAtForTesting("k", 1, t0 + 1499ms)->allowed);
+  CHECK(log->CheckAtForTesting("k", 2, t0 + 1500ms)->allowed);
+}
+
+TEST_CASE("redis rate limiter rejects bad options naming the field") {
+  auto client = keel::test::SharedRedisClient();
+  const auto error = [&](RateLimiter::Options o) {
+    auto l = RateLimiter::Create(std::move(o), *client);
+    REQUIRE_FALSE(l.ok());
+    CHECK(l.status().code() == absl::StatusCode::kInvalidArgument);
+    return std::string(l.status().message());
+  };
+  CHECK_THAT(error({.name = "", .algorithm = keel::limit::Gcra::Options{.count = 1}}),
+             Catch::Contains("redis_rate_limiter.name"));
+  CHECK_THAT(error({.name = "x", .algorithm = keel::limit::Gcra::Options{.count = 0}}),
+             Catch::Contains("gcra.count"));
+  CHECK_THAT(error({.name = "x",
+                    .algorithm = keel::limit::Gcra::Options{.count = 1'000'000'000, .period = 1s}}),
+             Catch::Contains("gcra.period / gcra.count"));
+  CHECK_THAT(error({.name = "x", .algorithm = keel::limit::TokenBucket::Options{.rate = -1}}),
+             Catch::Contains("token_bucket.rate"));
+  CHECK_THAT(error({.name = "x",
+                    .algorithm =
+                        keel::limit::FixedWindow::Options{
+                            .limit = 1, .window = std::chrono::nanoseconds(1500)}}),
+             Catch::Contains("fixed_window.window"));
+  CHECK_THAT(error({.name = "x", .algorithm = keel::redis::SlidingWindowLogOptions{{.limit = 0}}}),
+             Catch::Contains("sliding_window_log.limit"));
+  CHECK_THAT(
+      error({.name = "x",
+             .algorithm = keel::redis::SlidingWindowCounterOptions{{.limit = int64_t{1} << 40,
+                                                                    .window = 1h}}}),
+      Catch::Contains("sliding_window_counter.limit"));
+}
+
+TEST_CASE("redis rate limiter rejects keys over 1 KiB and negative quantities") {
+  auto client = keel::test::SharedRedisClient();
+  auto gcra = MakeLimiter(*client, {.name = keel::test::UniqueName("keys"),
+                                    .algorithm = keel::limit::Gcra::Options{.count = 10}});
+  const std::string longest(keel::limit::kMaxKeyBytes, 'k');
+  CHECK(gcra->Check(longest, 1, Deadline::After(1s)).ok());
+  const auto too_long = gcra->Check(longest + "k", 1, Deadline::After(1s));
+  CHECK(too_long.status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK(gcra->Check("", 1).status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK(gcra->Check("k", -1).status().code() == absl::StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("redis CheckMany decides each key in one round trip") {
+  auto client = keel::test::SharedRedisClient();
+  auto limiter = MakeLimiter(
+      *client, {.name = keel::test::UniqueName("many"),
+                .algorithm = keel::limit::FixedWindow::Options{.limit = 1, .window = 60s}});
+  std::vector<std::string> names;
+  for (int i = 0; i < 100; ++i) names.push_back("key:" + std::to_string(i));
+  std::vector<std::string_view> keys(names.begin(), names.end());
+  REQUIRE(limiter->Check("key:7", 1, Deadline::After(1s))->allowed);  // key:7 is now full
+  auto decisions = limiter->CheckMany(keys, 1, Deadline::After(1s));
+  REQUIRE(decisions.ok());
+  REQUIRE(decisions->size() == 100);
+  for (int i = 0; i < 100; ++i) CHECK((*decisions)[i].allowed == (i != 7));
+  auto again = limiter->CheckMany(keys, 1, Deadline::After(1s));
+  REQUIRE(again.ok());
+  for (const Decision& d : *again) CHECK_FALSE(d.allowed);
+  CHECK(limiter->Stats().allowed_total == 100);
+
+  const std::string huge(keel::limit::kMaxKeyBytes + 1, 'x');
+  const std::vector<std::string_view> bad = {"fine", huge};
+  CHECK(limiter->CheckMany(bad).status().code() == absl::StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("redis CheckMany loads its script on a server that does not know it") {
+  keel::test::RedisServer server;  // a new server has no scripts: every entry gets NOSCRIPT
+  auto client = keel::test::MakeRedisClient(server.url());
+  auto limiter = MakeLimiter(
+      *client, {.name = "many",
+                .algorithm = keel::limit::FixedWindow::Options{.limit = 2, .window = 60s},
+                .fail_mode = FailMode::kClosed});
+  const std::vector<std::string_view> keys = {"a", "b", "a", "a"};
+  auto decisions = limiter->CheckMany(keys, 1, Deadline::After(1s));
+  REQUIRE(decisions.ok());
+  // Each entry ran exactly once, in order: a, b, a admitted; the third a denied.
+  CHECK((*decisions)[0].allowed);
+  CHECK((*decisions)[1].allowed);
+  CHECK((*decisions)[2].allowed);
+  CHECK_FALSE((*decisions)[3].allowed);
+}
+
+TEST_CASE("redis blocked-key cache answers repeated denials without a round trip") {
+  keel::test::RedisServer server;
+  auto client = keel::test::MakeRedisClient(server.url());
+  keel::ManualClock clock;
+  auto limiter = RateLimiter::Create(
+                     {.name = keel::test::UniqueName("cache"),
+                      .algorithm = keel::limit::FixedWindow::Options{.limit = 1, .window = 60s},
+                      .fail_mode = FailMode::kClosed},
+                     *client, clock)
+                     .value();
+  REQUIRE(limiter->Check("k", 1, Deadline::After(1s))->allowed);
+  const auto first = limiter->Check("k", 1, Deadline::After(1s)).value();
+  REQUIRE_FALSE(first.allowed);
+  CHECK(limiter->Stats().blocked_cache_hits_total == 0);
+  // With Redis gone, a blocked key is still denied (from the cache), not failed closed.
+  server.Kill();
+  clock.Advance(1s);
+  const auto cached = limiter->Check("k", 1, Deadline::After(1s));
+  REQUIRE(cached.ok());
+  CHECK_FALSE(cached->allowed);
+  CHECK(cached->retry_after == first.retry_after - 1s);
+  CHECK(limiter->Stats().blocked_cache_hits_total == 1);
+  // A larger quantity is blocked too; a peek (smaller) must ask Redis, which is down.
+  CHECK_FALSE(limiter->Check("k", 1, Deadline::After(1s))->allowed);
+  CHECK(limiter->Check("k", 0, Deadline::After(1s)).status().code() ==
+        absl::StatusCode::kUnavailable);
+  // Once retry_after has passed, the cache no longer answers.
+  clock.Advance(first.retry_after);
+  CHECK(limiter->Check("k", 1, Deadline::After(1s)).status().code() ==
+        absl::StatusCode::kUnavailable);
+  CHECK(limiter->Stats().blocked_cache_hits_total == 2);
+}
+
+TEST_CASE("redis rate limiter fails open or closed when Redis is down, counted in stats") {
+  keel::test::RedisServer server;
+  auto client = keel::test::MakeRedisClient(server.url());
+  auto open = RateLimiter::Create({.name = "open",
+                                   .algorithm = keel::limit::Gcra::Options{.count = 1},
+                                   .fail_mode = FailMode::kOpen},
+                                  *client)
+                  .value();
+  auto closed = RateLimiter::Create({.name = "closed",
+                                     .algorithm = keel::limit::Gcra::Options{.count = 1},
+                                     .fail_mode = FailMode::kClosed},
+                                    *client)
+                    .value();
+  REQUIRE(open->Check("k", 1, Deadline::After(1s))->allowed);
+  REQUIRE(closed->Check("k", 1, Deadline::After(1s))->allowed);
+  server.Kill();
+  for (int i = 0; i < 3; ++i) {
+    const auto o = open->Check("k", 1, Deadline::After(1s));
+    REQUIRE(o.ok());
+    CHECK(o->allowed);
+    const auto c = closed->Check("k", 1, Deadline::After(1s));
+    CHECK(c.status().code() == absl::StatusCode::kUnavailable);
+    CHECK_THAT(std::string(c.status().message()), Catch::Contains("\"closed\""));
+  }
+  const std::vector<std::string_view> keys = {"a", "b"};
+  const auto many_open = open->CheckMany(keys, 1, Deadline::After(1s));
+  REQUIRE(many_open.ok());
+  CHECK((*many_open)[0].allowed);
+  CHECK((*many_open)[1].allowed);
+  CHECK(closed->CheckMany(keys, 1, Deadline::After(1s)).status().code() ==
+        absl::StatusCode::kUnavailable);
+  CHECK(open->Stats().fail_open_total == 5);
+  CHECK(closed->Stats().fail_closed_total == 5);
+  CHECK(open->Stats().allowed_total == 1);
+  // Back up: decisions come from Redis again.
+  REQUIRE(server.Start());
+  bool recovered = false;
+  for (int i = 0; i < 50 && !recovered; ++i) {
+    auto c = closed->Check("fresh", 1, Deadline::After(1s));
+    recovered = c.ok() && c->allowed;
+  }
+  CHECK(recovered);
+}
+
+TEST_CASE("redis rate limiter never waits past the caller's deadline on a stalled server") {
+  keel::test::RedisServer server;
+  auto client = keel::test::MakeRedisClient(server.url());
+  auto open = RateLimiter::Create({.name = "stalled",
+                                   .algorithm = keel::limit::Gcra::Options{.count = 1},
+                                   .fail_mode = FailMode::kOpen},
+                                  *client)
+                  .value();
+  REQUIRE(open->Check("warm", 1, Deadline::After(1s)).ok());
+  server.Stop();  // SIGSTOP: connections stay open, nothing answers
+  const auto start = std::chrono::steady_clock::now();
+  const auto d = open->Check("k", 1, Deadline::After(100ms));
+  const auto took = std::chrono::steady_clock::now() - start;
+  server.Continue();
+  REQUIRE(d.ok());
+  CHECK(d->allowed);
+  CHECK(open->Stats().fail_open_total == 1);
+  CHECK(took < 400ms);
+  // An already expired deadline fails without touching Redis.
+  CHECK(open->Check("k", 1, Deadline::After(0ms))->allowed);
+  CHECK(open->Stats().fail_open_total == 2);
+}
+
+TEST_CASE("redis rate limiter exports its stats as Prometheus counters") {
+  auto client = keel::test::SharedRedisClient();
+  keel::MetricsRegistry registry;
+  const std::string name = keel::test::UniqueName("metrics");
+  auto limiter =
+      RateLimiter::Create({.name = name, .algorithm = keel::limit::Gcra::Options{.count = 1}},
+                          *client, keel::SteadyClock(), &registry)
+          .value();
+  REQUIRE(limiter->Check("k", 1, Deadline::After(1s))->allowed);
+  REQUIRE_FALSE(limiter->Check("k", 1, Deadline::After(1s))->allowed);
+  REQUIRE_FALSE(limiter->Check("k", 1, Deadline::After(1s))->allowed);  // from the cache
+  const std::string text = registry.RenderPrometheus();
+  const std::string label = "{limiter=\"" + name + "\"}";
+  CHECK_THAT(text, Catch::Contains("keel_redis_rate_limiter_allowed_total" + label + " 1"));
+  CHECK_THAT(text, Catch::Contains("keel_redis_rate_limiter_denied_total" + label + " 2"));
+  CHECK_THAT(text,
+             Catch::Contains("keel_redis_rate_limiter_blocked_cache_hits_total" + label + " 1"));
+  CHECK_THAT(text, Catch::Contains("keel_redis_rate_limiter_fail_open_total" + label + " 0"));
+}
