@@ -11,8 +11,7 @@
 
 #include "integration/redis_limits/helpers.h"
 #include "keel/redis/rate_limiter.h"
-// The suite's sources live with the unit tests; this is the only integration TU that uses them.
-#include "unit/limit/scenarios.cc"  // NOLINT(bugprone-suspicious-include)
+#include "support/limit_scenarios.h"
 
 namespace scenarios = keel::limit::scenarios;
 using keel::Deadline;

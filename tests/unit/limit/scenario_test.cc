@@ -1,6 +1,6 @@
 #include <catch2/catch.hpp>
 
-#include "unit/limit/scenarios.h"
+#include "support/limit_scenarios.h"
 
 namespace scenarios = keel::limit::scenarios;
 

@@ -1,4 +1,4 @@
-#include "unit/limit/scenarios.h"
+#include "support/limit_scenarios.h"
 
 #include <sstream>
 
