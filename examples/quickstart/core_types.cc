@@ -42,16 +42,17 @@ int main() {
     absl::Status s = CallInventory(attempt_deadline, clock);
     calls->Increment();
     latency->ObserveDuration(clock.Now() - start);
-    std::printf("attempt %d: %s (request has %lld ms left)\n", attempt, s.ToString().c_str(),
-                static_cast<long long>(
-                    std::chrono::duration_cast<std::chrono::milliseconds>(request.Remaining())
-                        .count()));
+    std::printf(
+        "attempt %d: %s (request has %lld ms left)\n", attempt, s.ToString().c_str(),
+        static_cast<long long>(
+            std::chrono::duration_cast<std::chrono::milliseconds>(request.Remaining()).count()));
     if (!keel::IsRetryable(s)) break;
     auto after = keel::RetryAfter(s);
-    std::printf("  retryable, server asks us to wait %lld ms: longer than the request has left? %s\n",
-                static_cast<long long>(
-                    std::chrono::duration_cast<std::chrono::milliseconds>(*after).count()),
-                *after > request.Remaining() ? "yes, give up" : "no");
+    std::printf(
+        "  retryable, server asks us to wait %lld ms: longer than the request has left? %s\n",
+        static_cast<long long>(
+            std::chrono::duration_cast<std::chrono::milliseconds>(*after).count()),
+        *after > request.Remaining() ? "yes, give up" : "no");
     if (*after > request.Remaining()) break;
   }
   std::printf("\n/metrics:\n%s", registry.RenderPrometheus().c_str());

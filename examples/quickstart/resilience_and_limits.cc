@@ -36,10 +36,10 @@ int main() {
                                                .half_open_permits = 2,
                                                .wait_in_open = 50ms})
                      .value();
-  auto bulkhead = keel::SemaphoreBulkhead::Create({.name = "inventory", .max_concurrent = 8}).value();
-  auto retry = keel::Retry::Create({.name = "inventory",
-                                    .max_attempts = 3,
-                                    .backoff = {.base = 1ms, .cap = 10ms}})
+  auto bulkhead =
+      keel::SemaphoreBulkhead::Create({.name = "inventory", .max_concurrent = 8}).value();
+  auto retry = keel::Retry::Create(
+                   {.name = "inventory", .max_attempts = 3, .backoff = {.base = 1ms, .cap = 10ms}})
                    .value();
   auto timeout = keel::Timeout::Create({.name = "inventory", .timeout = 100ms}).value();
   auto fallback = keel::Fallback<int>::Create([](const absl::Status& s) -> absl::StatusOr<int> {

@@ -164,9 +164,9 @@ class MetricsRegistry {
   absl::StatusOr<Series*> FindOrAdd(std::string_view name, std::string_view help, Type type,
                                     const Labels& labels, const std::vector<double>* bounds,
                                     bool callback) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::StatusOr<Registration> AddCallback(std::string_view name, std::string_view help,
-                                           Type type, const Labels& labels,
-                                           std::function<double()> read) ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<Registration> AddCallback(std::string_view name, std::string_view help, Type type,
+                                           const Labels& labels, std::function<double()> read)
+      ABSL_LOCKS_EXCLUDED(mu_);
   void Remove(const std::string& name, const std::string& key) ABSL_LOCKS_EXCLUDED(mu_);
 
   mutable Mutex mu_;

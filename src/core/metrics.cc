@@ -4,8 +4,8 @@
 #include <cmath>
 #include <limits>
 
-#include "keel/internal/strings.h"
 #include "fmt/format.h"
+#include "keel/internal/strings.h"
 
 namespace keel {
 namespace {
@@ -15,9 +15,7 @@ bool IsMetricNameChar(char c, bool first) {
   return !first && c >= '0' && c <= '9';
 }
 
-bool IsLabelNameChar(char c, bool first) {
-  return c != ':' && IsMetricNameChar(c, first);
-}
+bool IsLabelNameChar(char c, bool first) { return c != ':' && IsMetricNameChar(c, first); }
 
 absl::Status ValidateName(std::string_view name, MetricsRegistry::Type type) {
   if (name.empty()) return absl::InvalidArgumentError("metric name must not be empty");
@@ -48,7 +46,7 @@ absl::Status ValidateLabels(std::string_view metric, const Labels& labels,
     if (!ok) {
       return absl::InvalidArgumentError(
           internal::StrCat("metric \"", metric, "\": label name \"", label,
-                       "\" must match [a-zA-Z_][a-zA-Z0-9_]* and not start with \"__\""));
+                           "\" must match [a-zA-Z_][a-zA-Z0-9_]* and not start with \"__\""));
     }
     if (type == MetricsRegistry::Type::kHistogram && label == "le") {
       return absl::InvalidArgumentError(
@@ -215,9 +213,8 @@ absl::StatusOr<MetricsRegistry::Series*> MetricsRegistry::FindOrAdd(
   }
   Family& family = *fit->second;
   if (family.type != type) {
-    return absl::InvalidArgumentError(internal::StrCat("metric \"", name, "\" is already a ",
-                                                   TypeName(family.type), ", not a ",
-                                                   TypeName(type)));
+    return absl::InvalidArgumentError(internal::StrCat(
+        "metric \"", name, "\" is already a ", TypeName(family.type), ", not a ", TypeName(type)));
   }
   if (bounds != nullptr && family.bounds != *bounds) {
     return absl::InvalidArgumentError(
@@ -227,8 +224,8 @@ absl::StatusOr<MetricsRegistry::Series*> MetricsRegistry::FindOrAdd(
   auto sit = family.series.find(key);
   if (sit != family.series.end()) {
     if (callback || sit->second->callback) {
-      return absl::AlreadyExistsError(internal::StrCat("metric \"", name, "{", key,
-                                                   "}\" is already registered"));
+      return absl::AlreadyExistsError(
+          internal::StrCat("metric \"", name, "{", key, "}\" is already registered"));
     }
     return sit->second.get();
   }
@@ -333,7 +330,8 @@ std::string MetricsRegistry::RenderPrometheus() const {
         const Histogram::Snapshot snap = series->histogram->Snap();
         const std::string bucket = internal::StrCat(name, "_bucket");
         for (size_t i = 0; i < snap.bounds.size(); ++i) {
-          AppendSample(out, bucket, key, internal::StrCat("le=\"", FormatValue(snap.bounds[i]), "\""),
+          AppendSample(out, bucket, key,
+                       internal::StrCat("le=\"", FormatValue(snap.bounds[i]), "\""),
                        internal::StrCat(snap.cumulative[i]));
         }
         AppendSample(out, bucket, key, "le=\"+Inf\"", internal::StrCat(snap.count));

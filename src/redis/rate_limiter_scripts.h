@@ -20,22 +20,22 @@
 namespace keel::redis::internal {
 
 // The helpers every rate-limit script starts with.
-#define KEEL_RL_PRELUDE                                                   \
-  "local n = tonumber(ARGV[1])\n"                                         \
-  "local now\n"                                                           \
-  "local min_ms = 1\n"                                                    \
-  "if ARGV[2] == '' then\n"                                               \
-  "  local t = redis.call('TIME')\n"                                      \
-  "  now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"                   \
-  "else\n"                                                                \
-  "  now = tonumber(ARGV[2])\n"                                           \
-  "  min_ms = 10000\n"                                                    \
-  "end\n"                                                                 \
-  "local function fmt(x) return string.format('%d', x) end\n"             \
-  "local function ms(us)\n"                                               \
-  "  local m = math.ceil(us / 1000)\n"                                    \
-  "  if m < min_ms then m = min_ms end\n"                                 \
-  "  return fmt(m)\n"                                                     \
+#define KEEL_RL_PRELUDE                                       \
+  "local n = tonumber(ARGV[1])\n"                             \
+  "local now\n"                                               \
+  "local min_ms = 1\n"                                        \
+  "if ARGV[2] == '' then\n"                                   \
+  "  local t = redis.call('TIME')\n"                          \
+  "  now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"       \
+  "else\n"                                                    \
+  "  now = tonumber(ARGV[2])\n"                               \
+  "  min_ms = 10000\n"                                        \
+  "end\n"                                                     \
+  "local function fmt(x) return string.format('%d', x) end\n" \
+  "local function ms(us)\n"                                   \
+  "  local m = math.ceil(us / 1000)\n"                        \
+  "  if m < min_ms then m = min_ms end\n"                     \
+  "  return fmt(m)\n"                                         \
   "end\n"
 
 // GCRA (redis-cell's CL.THROTTLE). KEYS[1] = TAT. ARGV[3] = T (us), ARGV[4] = limit.

@@ -22,10 +22,10 @@
 #define KEEL_INTERNAL_CONCAT(a, b) KEEL_INTERNAL_CONCAT_INNER(a, b)
 
 // Evaluates `expr` (an absl::Status) once and returns it from the enclosing function if not OK.
-#define KEEL_RETURN_IF_ERROR(expr)                                    \
-  do {                                                                \
-    ::absl::Status keel_internal_status = (expr);                     \
-    if (!keel_internal_status.ok()) return keel_internal_status;      \
+#define KEEL_RETURN_IF_ERROR(expr)                               \
+  do {                                                           \
+    ::absl::Status keel_internal_status = (expr);                \
+    if (!keel_internal_status.ok()) return keel_internal_status; \
   } while (false)
 
 // Evaluates `rexpr` (an absl::StatusOr<T>) once; returns its status if not OK, otherwise moves

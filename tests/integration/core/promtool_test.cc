@@ -13,16 +13,19 @@
 
 TEST_CASE("promtool accepts the rendered registry without a single warning") {
   keel::MetricsRegistry registry;
-  registry.AddCounter("keel_requests_total", "Requests served, by route.",
-                      {{"route", "/diaries/{id}"}, {"method", "GET"}})
+  registry
+      .AddCounter("keel_requests_total", "Requests served, by route.",
+                  {{"route", "/diaries/{id}"}, {"method", "GET"}})
       .value()
       ->Increment(17);
-  registry.AddCounter("keel_requests_total", "Requests served, by route.",
-                      {{"route", "C:\\path\n\"quoted\" ünïcödé"}, {"method", "POST"}})
+  registry
+      .AddCounter("keel_requests_total", "Requests served, by route.",
+                  {{"route", "C:\\path\n\"quoted\" ünïcödé"}, {"method", "POST"}})
       .value()
       ->Increment();
-  registry.AddGauge("keel_pool_idle_connections", "Idle connections.\nSecond line \\ backslash.",
-                    {{"pool", "pg-primary"}})
+  registry
+      .AddGauge("keel_pool_idle_connections", "Idle connections.\nSecond line \\ backslash.",
+                {{"pool", "pg-primary"}})
       .value()
       ->Set(3.5);
   keel::Histogram* h = registry

@@ -73,8 +73,10 @@ TEST_CASE("histogram observes durations in seconds") {
 
 TEST_CASE("label values and help text are escaped") {
   keel::MetricsRegistry registry;
-  registry.AddCounter("odd_total", "Back\\slash and\nnewline \"quoted\".",
-                      {{"path", "C:\\dir\n\"x\""}}).value()->Increment();
+  registry
+      .AddCounter("odd_total", "Back\\slash and\nnewline \"quoted\".", {{"path", "C:\\dir\n\"x\""}})
+      .value()
+      ->Increment();
   CHECK(registry.RenderPrometheus() ==
         "# HELP odd_total Back\\\\slash and\\nnewline \"quoted\".\n"
         "# TYPE odd_total counter\n"
@@ -83,9 +85,13 @@ TEST_CASE("label values and help text are escaped") {
 
 TEST_CASE("special float values render as Prometheus spells them") {
   keel::MetricsRegistry registry;
-  registry.AddGauge("g", "G.", {{"v", "inf"}}).value()->Set(std::numeric_limits<double>::infinity());
+  registry.AddGauge("g", "G.", {{"v", "inf"}})
+      .value()
+      ->Set(std::numeric_limits<double>::infinity());
   registry.AddGauge("g", "G.", {{"v", "nan"}}).value()->Set(std::nan(""));
-  registry.AddGauge("g", "G.", {{"v", "ninf"}}).value()->Set(-std::numeric_limits<double>::infinity());
+  registry.AddGauge("g", "G.", {{"v", "ninf"}})
+      .value()
+      ->Set(-std::numeric_limits<double>::infinity());
   const std::string text = registry.RenderPrometheus();
   CHECK_THAT(text, Contains("g{v=\"inf\"} +Inf\n"));
   CHECK_THAT(text, Contains("g{v=\"nan\"} NaN\n"));
@@ -131,8 +137,7 @@ TEST_CASE("invalid label names are rejected at registration") {
 TEST_CASE("a name keeps its first type and histogram bounds") {
   keel::MetricsRegistry registry;
   REQUIRE(registry.AddGauge("m", "x").ok());
-  CHECK(registry.AddHistogram("m", "x", {1}).status().code() ==
-        absl::StatusCode::kInvalidArgument);
+  CHECK(registry.AddHistogram("m", "x", {1}).status().code() == absl::StatusCode::kInvalidArgument);
   REQUIRE(registry.AddHistogram("h", "x", {1, 2}).ok());
   CHECK(registry.AddHistogram("h", "x", {1, 3}).status().code() ==
         absl::StatusCode::kInvalidArgument);
@@ -153,8 +158,8 @@ TEST_CASE("callback series read their value at render time and vanish with their
     CHECK_THAT(registry.RenderPrometheus(), Contains("pool_in_use{pool=\"pg\"} 3\n"));
     in_use = 4;
     CHECK_THAT(registry.RenderPrometheus(), Contains("pool_in_use{pool=\"pg\"} 4\n"));
-    auto dup = registry.AddGaugeCallback("pool_in_use", "In use.", {{"pool", "pg"}},
-                                         [] { return 0.0; });
+    auto dup =
+        registry.AddGaugeCallback("pool_in_use", "In use.", {{"pool", "pg"}}, [] { return 0.0; });
     CHECK(dup.status().code() == absl::StatusCode::kAlreadyExists);
     auto moved = std::move(*reg);
     CHECK_THAT(registry.RenderPrometheus(), Contains("pool_in_use{pool=\"pg\"} 4\n"));
@@ -162,7 +167,8 @@ TEST_CASE("callback series read their value at render time and vanish with their
   CHECK(registry.RenderPrometheus().empty());
   auto again = registry.AddCounterCallback("created_total", "C.", {}, [] { return 7.0; });
   REQUIRE(again.ok());
-  CHECK_THAT(registry.RenderPrometheus(), Contains("# TYPE created_total counter\ncreated_total 7\n"));
+  CHECK_THAT(registry.RenderPrometheus(),
+             Contains("# TYPE created_total counter\ncreated_total 7\n"));
   CHECK(registry.AddGaugeCallback("g", "x", {}, nullptr).status().code() ==
         absl::StatusCode::kInvalidArgument);
 }
