@@ -119,7 +119,9 @@ void BM_Baseline_RedisEvalshaTrivial(benchmark::State& state) {
     freeReplyObject(reply);
   }
 }
-BENCHMARK(BM_Baseline_RedisEvalshaTrivial)->UseRealTime();
+// At 1 and 16 threads (one connection each): the floor of shared Redis limiters at the same
+// concurrency.
+BENCHMARK(BM_Baseline_RedisEvalshaTrivial)->UseRealTime()->Threads(1)->Threads(16);
 
 void BM_Baseline_PgSelect1(benchmark::State& state) {
   const auto url = keel::bench::Env("KEEL_TEST_POSTGRES_URL");

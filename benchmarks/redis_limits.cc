@@ -1,11 +1,9 @@
 // keel::redis::RateLimiter against its floor, measured in the same run:
-//   BM_RedisLimiter_Gcra/threads:N       throughput >= 90% of BM_RedisLimits_EvalshaFloor/threads:N
+//   BM_RedisLimiter_Gcra/threads:N       throughput >= 90% of BM_Baseline_RedisEvalshaTrivial/threads:N
 //   BM_RedisLimiter_CheckMany100         100 keys per pipelined round trip (items/s)
-// BM_RedisLimits_EvalshaFloor is baselines.cc's BM_Baseline_RedisEvalshaTrivial (plain hiredis,
-// `return 1`, one connection per thread) registered at the limiter's concurrencies too: the
-// baseline itself only runs on one thread. Reads KEEL_TEST_REDIS_URL; skips when it is absent.
+// The floor (baselines.cc: plain hiredis, `return 1`, one connection per thread) runs at 1 and 16
+// threads, the limiter's concurrencies. Reads KEEL_TEST_REDIS_URL; skips when it is absent.
 #include <benchmark/benchmark.h>
-#include <hiredis/hiredis.h>
 
 #include <chrono>
 #include <memory>
@@ -110,40 +108,5 @@ void BM_RedisLimiter_CheckMany100(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * 100);
 }
 BENCHMARK(BM_RedisLimiter_CheckMany100)->UseRealTime();
-
-// The floor at the limiter's concurrencies: what BM_Baseline_RedisEvalshaTrivial does, with one
-// plain hiredis connection per thread.
-void BM_RedisLimits_EvalshaFloor(benchmark::State& state) {
-  const auto url = keel::bench::Env("KEEL_TEST_REDIS_URL");
-  auto options = url ? keel::redis::Options::FromUrl(*url) : absl::InvalidArgumentError("unset");
-  if (!options.ok()) {
-    state.SkipWithError("KEEL_TEST_REDIS_URL is not set or invalid");
-    return;
-  }
-  std::unique_ptr<redisContext, void (*)(redisContext*)> c(
-      redisConnect(options->server.host.c_str(), options->server.port), redisFree);
-  if (c == nullptr || c->err != 0) {
-    state.SkipWithError("cannot connect");
-    return;
-  }
-  auto* load = static_cast<redisReply*>(redisCommand(c.get(), "SCRIPT LOAD %s", "return 1"));
-  if (load == nullptr || load->type != REDIS_REPLY_STRING) {
-    state.SkipWithError("SCRIPT LOAD failed");
-    if (load) freeReplyObject(load);
-    return;
-  }
-  const std::string sha(load->str, load->len);
-  freeReplyObject(load);
-  for (auto _ : state) {
-    auto* reply = static_cast<redisReply*>(redisCommand(c.get(), "EVALSHA %s 0", sha.c_str()));
-    if (reply == nullptr || reply->type != REDIS_REPLY_INTEGER) {
-      state.SkipWithError("EVALSHA failed");
-      if (reply) freeReplyObject(reply);
-      break;
-    }
-    freeReplyObject(reply);
-  }
-}
-BENCHMARK(BM_RedisLimits_EvalshaFloor)->UseRealTime()->Threads(1)->Threads(kMaxThreads);
 
 }  // namespace
