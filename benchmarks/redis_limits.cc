@@ -1,6 +1,7 @@
 // keel::redis::RateLimiter against its floor, measured in the same run:
-//   BM_RedisLimiter_Gcra/threads:N       throughput >= 90% of BM_Baseline_RedisEvalshaTrivial/threads:N
-//   BM_RedisLimiter_CheckMany100         100 keys per pipelined round trip (items/s)
+//   BM_RedisLimiter_Gcra/threads:N       throughput >= 90% of
+//   BM_Baseline_RedisEvalshaTrivial/threads:N BM_RedisLimiter_CheckMany100         100 keys per
+//   pipelined round trip (items/s)
 // The floor (baselines.cc: plain hiredis, `return 1`, one connection per thread) runs at 1 and 16
 // threads, the limiter's concurrencies. Reads KEEL_TEST_REDIS_URL; skips when it is absent.
 #include <benchmark/benchmark.h>
