@@ -26,8 +26,7 @@ FixedWindow::FixedWindow(const Options& options, Clock& clock)
     : limit_(options.limit),
       window_nanos_(options.window.count()),
       alignment_(options.alignment),
-      clock_(&clock),
-      window_start_(std::numeric_limits<int64_t>::min()) {}
+      clock_(&clock) {}
 
 FixedWindow::FixedWindow(FixedWindow&& other) noexcept
     : limit_(other.limit_),
@@ -36,22 +35,21 @@ FixedWindow::FixedWindow(FixedWindow&& other) noexcept
       clock_(other.clock_) {
   MutexLock lock(other.mu_);
   MutexLock own(mu_);
-  window_start_ = other.window_start_;
-  count_ = other.count_;
+  state_ = other.state_;
 }
 
-Decision FixedWindow::Evaluate(int64_t n, int64_t now, bool commit) const {
+Decision FixedWindow::Evaluate(State& state, int64_t n, int64_t now, bool commit) const {
   int64_t start;
   int64_t count;
-  const bool live = window_start_ != std::numeric_limits<int64_t>::min() &&
-                    now - window_start_ < window_nanos_ && now >= window_start_;
+  const bool live = state.window_start != std::numeric_limits<int64_t>::min() &&
+                    now - state.window_start < window_nanos_ && now >= state.window_start;
   if (alignment_ == Alignment::kAligned) {
     // Floor division, correct for negative clock values too.
     start = now - ((now % window_nanos_) + window_nanos_) % window_nanos_;
-    count = window_start_ == start ? count_ : 0;
+    count = state.window_start == start ? state.count : 0;
   } else {
-    start = live ? window_start_ : now;
-    count = live ? count_ : 0;
+    start = live ? state.window_start : now;
+    count = live ? state.count : 0;
   }
   Decision d;
   d.limit = limit_;
@@ -67,8 +65,8 @@ Decision FixedWindow::Evaluate(int64_t n, int64_t now, bool commit) const {
   d.remaining = limit_ - count;
   d.reset_after = count > 0 ? to_end : Duration::zero();
   if (commit && n > 0) {
-    window_start_ = start;
-    count_ = count;
+    state.window_start = start;
+    state.count = count;
   }
   return d;
 }
@@ -76,13 +74,22 @@ Decision FixedWindow::Evaluate(int64_t n, int64_t now, bool commit) const {
 absl::StatusOr<Decision> FixedWindow::TryAcquire(int64_t n, TimePoint now) {
   if (n < 0) return internal::QuantityError("fixed_window", n);
   MutexLock lock(mu_);
-  return Evaluate(n, Nanos(now), /*commit=*/true);
+  return Evaluate(state_, n, Nanos(now), /*commit=*/true);
 }
 
 absl::StatusOr<Decision> FixedWindow::Check(int64_t n, TimePoint now) const {
   if (n < 0) return internal::QuantityError("fixed_window", n);
   MutexLock lock(mu_);
-  return Evaluate(n, Nanos(now), /*commit=*/false);
+  return Evaluate(state_, n, Nanos(now), /*commit=*/false);
+}
+
+Decision FixedWindow::Apply(State& state, int64_t n, TimePoint now) const {
+  return Evaluate(state, n, Nanos(now), /*commit=*/true);
+}
+
+Decision FixedWindow::Peek(const State& state, int64_t n, TimePoint now) const {
+  State copy = state;  // Evaluate writes only when committing; two words
+  return Evaluate(copy, n, Nanos(now), /*commit=*/false);
 }
 
 }  // namespace keel::limit

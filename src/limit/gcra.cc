@@ -82,6 +82,18 @@ Decision Gcra::Evaluate(int64_t stored_tat, int64_t n, int64_t now, int64_t* new
   return d;
 }
 
+Decision Gcra::Apply(State& state, int64_t n, TimePoint now) const {
+  int64_t next = 0;
+  const Decision d = Evaluate(state.tat, n, Nanos(now), &next);
+  if (d.allowed && n > 0) state.tat = next;
+  return d;
+}
+
+Decision Gcra::Peek(const State& state, int64_t n, TimePoint now) const {
+  int64_t unused;
+  return Evaluate(state.tat, n, Nanos(now), &unused);
+}
+
 absl::StatusOr<Decision> Gcra::Check(int64_t n, TimePoint now) const {
   if (n < 0) return internal::QuantityError("gcra", n);
   int64_t unused;

@@ -1,5 +1,6 @@
 #include "keel/limit/keyed.h"
 
+#include "keel/internal/status_macros.h"
 #include "keel/internal/strings.h"
 
 namespace keel::limit::internal {
@@ -55,6 +56,43 @@ Decision Combine(const Decision* decisions, size_t count) {
   }
   if (out.allowed) out.retry_after = Duration::zero();
   return out;
+}
+
+absl::Status RegisterKeyedMetrics(MetricsRegistry& metrics, const std::string& name,
+                                  std::function<KeyedStats()> stats,
+                                  std::vector<MetricsRegistry::Registration>& out) {
+  const auto keep = [&](absl::StatusOr<MetricsRegistry::Registration> r) -> absl::Status {
+    if (!r.ok()) return r.status();
+    out.push_back(std::move(r).value());
+    return absl::OkStatus();
+  };
+  KEEL_RETURN_IF_ERROR(keep(metrics.AddGaugeCallback(
+      "keel_rate_limit_keys", "Keys held by a keyed rate limiter.", {{"name", name}},
+      [stats] { return static_cast<double>(stats().keys); })));
+  const char* decisions = "Rate-limit decisions, by outcome (blocked: denied by a penalty).";
+  const std::pair<const char*, uint64_t KeyedStats::*> outcomes[] = {
+      {"allowed", &KeyedStats::allowed},
+      {"denied", &KeyedStats::denied},
+      {"blocked", &KeyedStats::blocked_denials},
+  };
+  for (const auto& [label, field] : outcomes) {
+    KEEL_RETURN_IF_ERROR(keep(metrics.AddCounterCallback(
+        "keel_rate_limit_decisions_total", decisions, {{"name", name}, {"decision", label}},
+        [stats, field = field] { return static_cast<double>(stats().*field); })));
+  }
+  const char* evictions =
+      "Keys dropped by a keyed rate limiter: idle past idle_ttl, or to make "
+      "room at max_keys.";
+  const std::pair<const char*, uint64_t KeyedStats::*> reasons[] = {
+      {"idle", &KeyedStats::evicted_idle},
+      {"capacity", &KeyedStats::evicted_capacity},
+  };
+  for (const auto& [label, field] : reasons) {
+    KEEL_RETURN_IF_ERROR(keep(metrics.AddCounterCallback(
+        "keel_rate_limit_evictions_total", evictions, {{"name", name}, {"reason", label}},
+        [stats, field = field] { return static_cast<double>(stats().*field); })));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace keel::limit::internal

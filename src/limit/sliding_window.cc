@@ -46,51 +46,59 @@ SlidingWindowLog::SlidingWindowLog(SlidingWindowLog&& other) noexcept
     : limit_(other.limit_), window_nanos_(other.window_nanos_), clock_(other.clock_) {
   MutexLock lock(other.mu_);
   MutexLock own(mu_);
-  log_ = std::move(other.log_);
-  counted_ = other.counted_;
+  state_ = std::move(other.state_);
 }
 
-Decision SlidingWindowLog::Evaluate(int64_t n, int64_t now, bool commit) const {
+Decision SlidingWindowLog::Evaluate(State& s, int64_t n, int64_t now, bool commit) const {
   // An admission at t counts during [t, t + window).
-  while (!log_.empty() && log_.front().at + window_nanos_ <= now) {
-    counted_ -= log_.front().quantity;
-    log_.pop_front();
+  std::vector<State::Entry>& log = s.log;
+  while (s.head < log.size() && log[s.head].at + window_nanos_ <= now) {
+    s.counted -= log[s.head].quantity;
+    ++s.head;
+  }
+  if (s.head == log.size()) {
+    log.clear();
+    s.head = 0;
+  } else if (s.head * 2 > log.size()) {
+    // Expired entries are the larger part: drop them in one move, amortised O(1) per entry.
+    log.erase(log.begin(), log.begin() + static_cast<std::ptrdiff_t>(s.head));
+    s.head = 0;
   }
   Decision d;
   d.limit = limit_;
   const auto reset = [&] {
-    return log_.empty() ? Duration::zero() : Duration(log_.back().at + window_nanos_ - now);
+    return log.empty() ? Duration::zero() : Duration(log.back().at + window_nanos_ - now);
   };
   if (n > limit_) {
-    d.remaining = limit_ - counted_;
+    d.remaining = limit_ - s.counted;
     d.reset_after = reset();
     d.retry_after = kNever;
     return d;
   }
-  if (counted_ + n > limit_) {
+  if (s.counted + n > limit_) {
     // Exact: the earliest moment enough of the oldest admissions have expired.
-    int64_t to_free = counted_ + n - limit_;
+    int64_t to_free = s.counted + n - limit_;
     int64_t at = now;
-    for (const Entry& e : log_) {
-      to_free -= e.quantity;
-      at = e.at + window_nanos_;
+    for (size_t i = s.head; i < log.size(); ++i) {
+      to_free -= log[i].quantity;
+      at = log[i].at + window_nanos_;
       if (to_free <= 0) break;
     }
-    d.remaining = limit_ - counted_;
+    d.remaining = limit_ - s.counted;
     d.reset_after = reset();
     d.retry_after = Duration(at - now);
     return d;
   }
   d.allowed = true;
-  d.remaining = limit_ - counted_ - n;
+  d.remaining = limit_ - s.counted - n;
   if (commit && n > 0) {
     // Calls at the same instant share one entry, which bounds the log at `limit` entries.
-    if (!log_.empty() && log_.back().at == now) {
-      log_.back().quantity += n;
+    if (s.head < log.size() && log.back().at == now) {
+      log.back().quantity += n;
     } else {
-      log_.push_back({now, n});
+      log.push_back({now, n});
     }
-    counted_ += n;
+    s.counted += n;
   }
   d.reset_after = commit || n == 0 ? reset() : Duration(window_nanos_);
   return d;
@@ -99,13 +107,21 @@ Decision SlidingWindowLog::Evaluate(int64_t n, int64_t now, bool commit) const {
 absl::StatusOr<Decision> SlidingWindowLog::TryAcquire(int64_t n, TimePoint now) {
   if (n < 0) return internal::QuantityError("sliding_window_log", n);
   MutexLock lock(mu_);
-  return Evaluate(n, Nanos(now), /*commit=*/true);
+  return Evaluate(state_, n, Nanos(now), /*commit=*/true);
 }
 
 absl::StatusOr<Decision> SlidingWindowLog::Check(int64_t n, TimePoint now) const {
   if (n < 0) return internal::QuantityError("sliding_window_log", n);
   MutexLock lock(mu_);
-  return Evaluate(n, Nanos(now), /*commit=*/false);
+  return Evaluate(state_, n, Nanos(now), /*commit=*/false);
+}
+
+Decision SlidingWindowLog::Apply(State& state, int64_t n, TimePoint now) const {
+  return Evaluate(state, n, Nanos(now), /*commit=*/true);
+}
+
+Decision SlidingWindowLog::Peek(State& state, int64_t n, TimePoint now) const {
+  return Evaluate(state, n, Nanos(now), /*commit=*/false);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -117,31 +133,26 @@ absl::StatusOr<SlidingWindowCounter> SlidingWindowCounter::Create(Options option
 }
 
 SlidingWindowCounter::SlidingWindowCounter(const Options& options, Clock& clock)
-    : limit_(options.limit),
-      window_nanos_(options.window.count()),
-      clock_(&clock),
-      window_start_(kNone) {}
+    : limit_(options.limit), window_nanos_(options.window.count()), clock_(&clock) {}
 
 SlidingWindowCounter::SlidingWindowCounter(SlidingWindowCounter&& other) noexcept
     : limit_(other.limit_), window_nanos_(other.window_nanos_), clock_(other.clock_) {
   MutexLock lock(other.mu_);
   MutexLock own(mu_);
-  window_start_ = other.window_start_;
-  current_ = other.current_;
-  previous_ = other.previous_;
+  state_ = other.state_;
 }
 
-Decision SlidingWindowCounter::Evaluate(int64_t n, int64_t now, bool commit) {
+Decision SlidingWindowCounter::Evaluate(State& state, int64_t n, int64_t now, bool commit) const {
   __extension__ typedef __int128 i128;
   const int64_t w = window_nanos_;
   const int64_t start = now - ((now % w) + w) % w;
   int64_t current = 0;
   int64_t previous = 0;
-  if (window_start_ == start) {
-    current = current_;
-    previous = previous_;
-  } else if (window_start_ != kNone && window_start_ == start - w) {
-    previous = current_;
+  if (state.window_start == start) {
+    current = state.current;
+    previous = state.previous;
+  } else if (state.window_start != kNone && state.window_start == start - w) {
+    previous = state.current;
   }
   const int64_t left = start + w - now;  // (window - elapsed), in (0, w]
   // estimate * w, exactly: previous * (w - elapsed) + current * w.
@@ -182,9 +193,9 @@ Decision SlidingWindowCounter::Evaluate(int64_t n, int64_t now, bool commit) {
   d.remaining = remaining_after(current);
   d.reset_after = reset(current);
   if (commit && n > 0) {
-    window_start_ = start;
-    current_ = current;
-    previous_ = previous;
+    state.window_start = start;
+    state.current = current;
+    state.previous = previous;
   }
   return d;
 }
@@ -192,13 +203,22 @@ Decision SlidingWindowCounter::Evaluate(int64_t n, int64_t now, bool commit) {
 absl::StatusOr<Decision> SlidingWindowCounter::TryAcquire(int64_t n, TimePoint now) {
   if (n < 0) return internal::QuantityError("sliding_window_counter", n);
   MutexLock lock(mu_);
-  return Evaluate(n, Nanos(now), /*commit=*/true);
+  return Evaluate(state_, n, Nanos(now), /*commit=*/true);
 }
 
 absl::StatusOr<Decision> SlidingWindowCounter::Check(int64_t n, TimePoint now) const {
   if (n < 0) return internal::QuantityError("sliding_window_counter", n);
   MutexLock lock(mu_);
-  return const_cast<SlidingWindowCounter*>(this)->Evaluate(n, Nanos(now), /*commit=*/false);
+  return Evaluate(state_, n, Nanos(now), /*commit=*/false);
+}
+
+Decision SlidingWindowCounter::Apply(State& state, int64_t n, TimePoint now) const {
+  return Evaluate(state, n, Nanos(now), /*commit=*/true);
+}
+
+Decision SlidingWindowCounter::Peek(const State& state, int64_t n, TimePoint now) const {
+  State copy = state;  // Evaluate writes only when committing; three words
+  return Evaluate(copy, n, Nanos(now), /*commit=*/false);
 }
 
 }  // namespace keel::limit

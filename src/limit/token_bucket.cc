@@ -77,6 +77,18 @@ absl::StatusOr<Decision> TokenBucket::Check(int64_t n, TimePoint now) const {
   return Evaluate(empty_at_.load(std::memory_order_relaxed), n, Nanos(now), &unused);
 }
 
+Decision TokenBucket::Apply(State& state, int64_t n, TimePoint now) const {
+  int64_t next = 0;
+  const Decision d = Evaluate(state.empty_at, n, Nanos(now), &next);
+  if (d.allowed && n > 0) state.empty_at = next;
+  return d;
+}
+
+Decision TokenBucket::Peek(const State& state, int64_t n, TimePoint now) const {
+  int64_t unused;
+  return Evaluate(state.empty_at, n, Nanos(now), &unused);
+}
+
 absl::StatusOr<Decision> TokenBucket::TryAcquire(int64_t n, TimePoint now) {
   if (n < 0) return internal::QuantityError("token_bucket", n);
   const int64_t t = Nanos(now);

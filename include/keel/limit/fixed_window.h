@@ -28,6 +28,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <limits>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
@@ -70,19 +71,30 @@ class FixedWindow {
   absl::StatusOr<Decision> Check(int64_t n, TimePoint now) const ABSL_LOCKS_EXCLUDED(mu_);
 
   // One window: after this long untouched the limiter is indistinguishable from a new one.
+  // The limiter's mutable part alone, for containers of many limiters with the same parameters
+  // (Keyed<FixedWindow> keeps one State per key and one FixedWindow for all of them). A default
+  // State is a fresh limiter. Not synchronised: the caller serialises calls on one State.
+  struct State {
+    int64_t window_start = std::numeric_limits<int64_t>::min();  // INT64_MIN: no window yet
+    int64_t count = 0;                                           // admitted in that window
+  };
+  // TryAcquire and Check applied to `state` instead of this limiter's own; `n` as there.
+  // REQUIRES: n >= 0 (validated by the caller).
+  Decision Apply(State& state, int64_t n, TimePoint now) const;
+  Decision Peek(const State& state, int64_t n, TimePoint now) const;
+
   Duration Horizon() const { return Duration(window_nanos_); }
 
  private:
   FixedWindow(const Options& options, Clock& clock);
-  Decision Evaluate(int64_t n, int64_t now, bool commit) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  Decision Evaluate(State& state, int64_t n, int64_t now, bool commit) const;
 
   int64_t limit_;
   int64_t window_nanos_;
   Alignment alignment_;
   Clock* clock_;
   mutable Mutex mu_;
-  mutable int64_t window_start_ ABSL_GUARDED_BY(mu_);  // INT64_MIN: no window yet
-  mutable int64_t count_ ABSL_GUARDED_BY(mu_) = 0;
+  mutable State state_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace keel::limit

@@ -32,6 +32,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <limits>
 
 #include "absl/status/statusor.h"
 #include "keel/clock.h"
@@ -65,6 +66,18 @@ class Gcra {
 
   // What TryAcquire(n, now) would answer, changing nothing.
   absl::StatusOr<Decision> Check(int64_t n, TimePoint now) const;
+
+  // The limiter's mutable part alone, for containers of many limiters with the same parameters
+  // (Keyed<Gcra> keeps one State per key and one Gcra for all of them). A default State is a
+  // fresh limiter. Not synchronised: the caller serialises calls on one State.
+  struct State {
+    // The theoretical arrival time, as tat_ below.
+    int64_t tat = std::numeric_limits<int64_t>::min();
+  };
+  // TryAcquire and Check applied to `state` instead of this limiter's own; `n` as there.
+  // REQUIRES: n >= 0 (validated by the caller).
+  Decision Apply(State& state, int64_t n, TimePoint now) const;
+  Decision Peek(const State& state, int64_t n, TimePoint now) const;
 
   // tau: after this long untouched the limiter is indistinguishable from a new one.
   Duration Horizon() const { return Duration(tolerance_nanos_); }

@@ -4,9 +4,11 @@
 // Defines `keel::limit::Keyed<Limiter>` and `keel::limit::KeyedStats`. `Limiter` is any of
 // TokenBucket, Gcra, FixedWindow, SlidingWindowLog, SlidingWindowCounter.
 //
-// - Sharded map: keys hash to `shards` independently locked shards, each a flat hash map holding
-//   the limiters inline, so a call for a known key is one lock, one probe and one CAS, with no
-//   allocation and no list to reorder (a strict LRU list costs several cache misses per call).
+// - Sharded map: keys hash to `shards` independently locked shards, each a flat hash set of
+//   entries holding the key and only the limiters' mutable State (the parameters live once in
+//   the Keyed): for a token bucket or GCRA an entry is 64 bytes on its own cache line, so a call
+//   for a known key is one lock, one probe and one cache line, with no allocation and no list to
+//   reorder (a strict LRU list costs several cache misses per call).
 // - Bounded memory: each shard holds at most max_keys / shards keys. A new key arriving at a full
 //   shard first drops the shard's idle keys, then, if still full, the least recently used eighth
 //   of it (counted in evicted_capacity): one O(shard) pass per max_keys / (8 * shards) new keys,
@@ -44,6 +46,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -51,7 +54,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/container/inlined_vector.h"
 #include "absl/hash/hash.h"
 #include "absl/status/status.h"
@@ -59,12 +62,15 @@
 #include "absl/strings/string_view.h"
 #include "keel/clock.h"
 #include "keel/limit/decision.h"
+#include "keel/metrics.h"
 #include "keel/sync.h"
 
 namespace keel::limit {
 
 struct KeyedStats {
   size_t keys = 0;                // keys held now
+  uint64_t allowed = 0;           // requests admitted
+  uint64_t denied = 0;            // requests denied by the limits (not counting blocked ones)
   uint64_t evicted_idle = 0;      // keys dropped after idle_ttl without use
   uint64_t evicted_capacity = 0;  // keys dropped to make room for a new key at the cap
   uint64_t blocked_denials = 0;   // requests denied by a penalty block
@@ -73,8 +79,9 @@ struct KeyedStats {
 struct KeyedOptions {
   // Names the limiter in error messages. Default: "keyed".
   std::string name = "keyed";
-  // Hard cap on keys held (memory ~ max_keys * (key + limiter state + ~100 bytes)). Must be
-  // >= shards. Default: 100'000.
+  // Hard cap on keys held. Memory: one entry per key (64 bytes for a token bucket or GCRA with
+  // one limit; 48 + the limits' states otherwise) at the hash set's load factor, about 100 bytes
+  // per key for those two, plus key bytes beyond 15. Must be >= shards. Default: 100'000.
   size_t max_keys = 100'000;
   // Drop a key after this long without use. Default (nullopt): the longest limit's Horizon(), the
   // earliest time forgetting a key changes no decision. Shorter saves memory and forgets counts.
@@ -91,6 +98,54 @@ namespace internal {
 absl::Status ValidateKeyed(std::string_view name, std::string_view key, int64_t n);
 absl::Status ValidateKeyedOptions(const KeyedOptions& options, size_t limits);
 Decision Combine(const Decision* decisions, size_t count);
+// Registers the series Keyed::RegisterMetrics lists, reading `stats`; keeps the registrations
+// in `out`.
+absl::Status RegisterKeyedMetrics(MetricsRegistry& metrics, const std::string& name,
+                                  std::function<KeyedStats()> stats,
+                                  std::vector<MetricsRegistry::Registration>& out);
+}  // namespace internal
+
+namespace internal {
+// One key's entry. Its fields after the key are mutable: the set hashes and compares the key
+// only. Aligned to a cache line when it fits in one (token bucket or GCRA with one limit), so a
+// lookup touches one line.
+template <typename State>
+struct KeyedEntryFields {
+  std::string key;
+  mutable TimePoint last_used;
+  mutable TimePoint blocked_until = TimePoint::min();
+  // The first limit's state inline; the others (if any) in one array. Not an InlinedVector: its
+  // size word would push a one-word state past the cache line.
+  mutable State first;
+  mutable std::unique_ptr<State[]> rest;
+
+  State& state(size_t i) const { return i == 0 ? first : rest[i - 1]; }
+};
+template <typename State>
+struct alignas(sizeof(KeyedEntryFields<State>) <= 64 ? 64
+                                                     : alignof(KeyedEntryFields<State>)) KeyedEntry
+    : KeyedEntryFields<State> {};
+
+struct KeyedHash {
+  using is_transparent = void;
+  size_t operator()(absl::string_view key) const { return absl::Hash<absl::string_view>{}(key); }
+  template <typename State>
+  size_t operator()(const KeyedEntry<State>& e) const {
+    return (*this)(absl::string_view(e.key));
+  }
+};
+struct KeyedEq {
+  using is_transparent = void;
+  static absl::string_view View(absl::string_view key) { return key; }
+  template <typename State>
+  static absl::string_view View(const KeyedEntry<State>& e) {
+    return absl::string_view(e.key);
+  }
+  template <typename A, typename B>
+  bool operator()(const A& a, const B& b) const {
+    return View(a) == View(b);
+  }
+};
 }  // namespace internal
 
 template <typename Limiter>
@@ -100,19 +155,28 @@ class Keyed {
   using LimitOptions = typename Limiter::Options;
 
   // Validates `options` and every entry of `limits` (INVALID_ARGUMENT naming the field); at least
-  // one limit is required.
+  // one limit is required. `clock` (and `metrics`, if given) must outlive the Keyed. With
+  // `metrics`, registers the series listed at RegisterMetrics.
   static absl::StatusOr<std::unique_ptr<Keyed>> Create(Options options,
                                                        std::vector<LimitOptions> limits,
-                                                       Clock& clock = SteadyClock()) {
+                                                       Clock& clock = SteadyClock(),
+                                                       MetricsRegistry* metrics = nullptr) {
     if (auto s = internal::ValidateKeyedOptions(options, limits.size()); !s.ok()) return s;
+    std::vector<Limiter> limiters;
+    limiters.reserve(limits.size());
     Duration horizon = Duration::zero();
     for (const LimitOptions& l : limits) {
-      absl::StatusOr<Limiter> probe = Limiter::Create(l, clock);
-      if (!probe.ok()) return probe.status();
-      horizon = std::max(horizon, probe->Horizon());
+      absl::StatusOr<Limiter> limiter = Limiter::Create(l, clock);
+      if (!limiter.ok()) return limiter.status();
+      horizon = std::max(horizon, limiter->Horizon());
+      limiters.push_back(std::move(limiter).value());
     }
     if (!options.idle_ttl) options.idle_ttl = horizon;
-    return std::unique_ptr<Keyed>(new Keyed(std::move(options), std::move(limits), clock));
+    std::unique_ptr<Keyed> keyed(new Keyed(std::move(options), std::move(limiters), clock));
+    if (metrics != nullptr) {
+      if (auto s = keyed->RegisterMetrics(*metrics); !s.ok()) return s;
+    }
+    return keyed;
   }
 
   // Applies `n` to every limit of `key` (all or none) and returns the combined decision.
@@ -123,29 +187,32 @@ class Keyed {
   absl::StatusOr<Decision> TryAcquire(std::string_view key, int64_t n, TimePoint now) {
     if (auto s = internal::ValidateKeyed(options_.name, key, n); !s.ok()) return s;
     const absl::string_view k(key.data(), key.size());
-    const size_t hash = absl::Hash<absl::string_view>{}(k);
-    // The shard comes from the hash's top bits: the map's own probing uses the low bits, which
+    const size_t hash = internal::KeyedHash{}(k);
+    // The shard comes from the hash's top bits: the set's own probing uses the low bits, which
     // must stay uniformly spread within a shard.
     Shard& shard = shards_[static_cast<size_t>(static_cast<uint64_t>(hash) >> 40) % shards_.size()];
     MutexLock lock(shard.mu);
     if (now >= shard.next_sweep) Sweep(shard, now);
-    Node& node = Touch(shard, k, hash, now);
-    if (node.blocked_until > now) {
-      ++shard.blocked_denials;
-      absl::StatusOr<Decision> peek = node.limiters[0].Check(0, now);
-      if (!peek.ok()) return peek.status();
-      Decision d = *peek;
+    const Entry& entry = Touch(shard, k, hash, now);
+    if (entry.blocked_until > now) {
+      ++shard.blocked;
+      Decision d = limiters_[0].Peek(entry.first, 0, now);
       d.allowed = false;
       d.remaining = 0;
-      d.retry_after = node.blocked_until - now;
+      d.retry_after = entry.blocked_until - now;
       d.reset_after = std::max(d.reset_after, d.retry_after);
       return d;
     }
-    absl::StatusOr<Decision> d = Decide(node, n, now);
-    if (d.ok() && !d->allowed && options_.block_for && d->retry_after != kNever) {
-      node.blocked_until = now + *options_.block_for;
-      d->retry_after = std::max(d->retry_after, *options_.block_for);
-      d->reset_after = std::max(d->reset_after, d->retry_after);
+    Decision d = Decide(entry, n, now);
+    if (d.allowed) {
+      ++shard.allowed;
+    } else {
+      ++shard.denied;
+      if (options_.block_for && d.retry_after != kNever) {
+        entry.blocked_until = now + *options_.block_for;
+        d.retry_after = std::max(d.retry_after, *options_.block_for);
+        d.reset_after = std::max(d.reset_after, d.retry_after);
+      }
     }
     return d;
   }
@@ -154,48 +221,59 @@ class Keyed {
     KeyedStats stats;
     for (const Shard& shard : shards_) {
       MutexLock lock(shard.mu);
-      stats.keys += shard.map.size();
+      stats.keys += shard.set.size();
+      stats.allowed += shard.allowed;
+      stats.denied += shard.denied;
+      stats.blocked_denials += shard.blocked;
       stats.evicted_idle += shard.evicted_idle;
       stats.evicted_capacity += shard.evicted_capacity;
-      stats.blocked_denials += shard.blocked_denials;
     }
     return stats;
+  }
+
+  // Registers, labelled {name=options.name}: keel_rate_limit_keys (gauge),
+  // keel_rate_limit_decisions_total{decision=allowed|denied|blocked} and
+  // keel_rate_limit_evictions_total{reason=idle|capacity}. Called by Create when given a
+  // registry. Errors: as MetricsRegistry's (e.g. ALREADY_EXISTS for a second limiter with the
+  // same name).
+  absl::Status RegisterMetrics(MetricsRegistry& metrics) {
+    return internal::RegisterKeyedMetrics(
+        metrics, options_.name, [this] { return Stats(); }, registrations_);
   }
 
   Duration idle_ttl() const { return *options_.idle_ttl; }
 
  private:
-  struct Node {
-    TimePoint last_used;
-    TimePoint blocked_until = TimePoint::min();
-    absl::InlinedVector<Limiter, 1> limiters;
-  };
+  using State = typename Limiter::State;
+  using Entry = internal::KeyedEntry<State>;
 
   struct alignas(64) Shard {
     mutable Mutex mu;
-    absl::flat_hash_map<std::string, Node> map ABSL_GUARDED_BY(mu);
+    absl::flat_hash_set<Entry, internal::KeyedHash, internal::KeyedEq> set ABSL_GUARDED_BY(mu);
     TimePoint next_sweep ABSL_GUARDED_BY(mu) = TimePoint::min();
+    uint64_t allowed ABSL_GUARDED_BY(mu) = 0;
+    uint64_t denied ABSL_GUARDED_BY(mu) = 0;
+    uint64_t blocked ABSL_GUARDED_BY(mu) = 0;
     uint64_t evicted_idle ABSL_GUARDED_BY(mu) = 0;
     uint64_t evicted_capacity ABSL_GUARDED_BY(mu) = 0;
-    uint64_t blocked_denials ABSL_GUARDED_BY(mu) = 0;
   };
 
-  Keyed(Options options, std::vector<LimitOptions> limits, Clock& clock)
+  Keyed(Options options, std::vector<Limiter> limiters, Clock& clock)
       : options_(std::move(options)),
-        limits_(std::move(limits)),
+        limiters_(std::move(limiters)),
         clock_(&clock),
         per_shard_(options_.max_keys / options_.shards),
         shards_(options_.shards) {}
 
-  bool Idle(const Node& node, TimePoint now) const {
-    return now - node.last_used >= *options_.idle_ttl && node.blocked_until <= now;
+  bool Idle(const Entry& entry, TimePoint now) const {
+    return now - entry.last_used >= *options_.idle_ttl && entry.blocked_until <= now;
   }
 
   // Drops the shard's idle keys: O(shard size), at most once per idle_ttl / 2 per shard.
   void Sweep(Shard& shard, TimePoint now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu) {
-    const size_t before = shard.map.size();
-    absl::erase_if(shard.map, [&](const auto& entry) { return Idle(entry.second, now); });
-    shard.evicted_idle += before - shard.map.size();
+    const size_t before = shard.set.size();
+    absl::erase_if(shard.set, [&](const Entry& entry) { return Idle(entry, now); });
+    shard.evicted_idle += before - shard.set.size();
     shard.next_sweep = now + *options_.idle_ttl / 2;
   }
 
@@ -203,16 +281,16 @@ class Keyed {
   // eighth, so the O(shard) pass is amortised over many insertions.
   void MakeRoom(Shard& shard, TimePoint now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu) {
     Sweep(shard, now);
-    if (shard.map.size() < per_shard_) return;
+    if (shard.set.size() < per_shard_) return;
     std::vector<TimePoint> ages;
-    ages.reserve(shard.map.size());
-    for (const auto& entry : shard.map) ages.push_back(entry.second.last_used);
+    ages.reserve(shard.set.size());
+    for (const Entry& entry : shard.set) ages.push_back(entry.last_used);
     const size_t drop = std::max<size_t>(1, per_shard_ / 8);
     std::nth_element(ages.begin(), ages.begin() + (drop - 1), ages.end());
     const TimePoint cutoff = ages[drop - 1];
     size_t dropped = 0;
-    absl::erase_if(shard.map, [&](const auto& entry) {
-      if (dropped < drop && entry.second.last_used <= cutoff) {
+    absl::erase_if(shard.set, [&](const Entry& entry) {
+      if (dropped < drop && entry.last_used <= cutoff) {
         ++dropped;
         return true;
       }
@@ -221,50 +299,46 @@ class Keyed {
     shard.evicted_capacity += dropped;
   }
 
-  Node& Touch(Shard& shard, absl::string_view key, size_t hash, TimePoint now)
+  const Entry& Touch(Shard& shard, absl::string_view key, size_t hash, TimePoint now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu) {
-    // `hash` is the map's own hash of `key` (absl::Hash of the string view): computed once.
-    if (auto it = shard.map.find(key, hash); it != shard.map.end()) {
-      it->second.last_used = std::max(it->second.last_used, now);
-      return it->second;
+    // `hash` is the set's own hash of `key`: computed once.
+    if (auto it = shard.set.find(key, hash); it != shard.set.end()) {
+      it->last_used = std::max(it->last_used, now);
+      return *it;
     }
-    if (shard.map.size() >= per_shard_) MakeRoom(shard, now);
-    Node& node = shard.map[std::string(key.data(), key.size())];
-    node.last_used = now;
-    node.limiters.reserve(limits_.size());
-    // Create cannot fail: the same options were validated in Keyed::Create.
-    for (const LimitOptions& l : limits_) node.limiters.push_back(*Limiter::Create(l, *clock_));
-    return node;
+    if (shard.set.size() >= per_shard_) MakeRoom(shard, now);
+    Entry entry;
+    entry.key.assign(key.data(), key.size());
+    entry.last_used = now;
+    if (limiters_.size() > 1) entry.rest = std::make_unique<State[]>(limiters_.size() - 1);
+    return *shard.set.insert(std::move(entry)).first;
   }
 
-  absl::StatusOr<Decision> Decide(Node& node, int64_t n, TimePoint now) {
-    if (node.limiters.size() == 1) return node.limiters[0].TryAcquire(n, now);
+  Decision Decide(const Entry& entry, int64_t n, TimePoint now) const {
+    if (limiters_.size() == 1) return limiters_[0].Apply(entry.first, n, now);
     absl::InlinedVector<Decision, 4> decisions;
     bool all = true;
-    for (const Limiter& l : node.limiters) {
-      absl::StatusOr<Decision> d = l.Check(n, now);
-      if (!d.ok()) return d.status();
-      all = all && d->allowed;
-      decisions.push_back(*d);
+    for (size_t i = 0; i < limiters_.size(); ++i) {
+      decisions.push_back(limiters_[i].Peek(entry.state(i), n, now));
+      all = all && decisions.back().allowed;
     }
     if (all && n > 0) {
-      // Every limit admits it and nothing else can touch these limiters while the shard is
-      // locked, so each TryAcquire below admits too.
-      decisions.clear();
-      for (Limiter& l : node.limiters) {
-        absl::StatusOr<Decision> d = l.TryAcquire(n, now);
-        if (!d.ok()) return d.status();
-        decisions.push_back(*d);
+      // Every limit admits it and nothing else can touch these states while the shard is
+      // locked, so each Apply below admits too.
+      for (size_t i = 0; i < limiters_.size(); ++i) {
+        decisions[i] = limiters_[i].Apply(entry.state(i), n, now);
       }
     }
     return internal::Combine(decisions.data(), decisions.size());
   }
 
   const Options options_;
-  const std::vector<LimitOptions> limits_;
+  // The parameters, shared by every key; their own state is unused.
+  const std::vector<Limiter> limiters_;
   Clock* clock_;
   const size_t per_shard_;
   std::vector<Shard> shards_;
+  std::vector<MetricsRegistry::Registration> registrations_;
 };
 
 }  // namespace keel::limit

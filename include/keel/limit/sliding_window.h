@@ -38,7 +38,8 @@
 
 #include <chrono>
 #include <cstdint>
-#include <deque>
+#include <limits>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
@@ -75,24 +76,38 @@ class SlidingWindowLog {
   // What TryAcquire(n, now) would answer, changing nothing observable.
   absl::StatusOr<Decision> Check(int64_t n, TimePoint now) const ABSL_LOCKS_EXCLUDED(mu_);
 
+  // The limiter's mutable part alone, for containers of many limiters with the same parameters
+  // (Keyed<SlidingWindowLog> keeps one State per key and one SlidingWindowLog for all of them).
+  // A default State is a fresh limiter and allocates nothing. Not synchronised: the caller
+  // serialises calls on one State.
+  struct State {
+    struct Entry {
+      int64_t at;
+      int64_t quantity;
+    };
+    // Admissions in time order; entries before `head` have expired and are dropped in bulk once
+    // they are the larger part (amortised O(1) per call, no allocation in steady state).
+    std::vector<Entry> log;
+    size_t head = 0;
+    int64_t counted = 0;  // sum of the live entries' quantities
+  };
+  // TryAcquire and Check applied to `state` instead of this limiter's own; `n` as there. Peek
+  // takes the state mutably because it drops expired entries, which changes no decision.
+  // REQUIRES: n >= 0 (validated by the caller).
+  Decision Apply(State& state, int64_t n, TimePoint now) const;
+  Decision Peek(State& state, int64_t n, TimePoint now) const;
+
   Duration Horizon() const { return Duration(window_nanos_); }
 
  private:
-  struct Entry {
-    int64_t at;
-    int64_t quantity;
-  };
   SlidingWindowLog(const Options& options, Clock& clock);
-  Decision Evaluate(int64_t n, int64_t now, bool commit) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  Decision Evaluate(State& state, int64_t n, int64_t now, bool commit) const;
 
   int64_t limit_;
   int64_t window_nanos_;
   Clock* clock_;
   mutable Mutex mu_;
-  // Admissions still in the window, oldest first; expired ones are dropped lazily (dropping them
-  // changes no decision, so Check may do it too).
-  mutable std::deque<Entry> log_ ABSL_GUARDED_BY(mu_);
-  mutable int64_t counted_ ABSL_GUARDED_BY(mu_) = 0;  // sum of log_ quantities
+  mutable State state_ ABSL_GUARDED_BY(mu_);
 };
 
 class SlidingWindowCounter {
@@ -115,19 +130,31 @@ class SlidingWindowCounter {
   absl::StatusOr<Decision> Check(int64_t n, TimePoint now) const ABSL_LOCKS_EXCLUDED(mu_);
 
   // Two windows: the current count still weighs on the next window.
+  // The limiter's mutable part alone, for containers of many limiters with the same parameters
+  // (Keyed<SlidingWindowCounter> keeps one State per key and one SlidingWindowCounter for all
+  // of them). A default State is a fresh limiter. Not synchronised: the caller serialises calls
+  // on one State.
+  struct State {
+    int64_t window_start = std::numeric_limits<int64_t>::min();  // INT64_MIN: never used
+    int64_t current = 0;
+    int64_t previous = 0;
+  };
+  // TryAcquire and Check applied to `state` instead of this limiter's own; `n` as there.
+  // REQUIRES: n >= 0 (validated by the caller).
+  Decision Apply(State& state, int64_t n, TimePoint now) const;
+  Decision Peek(const State& state, int64_t n, TimePoint now) const;
+
   Duration Horizon() const { return Duration(2 * window_nanos_); }
 
  private:
   SlidingWindowCounter(const Options& options, Clock& clock);
-  Decision Evaluate(int64_t n, int64_t now, bool commit) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  Decision Evaluate(State& state, int64_t n, int64_t now, bool commit) const;
 
   int64_t limit_;
   int64_t window_nanos_;
   Clock* clock_;
   mutable Mutex mu_;
-  int64_t window_start_ ABSL_GUARDED_BY(mu_);  // INT64_MIN: never used
-  int64_t current_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t previous_ ABSL_GUARDED_BY(mu_) = 0;
+  mutable State state_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace keel::limit

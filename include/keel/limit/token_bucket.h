@@ -28,6 +28,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <limits>
 
 #include "absl/status/statusor.h"
 #include "keel/clock.h"
@@ -74,6 +75,18 @@ class TokenBucket {
   // Whole tokens available now (0 while reservations are in debt).
   int64_t Available() const { return Available(clock_->Now()); }
   int64_t Available(TimePoint now) const;
+
+  // A bucket's mutable part alone, for containers of many buckets with the same parameters
+  // (Keyed<TokenBucket> keeps one State per key and one TokenBucket for all of them). A default
+  // State is a full bucket. Not synchronised: the caller serialises calls on one State.
+  struct State {
+    // As empty_at_ below.
+    int64_t empty_at = std::numeric_limits<int64_t>::min();
+  };
+  // TryAcquire and Check applied to `state` instead of this bucket's own; `n` as there.
+  // REQUIRES: n >= 0 (validated by the caller).
+  Decision Apply(State& state, int64_t n, TimePoint now) const;
+  Decision Peek(const State& state, int64_t n, TimePoint now) const;
 
   // How long an untouched bucket takes to be full again from empty (burst * T): after this long
   // without use the bucket is indistinguishable from a new one.

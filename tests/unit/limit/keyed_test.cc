@@ -142,3 +142,44 @@ TEST_CASE("keyed limiter rejects long keys, negative quantities and bad options"
   CHECK(std::string(forever.status().message()).find("keyed.block_for") != std::string::npos);
   CHECK_FALSE(Keyed<TokenBucket>::Create({.idle_ttl = -1s}, {{.rate = 1}}).ok());
 }
+
+TEST_CASE("keyed limiter counts its decisions and exports them as metrics") {
+  keel::ManualClock clock;
+  keel::MetricsRegistry metrics;
+  auto keyed = Keyed<TokenBucket>::Create({.name = "login", .max_keys = 16, .block_for = 1min},
+                                          {{.rate = 1, .burst = 2}}, clock, &metrics)
+                   .value();
+  CHECK(keyed->TryAcquire("alice").value().allowed);
+  CHECK(keyed->TryAcquire("alice").value().allowed);
+  CHECK_FALSE(keyed->TryAcquire("alice").value().allowed);  // denied, starts the block
+  CHECK_FALSE(keyed->TryAcquire("alice").value().allowed);  // blocked
+  CHECK(keyed->TryAcquire("bob").value().allowed);
+  const keel::limit::KeyedStats stats = keyed->Stats();
+  CHECK(stats.allowed == 3);
+  CHECK(stats.denied == 1);
+  CHECK(stats.blocked_denials == 1);
+  const std::string text = metrics.RenderPrometheus();
+  CHECK_THAT(text, Catch::Contains("keel_rate_limit_keys{name=\"login\"} 2\n"));
+  CHECK_THAT(text, Catch::Contains(
+                       "keel_rate_limit_decisions_total{decision=\"allowed\",name=\"login\"} 3\n"));
+  CHECK_THAT(text, Catch::Contains(
+                       "keel_rate_limit_decisions_total{decision=\"denied\",name=\"login\"} 1\n"));
+  CHECK_THAT(text, Catch::Contains(
+                       "keel_rate_limit_decisions_total{decision=\"blocked\",name=\"login\"} 1\n"));
+  CHECK_THAT(
+      text, Catch::Contains("keel_rate_limit_evictions_total{name=\"login\",reason=\"idle\"} 0\n"));
+  // A second limiter under the same name would export the same series: refused, naming it.
+  auto twin = Keyed<TokenBucket>::Create({.name = "login"}, {{.rate = 1}}, clock, &metrics);
+  CHECK(twin.status().code() == absl::StatusCode::kAlreadyExists);
+}
+
+TEST_CASE("keyed limiter unregisters its metrics when destroyed") {
+  keel::MetricsRegistry metrics;
+  {
+    auto keyed = Keyed<Gcra>::Create({.name = "api"}, {{.count = 10, .period = 1s}},
+                                     keel::SteadyClock(), &metrics)
+                     .value();
+    CHECK_THAT(metrics.RenderPrometheus(), Catch::Contains("keel_rate_limit_keys{name=\"api\"}"));
+  }
+  CHECK_THAT(metrics.RenderPrometheus(), !Catch::Contains("keel_rate_limit_keys{name=\"api\"}"));
+}
