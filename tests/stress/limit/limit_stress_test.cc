@@ -13,6 +13,7 @@
 #include "keel/limit/fixed_window.h"
 #include "keel/limit/gcra.h"
 #include "keel/limit/keyed.h"
+#include "keel/limit/keyed_concurrency_limiter.h"
 #include "keel/limit/leaky_bucket.h"
 #include "keel/limit/sliding_window.h"
 #include "keel/limit/token_bucket.h"
@@ -199,4 +200,33 @@ TEST_CASE("stress: keyed limiter admits exactly each key's burst across threads"
   for (auto& n : per_key) exact = exact && n.load() == 25;
   CHECK(exact);
   CHECK(keyed->Stats().keys == kKeys);
+}
+
+TEST_CASE("stress: keyed concurrency limiter never has more than max out per key") {
+  auto limiter = KeyedConcurrencyLimiter::Create({.max = 3, .shards = 2}).value();
+  constexpr int kKeys = 5;
+  std::vector<std::atomic<int64_t>> out(kKeys);
+  std::vector<std::atomic<int64_t>> peak(kKeys);
+  std::atomic<int64_t> acquired{0};
+  RunThreads([&](int t) {
+    for (int i = 0; i < 3000; ++i) {
+      const int k = (i * 7 + t) % kKeys;
+      auto permit = limiter->TryAcquire("key-" + std::to_string(k)).value();
+      if (!permit) continue;
+      ++acquired;
+      const int64_t now_out = ++out[k];
+      int64_t seen = peak[k].load();
+      while (now_out > seen && !peak[k].compare_exchange_weak(seen, now_out)) {
+      }
+      std::this_thread::yield();  // hold the permit across a reschedule
+      --out[k];
+    }
+  });
+  bool bounded = true;
+  for (auto& p : peak) bounded = bounded && p.load() <= 3;
+  CHECK(bounded);
+  CHECK(acquired.load() > 0);
+  // Every permit was released: every key's entry is gone.
+  CHECK(limiter->Stats().keys == 0);
+  CHECK(limiter->Stats().in_flight == 0);
 }
