@@ -19,6 +19,7 @@
 #include "keel/limit/gcra.h"
 #include "keel/limit/http_headers.h"
 #include "keel/limit/keyed.h"
+#include "keel/limit/keyed_concurrency_limiter.h"
 #include "keel/limit/leaky_bucket.h"
 #include "keel/limit/sliding_window.h"
 #include "keel/limit/token_bucket.h"
