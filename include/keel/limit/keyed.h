@@ -30,7 +30,9 @@
 //   during the block earns nothing (login brute force). A request that can never fit (quantity
 //   above a limit, retry_after kNever) is denied without starting a block.
 //
-// Keys longer than kMaxKeyBytes (1 KiB) are rejected with INVALID_ARGUMENT.
+// Keys longer than kMaxKeyBytes (1 KiB) are rejected with INVALID_ARGUMENT. For "at most N in
+// flight" per key use KeyedConcurrencyLimiter: permits, not decisions, and entries that live
+// only while permits are out.
 //
 // Thread safety: thread-safe.
 //
