@@ -14,6 +14,7 @@
 #include "keel/limit/fixed_window.h"
 #include "keel/limit/gcra.h"
 #include "keel/limit/keyed.h"
+#include "keel/limit/keyed_concurrency_limiter.h"
 #include "keel/limit/leaky_bucket.h"
 #include "keel/limit/sliding_window.h"
 #include "keel/limit/token_bucket.h"
@@ -85,9 +86,28 @@ void BM_ConcurrencyLimiter_AcquireRelease(benchmark::State& state) {
 }
 BENCHMARK(BM_ConcurrencyLimiter_AcquireRelease)->Threads(1)->Threads(2);
 
-// 100k distinct keys (IP-like strings) visited in a scattered order, so most lookups miss the
-// CPU caches as they would under real traffic. Each key is revisited every ~100k calls, long
-// after it refilled, so calls are admitted; idle_ttl is set so that no key is evicted and the
+// Per-key permits over 1000 users: each acquire finds the user's entry gone (its last permit was
+// released) and creates it, and the release removes it again, the limiter's worst steady state.
+void BM_KeyedConcurrencyLimiter_AcquireRelease(benchmark::State& state) {
+  static std::unique_ptr<KeyedConcurrencyLimiter> limiter =
+      KeyedConcurrencyLimiter::Create({.max = 5}).value();
+  static const std::vector<std::string> users = [] {
+    std::vector<std::string> u;
+    for (int i = 0; i < 1000; ++i) u.push_back("user-" + std::to_string(i));
+    return u;
+  }();
+  size_t i = static_cast<size_t>(state.thread_index()) * 500;
+  for (auto _ : state) {
+    if (++i == users.size()) i = 0;
+    auto permit = limiter->TryAcquire(users[i]).value();
+    benchmark::DoNotOptimize(permit);
+  }
+}
+BENCHMARK(BM_KeyedConcurrencyLimiter_AcquireRelease)->Threads(1)->Threads(2);
+
+// 100k distinct keys (IP-like strings) whose entries are scattered by the hash, so most lookups
+// miss the CPU caches as they would under real traffic. Each key is revisited every ~100k calls,
+// long after it refilled, so calls are admitted; idle_ttl is set so that no key is evicted and the
 // figure is the steady-state lookup plus acquire (no allocation).
 void BM_Keyed_TokenBucket_TryAcquire(benchmark::State& state) {
   constexpr int kKeys = 100'000;
