@@ -146,7 +146,7 @@ TEST_CASE("keyed limiter rejects long keys, negative quantities and bad options"
 TEST_CASE("keyed limiter counts its decisions and exports them as metrics") {
   keel::ManualClock clock;
   keel::MetricsRegistry metrics;
-  auto keyed = Keyed<TokenBucket>::Create({.name = "login", .max_keys = 16, .block_for = 1min},
+  auto keyed = Keyed<TokenBucket>::Create({.name = "login", .block_for = 1min},
                                           {{.rate = 1, .burst = 2}}, clock, &metrics)
                    .value();
   CHECK(keyed->TryAcquire("alice").value().allowed);
