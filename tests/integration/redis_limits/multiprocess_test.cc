@@ -24,6 +24,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <optional>
 #include <sstream>
@@ -66,8 +67,9 @@ std::vector<RateLimiter::Algorithm> Algorithms() {
 constexpr int64_t kBoundaryWindowUs = 1'000'000;
 constexpr int64_t kBeforeUs = 300'000;
 constexpr int64_t kAfterUs = 800'000;
-// Time given to the worker processes to start before the hammering begins.
-constexpr int64_t kWorkerStartUs = 500'000;
+// Time from the "go" file (written once every worker is ready) to the start of the hammering:
+// the workers poll for it every millisecond, this leaves room for a descheduled one.
+constexpr int64_t kGoToStartUs = 200'000;
 constexpr size_t kFixed = 0;    // index of the fixed window in BoundaryAlgorithms()
 constexpr size_t kCounter = 1;  // index of the sliding counter
 
@@ -121,10 +123,37 @@ std::vector<std::unique_ptr<RateLimiter>> MakeLimiters(
   return limiters;
 }
 
+// The hammering period, in local Unix microseconds: [start, stop).
+struct Schedule {
+  int64_t start = 0;
+  int64_t stop = 0;
+};
+
+// Worker side of the start handshake: says it is ready (connected, script loaded) by creating
+// "<out>.ready", then waits for the parent's "go" file next to `out` and returns its schedule.
+// Placing the run only once every worker is ready, rather than guessing how long processes take
+// to start (much longer under TSan or on a loaded machine), keeps the placement exact.
+Schedule ReadyThenAwaitGo(const std::string& out) {
+  std::ofstream(out + ".ready").flush();
+  const auto go = std::filesystem::path(out).parent_path() / "go";
+  const auto give_up = std::chrono::steady_clock::now() + 60s;
+  while (!std::filesystem::exists(go) && std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(1ms);
+  }
+  REQUIRE(std::filesystem::exists(go));
+  Schedule s;
+  std::ifstream(go) >> s.start >> s.stop;
+  REQUIRE(s.stop > s.start);
+  return s;
+}
+
 // Starts kProcesses copies of this binary running the hidden test case `tag`, each with
-// `env_var` = "<spec> <its out file>", waits for them, and returns their out files.
+// `env_var` = "<spec> <its out file>"; once all are ready, asks `schedule` when to hammer and
+// tells them (the "go" file, renamed into place so no worker reads it half-written); waits for
+// them and returns their out files.
 std::vector<std::string> RunWorkers(const std::string& env_var, const std::string& tag,
-                                    const std::string& spec, const keel::test::TempDir& dir) {
+                                    const std::string& spec, const keel::test::TempDir& dir,
+                                    const std::function<Schedule()>& schedule) {
   const std::string exe = std::filesystem::read_symlink("/proc/self/exe").string();
   std::vector<keel::test::Subprocess> workers;
   std::vector<std::string> outs;
@@ -134,6 +163,19 @@ std::vector<std::string> RunWorkers(const std::string& env_var, const std::strin
         {"/usr/bin/env", env_var + "=" + spec + " " + outs.back(), exe, tag},
         (dir.path() / ("worker" + std::to_string(p) + ".log")).string()));
   }
+  const auto give_up = std::chrono::steady_clock::now() + 60s;
+  for (const std::string& out : outs) {
+    while (!std::filesystem::exists(out + ".ready") && std::chrono::steady_clock::now() < give_up) {
+      std::this_thread::sleep_for(1ms);
+    }
+    REQUIRE(std::filesystem::exists(out + ".ready"));
+  }
+  const Schedule s = schedule();
+  {
+    std::ofstream go(dir.path() / "go.tmp");
+    go << s.start << " " << s.stop << "\n";
+  }
+  std::filesystem::rename(dir.path() / "go.tmp", dir.path() / "go");
   for (auto& w : workers) CHECK(w.Wait() == 0);
   return outs;
 }
@@ -242,26 +284,26 @@ Analysis Analyse(std::vector<Event> events, size_t which, int64_t boundary) {
 
 }  // namespace
 
-// Worker: KEEL_RL_WORKER = "<redis url> <name prefix> <start unix us> <stop unix us> <out file>".
+// Worker: KEEL_RL_WORKER = "<redis url> <name prefix> <out file>"; hammers as the go file says.
 TEST_CASE("redis limits multi-process worker", "[.redis_limits_worker]") {
   const auto spec = keel::test::Env("KEEL_RL_WORKER");
   // Hidden, so ctest never runs it; selected by a tag filter without orders it is a no-op.
   if (!spec.has_value()) return;
   std::istringstream in(*spec);
   std::string url, prefix, out;
-  int64_t start_us = 0, stop_us = 0;
-  in >> url >> prefix >> start_us >> stop_us >> out;
+  in >> url >> prefix >> out;
   REQUIRE(!out.empty());
   auto client = keel::test::MakeRedisClient(url, kThreads);
   const auto limiters = MakeLimiters(Algorithms(), prefix, *client);
   REQUIRE(limiters[0]->Check("warm-up", 0, Deadline::After(1s)).ok());
   std::vector<std::atomic<int64_t>> admitted(limiters.size());
   std::atomic<int64_t> errors{0};
-  while (UnixMicros() < start_us) std::this_thread::sleep_for(1ms);
+  const Schedule schedule = ReadyThenAwaitGo(out);
+  while (UnixMicros() < schedule.start) std::this_thread::sleep_for(1ms);
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
-      for (size_t i = t; UnixMicros() < stop_us; ++i) {
+      for (size_t i = t; UnixMicros() < schedule.stop; ++i) {
         const size_t which = i % limiters.size();
         auto d = limiters[which]->Check("hot", 1, Deadline::After(1s));
         if (!d.ok()) {
@@ -283,18 +325,22 @@ TEST_CASE("redis limits admit exactly L in total to 4 processes x 8 threads on o
   const std::string url = keel::test::RequireEnv("KEEL_TEST_REDIS_URL");
   auto client = keel::test::MakeRedisClient(url);
   const std::string prefix = keel::test::UniqueName("mp");
-  // Start 150 ms after the next window boundary of the server's clock, at least 300 ms from now
-  // (time for the workers to start), and stop kRun later: well inside one window.
-  const int64_t server_now = ReadServerClock(*client).server;
-  const int64_t w = std::chrono::duration_cast<std::chrono::microseconds>(kWindow).count();
-  const int64_t boundary = (server_now + 300'000) / w * w + w;
-  const int64_t start = boundary + 150'000;
-  const int64_t stop = start + std::chrono::duration_cast<std::chrono::microseconds>(kRun).count();
+  // Once the workers are ready: start 150 ms after the next window boundary of the server's
+  // clock at least kGoToStartUs from now, and stop kRun later: well inside one window. (The
+  // server's clock is this machine's: local and server times are used interchangeably here.)
+  const auto schedule = [&] {
+    const int64_t server_now = ReadServerClock(*client).server;
+    const int64_t w = std::chrono::duration_cast<std::chrono::microseconds>(kWindow).count();
+    const int64_t boundary = (server_now + kGoToStartUs) / w * w + w;
+    const int64_t start = boundary + 150'000;
+    return Schedule{
+        .start = start,
+        .stop = start + std::chrono::duration_cast<std::chrono::microseconds>(kRun).count()};
+  };
 
   keel::test::TempDir dir("keel-rl-mp");
-  const auto outs = RunWorkers(
-      "KEEL_RL_WORKER", "[.redis_limits_worker]",
-      url + " " + prefix + " " + std::to_string(start) + " " + std::to_string(stop), dir);
+  const auto outs =
+      RunWorkers("KEEL_RL_WORKER", "[.redis_limits_worker]", url + " " + prefix, dir, schedule);
 
   const size_t n = Algorithms().size();
   std::vector<int64_t> total(n, 0);
@@ -319,27 +365,27 @@ TEST_CASE("redis limits admit exactly L in total to 4 processes x 8 threads on o
   }
 }
 
-// Boundary worker: KEEL_RL_BOUNDARY_WORKER = "<redis url> <name prefix> <start local unix us>
-// <stop local unix us> <out file>". Writes its error count, then one line per decision:
+// Boundary worker: KEEL_RL_BOUNDARY_WORKER = "<redis url> <name prefix> <out file>"; hammers as
+// the go file says. Writes its error count, then one line per decision:
 // "<which> <allowed> <local before> <local after> <reset_after us>".
 TEST_CASE("redis limits multi-process boundary worker", "[.redis_limits_boundary_worker]") {
   const auto spec = keel::test::Env("KEEL_RL_BOUNDARY_WORKER");
   if (!spec.has_value()) return;  // as above
   std::istringstream in(*spec);
   std::string url, prefix, out;
-  int64_t start_us = 0, stop_us = 0;
-  in >> url >> prefix >> start_us >> stop_us >> out;
+  in >> url >> prefix >> out;
   REQUIRE(!out.empty());
   auto client = keel::test::MakeRedisClient(url, kThreads);
   const auto limiters = MakeLimiters(BoundaryAlgorithms(), prefix, *client);
   REQUIRE(limiters[0]->Check("warm-up", 0, Deadline::After(1s)).ok());
   std::atomic<int64_t> errors{0};
   std::vector<std::vector<Record>> records(kThreads);
-  while (UnixMicros() < start_us) std::this_thread::sleep_for(1ms);
+  const Schedule schedule = ReadyThenAwaitGo(out);
+  while (UnixMicros() < schedule.start) std::this_thread::sleep_for(1ms);
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
-      for (size_t i = t; UnixMicros() < stop_us; ++i) {
+      for (size_t i = t; UnixMicros() < schedule.stop; ++i) {
         Record r{.which = i % limiters.size()};
         r.local_before = UnixMicros();
         auto d = limiters[r.which]->Check("hot", 1, Deadline::After(1s));
@@ -374,20 +420,22 @@ TEST_CASE(
   const std::string prefix = keel::test::UniqueName("mpb");
   const int64_t w = kBoundaryWindowUs;
 
-  // Placement: the first aligned boundary B of the server's clock with B - kBeforeUs at least
-  // kWorkerStartUs from now; the workers hammer over [B - kBeforeUs, B + kAfterUs) of server
-  // time, i.e. the end of one window and most of the next.
-  const ClockReading before = ReadServerClock(*client);
-  const int64_t boundary = (before.server + kWorkerStartUs + kBeforeUs) / w * w + w;
-  // The workers time themselves with the local clock: local = server - offset.
-  const int64_t offset = before.server - (before.local_before + before.local_after) / 2;
-  const int64_t start = boundary - kBeforeUs - offset;
-  const int64_t stop = boundary + kAfterUs - offset;
+  // Placement, once the workers are ready: the first aligned boundary B of the server's clock
+  // with B - kBeforeUs at least kGoToStartUs from now; the workers hammer over
+  // [B - kBeforeUs, B + kAfterUs) of server time, i.e. the end of one window and most of the next.
+  ClockReading before;
+  int64_t boundary = 0;
+  const auto schedule = [&] {
+    before = ReadServerClock(*client);
+    boundary = (before.server + kGoToStartUs + kBeforeUs) / w * w + w;
+    // The workers time themselves with the local clock: local = server - offset.
+    const int64_t offset = before.server - (before.local_before + before.local_after) / 2;
+    return Schedule{.start = boundary - kBeforeUs - offset, .stop = boundary + kAfterUs - offset};
+  };
 
   keel::test::TempDir dir("keel-rl-mpb");
-  const auto outs = RunWorkers(
-      "KEEL_RL_BOUNDARY_WORKER", "[.redis_limits_boundary_worker]",
-      url + " " + prefix + " " + std::to_string(start) + " " + std::to_string(stop), dir);
+  const auto outs = RunWorkers("KEEL_RL_BOUNDARY_WORKER", "[.redis_limits_boundary_worker]",
+                               url + " " + prefix, dir, schedule);
   const ClockReading after = ReadServerClock(*client);
 
   // Server time of each decision. The offset server - local is measured twice (before and after
