@@ -25,6 +25,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <map>
 #include <optional>
 #include <sstream>
@@ -88,18 +89,48 @@ int64_t UnixMicros() {
 }
 
 // One reading of the server's clock, bracketed by the local clock read just before the command
-// was sent and just after the reply arrived.
+// was sent and just after the reply arrived: the offset server - local was then within
+// [offset_lo(), offset_hi()].
 struct ClockReading {
   int64_t local_before = 0;
   int64_t server = 0;
   int64_t local_after = 0;
+
+  int64_t offset_lo() const { return server - local_after; }
+  int64_t offset_hi() const { return server - local_before; }
 };
 
+// The offset server - local, in [lo, hi]. It is one constant over these few seconds (the same
+// clock when Redis runs on this machine; otherwise two clocks that drift apart by at most NTP's
+// 500 ppm slew, 2 ms over a few seconds, which Widened() allows for), so every reading brackets
+// it and the intersection of the brackets is as tight as the fastest round trip, whatever a slow
+// one did (under TSan on a loaded machine, about one round trip in ten runs took over a second).
+struct ClockOffset {
+  int64_t lo = std::numeric_limits<int64_t>::min();
+  int64_t hi = std::numeric_limits<int64_t>::max();
+
+  void Add(const ClockReading& r) {
+    lo = std::max(lo, r.offset_lo());
+    hi = std::min(hi, r.offset_hi());
+  }
+  ClockOffset Widened() const {
+    constexpr int64_t kDriftUs = 2'000;
+    return {.lo = lo - kDriftUs, .hi = hi + kDriftUs};
+  }
+  // Local time at which the server's clock reads `server_time`, by the middle of the bracket.
+  int64_t ToLocal(int64_t server_time) const { return server_time - (lo + hi) / 2; }
+  // A server time no earlier than the server's clock now.
+  int64_t LatestServerNow() const { return UnixMicros() + hi; }
+};
+
+// The deadline is generous because a slow reading costs nothing but a wider bracket (above).
 ClockReading ReadServerClock(keel::redis::Client& client) {
   ClockReading r;
   r.local_before = UnixMicros();
-  const auto time = client.Command(Deadline::After(1s), "TIME");
+  const auto time = client.Command(Deadline::After(10s), "TIME");
   r.local_after = UnixMicros();
+  INFO("TIME: " << time.status().ToString() << " after " << (r.local_after - r.local_before)
+                << " us");
   REQUIRE(time.ok());
   r.server =
       std::stoll(time->elements()[0].str()) * 1'000'000 + std::stoll(time->elements()[1].str());
@@ -325,17 +356,19 @@ TEST_CASE("redis limits admit exactly L in total to 4 processes x 8 threads on o
   const std::string url = keel::test::RequireEnv("KEEL_TEST_REDIS_URL");
   auto client = keel::test::MakeRedisClient(url);
   const std::string prefix = keel::test::UniqueName("mp");
+  // The server's clock, read while the machine is quiet (before the workers start).
+  ClockOffset offset;
+  for (int i = 0; i < 3; ++i) offset.Add(ReadServerClock(*client));
   // Once the workers are ready: start 150 ms after the next window boundary of the server's
-  // clock at least kGoToStartUs from now, and stop kRun later: well inside one window. (The
-  // server's clock is this machine's: local and server times are used interchangeably here.)
+  // clock at least kGoToStartUs from now, and stop kRun later: well inside one window.
   const auto schedule = [&] {
-    const int64_t server_now = ReadServerClock(*client).server;
     const int64_t w = std::chrono::duration_cast<std::chrono::microseconds>(kWindow).count();
-    const int64_t boundary = (server_now + kGoToStartUs) / w * w + w;
+    const int64_t boundary = (offset.LatestServerNow() + kGoToStartUs) / w * w + w;
     const int64_t start = boundary + 150'000;
     return Schedule{
-        .start = start,
-        .stop = start + std::chrono::duration_cast<std::chrono::microseconds>(kRun).count()};
+        .start = offset.ToLocal(start),
+        .stop = offset.ToLocal(
+            start + std::chrono::duration_cast<std::chrono::microseconds>(kRun).count())};
   };
 
   keel::test::TempDir dir("keel-rl-mp");
@@ -423,31 +456,30 @@ TEST_CASE(
   // Placement, once the workers are ready: the first aligned boundary B of the server's clock
   // with B - kBeforeUs at least kGoToStartUs from now; the workers hammer over
   // [B - kBeforeUs, B + kAfterUs) of server time, i.e. the end of one window and most of the next.
-  ClockReading before;
+  // The server's clock, read while the machine is quiet (before the workers start).
+  ClockOffset offset;
+  for (int i = 0; i < 3; ++i) offset.Add(ReadServerClock(*client));
   int64_t boundary = 0;
   const auto schedule = [&] {
-    before = ReadServerClock(*client);
-    boundary = (before.server + kGoToStartUs + kBeforeUs) / w * w + w;
-    // The workers time themselves with the local clock: local = server - offset.
-    const int64_t offset = before.server - (before.local_before + before.local_after) / 2;
-    return Schedule{.start = boundary - kBeforeUs - offset, .stop = boundary + kAfterUs - offset};
+    boundary = (offset.LatestServerNow() + kGoToStartUs + kBeforeUs) / w * w + w;
+    // The workers time themselves with the local clock.
+    return Schedule{.start = offset.ToLocal(boundary - kBeforeUs),
+                    .stop = offset.ToLocal(boundary + kAfterUs)};
   };
 
   keel::test::TempDir dir("keel-rl-mpb");
   const auto outs = RunWorkers("KEEL_RL_BOUNDARY_WORKER", "[.redis_limits_boundary_worker]",
                                url + " " + prefix, dir, schedule);
-  const ClockReading after = ReadServerClock(*client);
+  for (int i = 0; i < 3; ++i) offset.Add(ReadServerClock(*client));
 
-  // Server time of each decision. The offset server - local is measured twice (before and after
-  // the run), each time bracketed: server time s read between local times a and b means the
-  // offset was in [s - b, s - a]. Taking the union of both brackets also covers a clock slewed
-  // during the run. A script that ran between a worker's local_before and local_after therefore
-  // ran in server time within [local_before + lo, local_after + hi]: that tells which aligned
-  // window (the interval is far shorter than W), and the decision's reset_after tells exactly
-  // where in it (OffsetInWindow). So every time below is the server's own, to the microsecond.
-  const int64_t lo = std::min(before.server - before.local_after, after.server - after.local_after);
-  const int64_t hi =
-      std::max(before.server - before.local_before, after.server - after.local_before);
+  // Server time of each decision. The offset is bracketed by readings before and after the run
+  // (ClockOffset), so a script that ran between a worker's local_before and local_after ran in
+  // server time within [local_before + lo, local_after + hi]: that tells which aligned window
+  // (the interval is far shorter than W), and the decision's reset_after tells exactly where in
+  // it (OffsetInWindow). So every time below is the server's own, to the microsecond.
+  const auto [lo, hi] = offset.Widened();
+  INFO("offset server - local in [" << lo << ", " << hi << "] us");
+  REQUIRE(lo <= hi);  // else the clocks moved apart during the run: no time can be trusted
   std::vector<std::vector<Event>> events(BoundaryAlgorithms().size());
   int64_t errors = 0;
   // Records naming no algorithm, with a reset_after no script gives, or placed at an ambiguous or
@@ -482,7 +514,6 @@ TEST_CASE(
       events[r.which].push_back({.at = at, .allowed = r.allowed});
     }
   }
-  INFO("offset server - local in [" << lo << ", " << hi << "] us");
   // Every call answered and placed: a lost decision could hide an admission.
   REQUIRE(errors == 0);
   REQUIRE(undecodable == 0);
