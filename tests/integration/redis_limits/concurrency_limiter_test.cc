@@ -17,7 +17,8 @@ using keel::redis::ConcurrencyLimiter;
 using keel::redis::FailMode;
 using namespace std::chrono_literals;
 
-TEST_CASE("redis concurrency limiter holds at most max permits per key and frees on release") {
+TEST_CASE("redis concurrency limiter holds at most max permits per key and frees on release",
+          "[redis_limits]") {
   auto client = keel::test::SharedRedisClient();
   auto limiter =
       ConcurrencyLimiter::Create({.name = keel::test::UniqueName("cc"), .max = 3}, *client).value();
@@ -45,7 +46,8 @@ TEST_CASE("redis concurrency limiter holds at most max permits per key and frees
   CHECK(limiter->TryAcquire("u", Deadline::After(1s))->has_value());
 }
 
-TEST_CASE("redis concurrency limiter reclaims permits whose lease ran out (a dead holder)") {
+TEST_CASE("redis concurrency limiter reclaims permits whose lease ran out (a dead holder)",
+          "[redis_limits]") {
   auto client = keel::test::SharedRedisClient();
   auto limiter = ConcurrencyLimiter::Create(
                      {.name = keel::test::UniqueName("lease"), .max = 2, .lease = 10s}, *client)
@@ -64,7 +66,8 @@ TEST_CASE("redis concurrency limiter reclaims permits whose lease ran out (a dea
   CHECK(score->is_nil());
 }
 
-TEST_CASE("redis concurrency permit renewal extends the lease and reports a lost one") {
+TEST_CASE("redis concurrency permit renewal extends the lease and reports a lost one",
+          "[redis_limits]") {
   auto client = keel::test::SharedRedisClient();
   auto limiter = ConcurrencyLimiter::Create(
                      {.name = keel::test::UniqueName("renew"), .max = 1, .lease = 300ms}, *client)
@@ -80,7 +83,7 @@ TEST_CASE("redis concurrency permit renewal extends the lease and reports a lost
   CHECK(p->Renew().code() == absl::StatusCode::kFailedPrecondition);
 }
 
-TEST_CASE("redis concurrency limiter rejects bad options and keys") {
+TEST_CASE("redis concurrency limiter rejects bad options and keys", "[redis_limits]") {
   auto client = keel::test::SharedRedisClient();
   auto bad = ConcurrencyLimiter::Create({.name = "x", .max = 0}, *client);
   CHECK_THAT(std::string(bad.status().message()), Catch::Contains("redis_concurrency_limiter.max"));
@@ -92,7 +95,7 @@ TEST_CASE("redis concurrency limiter rejects bad options and keys") {
         absl::StatusCode::kInvalidArgument);
 }
 
-TEST_CASE("redis concurrency limiter fails open or closed when Redis is down") {
+TEST_CASE("redis concurrency limiter fails open or closed when Redis is down", "[redis_limits]") {
   keel::test::RedisServer server;
   auto client = keel::test::MakeRedisClient(server.url());
   auto open = ConcurrencyLimiter::Create({.name = "o", .max = 1}, *client).value();

@@ -35,7 +35,8 @@ int64_t Pttl(keel::redis::Client& client, const std::string& key) {
 
 }  // namespace
 
-TEST_CASE("redis gcra admits the burst then paces at the rate, using the server clock") {
+TEST_CASE("redis gcra admits the burst then paces at the rate, using the server clock",
+          "[redis_limits]") {
   auto client = keel::test::SharedRedisClient();
   auto gcra = MakeLimiter(*client, {.name = keel::test::UniqueName("gcra"),
                                     .algorithm = keel::limit::Gcra::Options{
@@ -65,8 +66,8 @@ TEST_CASE("redis gcra admits the burst then paces at the rate, using the server 
   CHECK(ttl <= 3000);
 }
 
-TEST_CASE(
-    "redis gcra matches the in-process gcra at explicit times, including peeks and n > limit") {
+TEST_CASE("redis gcra matches the in-process gcra at explicit times, including peeks and n > limit",
+          "[redis_limits]") {
   auto client = keel::test::SharedRedisClient();
   const keel::limit::Gcra::Options options{.count = 5, .period = 1s, .max_burst = 3};
   auto redis_gcra =
@@ -88,8 +89,8 @@ TEST_CASE(
   }
 }
 
-TEST_CASE(
-    "redis token bucket admits the burst, denies with the time to the next token, sets a TTL") {
+TEST_CASE("redis token bucket admits the burst, denies with the time to the next token, sets a TTL",
+          "[redis_limits]") {
   auto client = keel::test::SharedRedisClient();
   auto bucket = MakeLimiter(
       *client, {.name = keel::test::UniqueName("tb"),
@@ -109,7 +110,8 @@ TEST_CASE(
   CHECK(ttl <= 300);
 }
 
-TEST_CASE("redis fixed window, sliding log and sliding counter hold the limit per window") {
+TEST_CASE("redis fixed window, sliding log and sliding counter hold the limit per window",
+          "[redis_limits]") {
   auto client = keel::test::SharedRedisClient();
   // 60 s windows aligned to the server's clock: a run that straddles a boundary (the server's
   // TIME before and after it differ in window) may rightly admit more, so it is run again.
@@ -155,7 +157,7 @@ TEST_CASE("redis fixed window, sliding log and sliding counter hold the limit pe
   }
 }
 
-TEST_CASE("redis sliding log counts each admission for exactly one window") {
+TEST_CASE("redis sliding log counts each admission for exactly one window", "[redis_limits]") {
   auto client = keel::test::SharedRedisClient();
   auto log = MakeLimiter(
       *client, {.name = keel::test::UniqueName("log"),
@@ -171,7 +173,7 @@ TEST_CASE("redis sliding log counts each admission for exactly one window") {
   CHECK(log->CheckAtForTesting("k", 2, t0 + 1500ms)->allowed);
 }
 
-TEST_CASE("redis rate limiter rejects bad options naming the field") {
+TEST_CASE("redis rate limiter rejects bad options naming the field", "[redis_limits]") {
   auto client = keel::test::SharedRedisClient();
   const auto error = [&](RateLimiter::Options o) {
     auto l = RateLimiter::Create(std::move(o), *client);
@@ -202,7 +204,7 @@ TEST_CASE("redis rate limiter rejects bad options naming the field") {
       Catch::Contains("sliding_window_counter.limit"));
 }
 
-TEST_CASE("redis rate limiter rejects keys over 1 KiB and negative quantities") {
+TEST_CASE("redis rate limiter rejects keys over 1 KiB and negative quantities", "[redis_limits]") {
   auto client = keel::test::SharedRedisClient();
   auto gcra = MakeLimiter(*client, {.name = keel::test::UniqueName("keys"),
                                     .algorithm = keel::limit::Gcra::Options{.count = 10}});
@@ -214,7 +216,7 @@ TEST_CASE("redis rate limiter rejects keys over 1 KiB and negative quantities") 
   CHECK(gcra->Check("k", -1).status().code() == absl::StatusCode::kInvalidArgument);
 }
 
-TEST_CASE("redis CheckMany decides each key in one round trip") {
+TEST_CASE("redis CheckMany decides each key in one round trip", "[redis_limits]") {
   auto client = keel::test::SharedRedisClient();
   auto limiter = MakeLimiter(
       *client, {.name = keel::test::UniqueName("many"),
@@ -237,7 +239,7 @@ TEST_CASE("redis CheckMany decides each key in one round trip") {
   CHECK(limiter->CheckMany(bad).status().code() == absl::StatusCode::kInvalidArgument);
 }
 
-TEST_CASE("redis CheckMany loads its script on a server that does not know it") {
+TEST_CASE("redis CheckMany loads its script on a server that does not know it", "[redis_limits]") {
   keel::test::RedisServer server;  // a new server has no scripts: every entry gets NOSCRIPT
   auto client = keel::test::MakeRedisClient(server.url());
   auto limiter = MakeLimiter(
@@ -254,7 +256,8 @@ TEST_CASE("redis CheckMany loads its script on a server that does not know it") 
   CHECK_FALSE((*decisions)[3].allowed);
 }
 
-TEST_CASE("redis blocked-key cache answers repeated denials without a round trip") {
+TEST_CASE("redis blocked-key cache answers repeated denials without a round trip",
+          "[redis_limits]") {
   keel::test::RedisServer server;
   auto client = keel::test::MakeRedisClient(server.url());
   keel::ManualClock clock;
@@ -287,7 +290,8 @@ TEST_CASE("redis blocked-key cache answers repeated denials without a round trip
   CHECK(limiter->Stats().blocked_cache_hits_total == 2);
 }
 
-TEST_CASE("redis rate limiter fails open or closed when Redis is down, counted in stats") {
+TEST_CASE("redis rate limiter fails open or closed when Redis is down, counted in stats",
+          "[redis_limits]") {
   keel::test::RedisServer server;
   auto client = keel::test::MakeRedisClient(server.url());
   auto open = RateLimiter::Create({.name = "open",
@@ -331,7 +335,8 @@ TEST_CASE("redis rate limiter fails open or closed when Redis is down, counted i
   CHECK(recovered);
 }
 
-TEST_CASE("redis rate limiter never waits past the caller's deadline on a stalled server") {
+TEST_CASE("redis rate limiter never waits past the caller's deadline on a stalled server",
+          "[redis_limits]") {
   keel::test::RedisServer server;
   auto client = keel::test::MakeRedisClient(server.url());
   auto open = RateLimiter::Create({.name = "stalled",
@@ -354,7 +359,7 @@ TEST_CASE("redis rate limiter never waits past the caller's deadline on a stalle
   CHECK(open->Stats().fail_open_total == 2);
 }
 
-TEST_CASE("redis rate limiter exports its stats as Prometheus counters") {
+TEST_CASE("redis rate limiter exports its stats as Prometheus counters", "[redis_limits]") {
   auto client = keel::test::SharedRedisClient();
   keel::MetricsRegistry registry;
   const std::string name = keel::test::UniqueName("metrics");

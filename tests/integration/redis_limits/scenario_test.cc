@@ -89,7 +89,8 @@ std::vector<std::string> Compare(keel::redis::Client& client, const scenarios::S
 
 }  // namespace
 
-TEST_CASE("redis limiters reproduce every scenario of the suite decision by decision") {
+TEST_CASE("redis limiters reproduce every scenario of the suite decision by decision",
+          "[redis_limits]") {
   auto client = keel::test::SharedRedisClient();
   const auto all = scenarios::AllScenarios();
   REQUIRE(all.size() >= 5);
@@ -101,7 +102,8 @@ TEST_CASE("redis limiters reproduce every scenario of the suite decision by deci
   }
 }
 
-TEST_CASE("redis limiters decide like the in-process ones on random bursty traffic") {
+TEST_CASE("redis limiters decide like the in-process ones on random bursty traffic",
+          "[redis_limits]") {
   auto client = keel::test::SharedRedisClient();
   using keel::limit::FixedWindow;
   // Intervals are whole microseconds (7 per second would not be: Redis truncates that interval
