@@ -49,6 +49,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -71,6 +72,10 @@
 #include "keel/sync.h"
 
 namespace keel::redis {
+
+namespace internal {
+struct RateLimitPlan;
+}
 
 // What a Redis-backed limiter does when it cannot get an answer from Redis.
 enum class FailMode {
@@ -122,6 +127,26 @@ class RateLimiter {
     // quantities still go to Redis. 0 disables the cache. When full, expired entries are dropped
     // and new denials are not remembered until there is room. Default: 10000.
     size_t blocked_cache_size = 10000;
+
+    // Further limits on the same key, checked together with `algorithm` all-or-none in the same
+    // script call (one round trip), as keel::limit::Keyed with several limits: a request is
+    // admitted only if every limit admits it, and then counts against all of them; if any denies,
+    // none is touched. The Decision is the most constraining: the smallest `remaining` (with its
+    // `limit`), the longest `reset_after`, when denied the longest `retry_after`. Each entry must
+    // use the same algorithm as `algorithm` (one script checks them all); at most 15 entries.
+    // E.g. 20 per minute and 100 per hour: algorithm = 20/min, more_limits = {100/hour}. With
+    // more_limits each limit's key is named by its parameters, so a deployment that changes a
+    // limit starts it fresh. Default: none.
+    std::vector<Algorithm> more_limits = {};
+
+    // Penalty, as keel::limit::Keyed's block_for: after a denial the key is denied outright for
+    // this long, without touching its counters (retry_after = the time left in the block), so
+    // hammering during the block earns nothing (login brute force). A request that can never fit
+    // (quantity above a limit, retry_after kNever) does not start a block. The block lives in
+    // Redis (key `{<name>:<key>}:block`, expiring with the block), so every process sees it; the
+    // local blocked-key cache then answers the key's requests (any quantity) until the block
+    // ends. Must be in (0, 50 years] and a whole number of microseconds. Default: none.
+    std::optional<Duration> block_for = std::nullopt;
   };
 
   // Validates `options` (INVALID_ARGUMENT naming the field). No I/O. `client` (and `clock`,
@@ -164,8 +189,8 @@ class RateLimiter {
 
   RateLimiterStats Stats() const;
   const std::string& name() const { return name_; }
-  // The largest quantity ever admitted at once (the Decision's `limit`).
-  int64_t limit() const { return limit_; }
+  // The largest quantity ever admitted at once (with more_limits, the smallest limit).
+  int64_t limit() const;
 
  private:
   struct Blocked {
@@ -174,19 +199,19 @@ class RateLimiter {
     limit::Decision decision;  // as Redis answered, at `until - decision.retry_after`
   };
 
-  RateLimiter(Options options, Client& client, Clock& clock, const Script& script,
-              std::vector<std::string> args, std::vector<std::string> suffixes, int64_t limit);
+  RateLimiter(Options options, Client& client, Clock& clock,
+              std::unique_ptr<const internal::RateLimitPlan> plan);
 
   static absl::Status ValidateKey(std::string_view key, int64_t n);
-  // ARGV for one check; `now` is "" (TIME) or a time in microseconds.
-  std::vector<std::string_view> Argv(const std::string& n, const std::string& now) const;
-  std::vector<std::string> Keys(std::string_view key) const;
-  absl::StatusOr<limit::Decision> Run(std::string_view key, int64_t n, const std::string& now,
+  // `now` is "" (TIME) or a time in microseconds.
+  absl::StatusOr<limit::Decision> Run(std::string_view key, int64_t n, std::string_view now,
                                       Deadline deadline, bool use_cache);
   // The result of a failed call under fail_mode (counted).
   absl::StatusOr<limit::Decision> Fail(const absl::Status& cause, int64_t n);
-  // Counts a decision from Redis and remembers a denial in the blocked-key cache.
-  void Record(std::string_view key, int64_t n, const limit::Decision& d, bool use_cache)
+  // Counts a decision from Redis and remembers a denial in the blocked-key cache; a penalty
+  // block (`while_blocked`: the decision during the block) for every quantity.
+  void Record(std::string_view key, int64_t n, const limit::Decision& d,
+              const std::optional<limit::Decision>& while_blocked, bool use_cache)
       ABSL_LOCKS_EXCLUDED(mu_);
   std::optional<limit::Decision> CachedDenial(std::string_view key, int64_t n)
       ABSL_LOCKS_EXCLUDED(mu_);
@@ -197,10 +222,7 @@ class RateLimiter {
   const size_t cache_size_;
   Client& client_;
   Clock& clock_;
-  const Script& script_;
-  const std::vector<std::string> args_;      // ARGV[3..]
-  const std::vector<std::string> suffixes_;  // one per Redis key of a check
-  const int64_t limit_;
+  const std::unique_ptr<const internal::RateLimitPlan> plan_;
 
   // Relaxed counters: they order nothing; Stats() is a snapshot.
   std::atomic<uint64_t> allowed_{0};
@@ -209,6 +231,10 @@ class RateLimiter {
   std::atomic<uint64_t> fail_open_{0};
   std::atomic<uint64_t> fail_closed_{0};
 
+  // blocked_.size(), read without the lock so that a limiter with nothing cached (the common
+  // case) takes no lock per call. Relaxed: a stale zero only sends a call to Redis, which
+  // answers the same.
+  std::atomic<size_t> cached_{0};
   Mutex mu_;
   absl::flat_hash_map<std::string, Blocked> blocked_ ABSL_GUARDED_BY(mu_);
   std::vector<MetricsRegistry::Registration> registrations_;
