@@ -37,7 +37,7 @@ class Argv {
     }
     const auto [end, ec] = std::to_chars(quantity_, quantity_ + sizeof(quantity_), n);
     argv_.push_back(std::string_view(quantity_, static_cast<size_t>(end - quantity_)));
-    argv_.push_back(now);
+    if (!now.empty() || !plan.omit_server_time) argv_.push_back(now);
     for (const std::string& a : plan.args) argv_.push_back(a);
   }
   Argv(const Argv&) = delete;

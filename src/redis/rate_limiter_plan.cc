@@ -275,6 +275,19 @@ absl::StatusOr<RateLimitPlan> MakePlan(const RateLimiter::Options& options) {
     }
   }
   if (plan.shape == ReplyShape::kGcra && options.block_for) plan.args.push_back(block_us);
+  if (plan.shape == ReplyShape::kGcra && parts.size() == 1 && !options.block_for) {
+    // The hot path: T and tau written into the script, so a call sends only the quantity.
+    std::string source = kGcraOneLimitTemplate;
+    const auto replace = [&source](std::string_view from, const std::string& to) {
+      source.replace(source.find(from), from.size(), to);
+    };
+    replace("$TAU", std::to_string(plan.gcra[0].tau_us));
+    replace("$T", std::to_string(plan.gcra[0].interval_us));
+    plan.own_script = std::make_unique<const Script>(std::move(source));
+    plan.script = plan.own_script.get();
+    plan.args.clear();
+    plan.omit_server_time = true;
+  }
   if (options.block_for) plan.suffixes.push_back(":block");
   plan.numkeys = std::to_string(plan.suffixes.size());
   return plan;

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -33,6 +34,10 @@ struct GcraParams {
 
 struct RateLimitPlan {
   const Script* script = nullptr;
+  // The script when it is generated for this limiter (one GCRA limit without a block), else null.
+  std::unique_ptr<const Script> own_script;
+  // Whether ARGV[2] (the time) is left out when the server's clock is used, instead of "".
+  bool omit_server_time = false;
   ReplyShape shape = ReplyShape::kFiveTuple;
   // ARGV after the quantity and the time, in order.
   std::vector<std::string> args;

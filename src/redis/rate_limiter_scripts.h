@@ -26,15 +26,41 @@
 
 namespace keel::redis::internal {
 
-// GCRA (redis-cell's CL.THROTTLE), the hot path: lean on purpose, since every redis.call, Lua
-// string and reply element shows in the cost of a call (docs/redis-rate-limiting.md has the
-// figures). KEYS[i] = limit i's TAT. ARGV[3 + 2(i-1)] = T (us), ARGV[4 + 2(i-1)] = tau = T *
-// limit (us); one more ARGV (an odd count) is block_for (us) with KEYS[K + 1] the block.
-// Reply: per limit v = ttl >= 0 if that limit admits the request (ttl = new TAT - now, as if
-// admitted), else -1 - ttl (ttl = TAT - now). The client derives the rest of the Decision from
-// v, n, T and tau (RateLimiter's DecodeGcra). One limit without a block replies the integer v;
-// otherwise an array of the K values, or of K peeks (n = 0) and the time left in the block while
-// a block runs.
+// GCRA (redis-cell's CL.THROTTLE), one limit and no block: the hot path, lean on purpose, since
+// every redis.call, argument, Lua string and reply element shows in the cost of a call
+// (docs/redis-rate-limiting.md has the figures). It is generated per limiter with T and tau =
+// T * limit (us) written into the source in place of $T and $TAU, so a call carries only
+// ARGV[1] = n (and ARGV[2] = the time, when a test passes one). KEYS[1] = the TAT.
+// Reply: v = ttl >= 0 if admitted (ttl = new TAT - now), else -1 - ttl (ttl = TAT - now); the
+// client derives the Decision from v, n, T and tau (DecodeGcra in rate_limiter_plan.cc).
+inline constexpr char kGcraOneLimitTemplate[] = R"lua(
+local n = tonumber(ARGV[1])
+local now
+local min_ms = 1
+if #ARGV == 1 then
+  local t = redis.call('TIME')
+  now = t[1] * 1000000 + t[2]
+else
+  now = tonumber(ARGV[2])
+  min_ms = 10000
+end
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+local nxt = tat + n * $T
+if nxt - $TAU > now then return -1 - (tat - now) end
+if n > 0 then
+  local ms = math.ceil((nxt - now) / 1000)
+  if ms < min_ms then ms = min_ms end
+  redis.call('SET', KEYS[1], string.format('%d', nxt), 'PX', string.format('%d', ms))
+end
+return nxt - now
+)lua";
+
+// GCRA with several limits and/or a penalty block. KEYS[i] = limit i's TAT. ARGV[3 + 2(i-1)] = T
+// (us), ARGV[4 + 2(i-1)] = tau (us); one more ARGV (an odd count) is block_for (us) with
+// KEYS[K + 1] the block. All state is read with one MGET. Reply: an array of v per limit (as
+// above, each limit evaluated as if it alone decided), or while a block runs the K peeks (n = 0)
+// and the time left in the block (K + 1 values).
 inline constexpr char kGcraScript[] = R"lua(
 local n = tonumber(ARGV[1])
 local now
@@ -45,19 +71,6 @@ if ARGV[2] == '' then
 else
   now = tonumber(ARGV[2])
   min_ms = 10000
-end
-if #ARGV == 4 then
-  local tau = tonumber(ARGV[4])
-  local tat = tonumber(redis.call('GET', KEYS[1])) or now
-  if tat < now then tat = now end
-  local nxt = tat + n * tonumber(ARGV[3])
-  if nxt - tau > now then return -1 - (tat - now) end
-  if n > 0 then
-    local ms = math.ceil((nxt - now) / 1000)
-    if ms < min_ms then ms = min_ms end
-    redis.call('SET', KEYS[1], string.format('%d', nxt), 'PX', string.format('%d', ms))
-  end
-  return nxt - now
 end
 local function px(us)
   local ms = math.ceil(us / 1000)
@@ -134,35 +147,35 @@ return out
   "  return fmt(m)\n"                                         \
   "end\n"
 
-#define KEEL_RL_EPILOGUE                                              \
-  "local k = (#ARGV - 3) / NP\n"                                      \
-  "local block_key = KEYS[k * NK + 1]\n"                              \
-  "if block_for > 0 then\n"                                           \
-  "  local until_ = tonumber(redis.call('GET', block_key))\n"         \
-  "  if until_ and until_ > now then\n"                               \
-  "    local a, l, r, re, rt = check(1, 0)\n"                         \
-  "    return {a, l, r, re, rt, until_ - now}\n"                      \
-  "  end\n"                                                           \
-  "end\n"                                                             \
-  "local out, writes = {}, {}\n"                                      \
-  "local all, never = true, false\n"                                  \
-  "for i = 1, k do\n"                                                 \
-  "  local a, l, r, re, rt, w = check(i, n)\n"                        \
-  "  if a == 0 then\n"                                                \
-  "    all = false\n"                                                 \
-  "    if rt < 0 then never = true end\n"                             \
-  "  end\n"                                                           \
-  "  local j = #out\n"                                                \
+#define KEEL_RL_EPILOGUE                                                             \
+  "local k = (#ARGV - 3) / NP\n"                                                     \
+  "local block_key = KEYS[k * NK + 1]\n"                                             \
+  "if block_for > 0 then\n"                                                          \
+  "  local until_ = tonumber(redis.call('GET', block_key))\n"                        \
+  "  if until_ and until_ > now then\n"                                              \
+  "    local a, l, r, re, rt = check(1, 0)\n"                                        \
+  "    return {a, l, r, re, rt, until_ - now}\n"                                     \
+  "  end\n"                                                                          \
+  "end\n"                                                                            \
+  "local out, writes = {}, {}\n"                                                     \
+  "local all, never = true, false\n"                                                 \
+  "for i = 1, k do\n"                                                                \
+  "  local a, l, r, re, rt, w = check(i, n)\n"                                       \
+  "  if a == 0 then\n"                                                               \
+  "    all = false\n"                                                                \
+  "    if rt < 0 then never = true end\n"                                            \
+  "  end\n"                                                                          \
+  "  local j = #out\n"                                                               \
   "  out[j + 1], out[j + 2], out[j + 3], out[j + 4], out[j + 5] = a, l, r, re, rt\n" \
-  "  writes[i] = w\n"                                                 \
-  "end\n"                                                             \
-  "if all then\n"                                                     \
-  "  if n > 0 then\n"                                                 \
-  "    for i = 1, k do if writes[i] then writes[i]() end end\n"      \
-  "  end\n"                                                           \
-  "elseif block_for > 0 and not never then\n"                         \
-  "  redis.call('SET', block_key, fmt(now + block_for), 'PX', ms(block_for))\n" \
-  "end\n"                                                             \
+  "  writes[i] = w\n"                                                                \
+  "end\n"                                                                            \
+  "if all then\n"                                                                    \
+  "  if n > 0 then\n"                                                                \
+  "    for i = 1, k do if writes[i] then writes[i]() end end\n"                      \
+  "  end\n"                                                                          \
+  "elseif block_for > 0 and not never then\n"                                        \
+  "  redis.call('SET', block_key, fmt(now + block_for), 'PX', ms(block_for))\n"      \
+  "end\n"                                                                            \
   "return out\n"
 
 // Token bucket. KEYS = the time each bucket was empty. Per limit: T (us), burst.
