@@ -4,7 +4,9 @@
 //   BM_RedisLimiter_GcraCallsOnly/threads:N  what any server-clock GCRA must cost at least: plain
 //                                            hiredis (as the floor) running a script that does
 //                                            only the three redis.calls (TIME, GET, SET PX)
-//   BM_RedisLimiter_GcraTwoLimits            20/min and 100/hour on one key: one round trip
+//   BM_RedisLimiter_ClientFloor/threads:N    keel's pooled client running `return 1` (what the
+//                                            limiter's client side cannot go below)
+//   BM_RedisLimiter_GcraTwoLimits            two GCRA limits on one key: one round trip
 //   BM_RedisLimiter_CheckMany100             100 keys per pipelined round trip (items/s)
 // The floor (baselines.cc: plain hiredis, `return 1`, one connection per thread) runs at 1 and 16
 // threads, the limiter's concurrencies. Reads KEEL_TEST_REDIS_URL; skips when it is absent.
@@ -20,6 +22,7 @@
 #include "bench_env.h"
 #include "keel/redis/client.h"
 #include "keel/redis/rate_limiter.h"
+#include "keel/redis/script.h"
 
 namespace {
 
@@ -107,6 +110,24 @@ void BM_RedisLimiter_Gcra(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_RedisLimiter_Gcra)->UseRealTime()->Threads(1)->Threads(kMaxThreads);
+
+void BM_RedisLimiter_ClientFloor(benchmark::State& state) {
+  Shared& shared = GetShared();
+  if (!shared.error.empty()) {
+    state.SkipWithError(shared.error.c_str());
+    return;
+  }
+  static const keel::redis::Script kReturn1("return 1");
+  for (auto _ : state) {
+    auto r = kReturn1.Run(*shared.client, Deadline::After(1s), {});
+    if (!r.ok()) {
+      state.SkipWithError(std::string(r.status().message()).c_str());
+      break;
+    }
+    benchmark::DoNotOptimize(r);
+  }
+}
+BENCHMARK(BM_RedisLimiter_ClientFloor)->UseRealTime()->Threads(1)->Threads(kMaxThreads);
 
 void BM_RedisLimiter_GcraTwoLimits(benchmark::State& state) {
   Shared& shared = GetShared();

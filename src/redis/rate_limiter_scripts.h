@@ -123,9 +123,10 @@ return out
 
 // The other algorithms share a frame: the prelude reads n, the time and block_for (ARGV[3],
 // "0" for none); the algorithm defines NP (parameters per limit, from ARGV[4] on), NK (keys per
-// limit) and check(i, n), which evaluates limit i as if it alone decided and returns allowed (0/1),
-// limit, remaining, reset_after_us, retry_after_us (-1: never) and a function that writes the
-// admission (nil if nothing to write); the epilogue applies the all-or-none rule and the block.
+// limit) and check(i, n, apply), which evaluates limit i as if it alone decided and returns allowed
+// (0/1), limit, remaining, reset_after_us, retry_after_us (-1: never), and with `apply` writes an
+// admission (n > 0); the epilogue applies the all-or-none rule (every limit is checked, then
+// applied: evaluating again under the script's atomicity gives the same answers) and the block.
 // Reply: 5 integers per limit, or while a block runs the 5 of limit 1 peeking then the time left
 // in the block (6 integers).
 #define KEEL_RL_PRELUDE                                       \
@@ -150,28 +151,28 @@ return out
 #define KEEL_RL_EPILOGUE                                                             \
   "local k = (#ARGV - 3) / NP\n"                                                     \
   "local block_key = KEYS[k * NK + 1]\n"                                             \
+  "if k == 1 and block_for == 0 then return {check(1, n, true)} end\n"               \
   "if block_for > 0 then\n"                                                          \
   "  local until_ = tonumber(redis.call('GET', block_key))\n"                        \
   "  if until_ and until_ > now then\n"                                              \
-  "    local a, l, r, re, rt = check(1, 0)\n"                                        \
+  "    local a, l, r, re, rt = check(1, 0, false)\n"                                 \
   "    return {a, l, r, re, rt, until_ - now}\n"                                     \
   "  end\n"                                                                          \
   "end\n"                                                                            \
-  "local out, writes = {}, {}\n"                                                     \
+  "local out = {}\n"                                                                 \
   "local all, never = true, false\n"                                                 \
   "for i = 1, k do\n"                                                                \
-  "  local a, l, r, re, rt, w = check(i, n)\n"                                       \
+  "  local a, l, r, re, rt = check(i, n, false)\n"                                   \
   "  if a == 0 then\n"                                                               \
   "    all = false\n"                                                                \
   "    if rt < 0 then never = true end\n"                                            \
   "  end\n"                                                                          \
   "  local j = #out\n"                                                               \
   "  out[j + 1], out[j + 2], out[j + 3], out[j + 4], out[j + 5] = a, l, r, re, rt\n" \
-  "  writes[i] = w\n"                                                                \
   "end\n"                                                                            \
   "if all then\n"                                                                    \
   "  if n > 0 then\n"                                                                \
-  "    for i = 1, k do if writes[i] then writes[i]() end end\n"                      \
+  "    for i = 1, k do check(i, n, true) end\n"                                      \
   "  end\n"                                                                          \
   "elseif block_for > 0 and not never then\n"                                        \
   "  redis.call('SET', block_key, fmt(now + block_for), 'PX', ms(block_for))\n"      \
@@ -181,34 +182,32 @@ return out
 // Token bucket. KEYS = the time each bucket was empty. Per limit: T (us), burst.
 inline constexpr char kTokenBucketScript[] = KEEL_RL_PRELUDE R"lua(
 local NP, NK = 2, 1
-local function check(i, n)
-  local key = KEYS[i]
+local function fill(t, T, full)
+  local remaining = math.floor((now - t) / T)
+  if remaining < 0 then remaining = 0 end
+  local reset = t + full - now
+  if reset < 0 then reset = 0 end
+  return remaining, reset
+end
+local function check(i, n, apply)
   local T = tonumber(ARGV[2 + 2 * i])
   local burst = tonumber(ARGV[3 + 2 * i])
   local full = T * burst
   local start = now - full
-  local e = tonumber(redis.call('GET', key))
+  local e = tonumber(redis.call('GET', KEYS[i]))
   if e and e > start then start = e end
-  local function fill(t)
-    local remaining = math.floor((now - t) / T)
-    if remaining < 0 then remaining = 0 end
-    local reset = t + full - now
-    if reset < 0 then reset = 0 end
-    return remaining, reset
-  end
   if n > burst then
-    local remaining, reset = fill(start)
+    local remaining, reset = fill(start, T, full)
     return 0, burst, remaining, reset, -1
   end
   local nxt = start + n * T
   if nxt > now then
-    local remaining, reset = fill(start)
+    local remaining, reset = fill(start, T, full)
     return 0, burst, remaining, reset, nxt - now
   end
-  local remaining, reset = fill(nxt)
-  return 1, burst, remaining, reset, 0, function()
-    redis.call('SET', key, fmt(nxt), 'PX', ms(nxt + full - now))
-  end
+  if apply and n > 0 then redis.call('SET', KEYS[i], fmt(nxt), 'PX', ms(nxt + full - now)) end
+  local remaining, reset = fill(nxt, T, full)
+  return 1, burst, remaining, reset, 0
 end
 )lua" KEEL_RL_EPILOGUE;
 
@@ -216,7 +215,7 @@ end
 // limit, 1 for windows aligned to the epoch or 0 for windows opened by the first request.
 inline constexpr char kFixedWindowScript[] = KEEL_RL_PRELUDE R"lua(
 local NP, NK = 3, 1
-local function check(i, n)
+local function check(i, n, apply)
   local key = KEYS[i]
   local W = tonumber(ARGV[1 + 3 * i])
   local limit = tonumber(ARGV[2 + 3 * i])
@@ -244,12 +243,13 @@ local function check(i, n)
     return 0, limit, limit - count, reset, to_end
   end
   count = count + n
-  local reset = 0
-  if count > 0 then reset = to_end end
-  return 1, limit, limit - count, reset, 0, function()
+  if apply and n > 0 then
     redis.call('HSET', key, 's', fmt(start), 'c', fmt(count))
     redis.call('PEXPIRE', key, ms(to_end))
   end
+  local reset = 0
+  if count > 0 then reset = to_end end
+  return 1, limit, limit - count, reset, 0
 end
 )lua" KEEL_RL_EPILOGUE;
 
@@ -261,7 +261,7 @@ end
 inline constexpr char kSlidingLogScript[] = KEEL_RL_PRELUDE R"lua(
 local NP, NK = 2, 2
 local function qty(member) return tonumber(string.match(member, ':(%d+)$')) end
-local function check(i, n)
+local function check(i, n, apply)
   local log, sum = KEYS[2 * i - 1], KEYS[2 * i]
   local W = tonumber(ARGV[2 + 2 * i])
   local limit = tonumber(ARGV[3 + 2 * i])
@@ -297,11 +297,10 @@ local function check(i, n)
       at = tonumber(entries[j + 1]) + W
       if to_free <= 0 then break end
     end
-    return 0, limit, limit - counted - 0, reset(), at - now
+    return 0, limit, limit - counted, reset(), at - now
   end
   if n == 0 then return 1, limit, limit - counted, reset(), 0 end
-  -- Admitted: the newest entry would be now, so the state resets a window from now.
-  return 1, limit, limit - counted - n, W, 0, function()
+  if apply then
     local newest = redis.call('ZRANGE', log, -1, -1, 'WITHSCORES')
     local q = n
     if #newest > 0 and tonumber(newest[2]) == now then
@@ -311,6 +310,8 @@ local function check(i, n)
     redis.call('ZADD', log, fmt(now), fmt(now) .. ':' .. fmt(q))
     store(counted + n)
   end
+  -- Admitted: the newest entry is (or would be) now, so the state resets a window from now.
+  return 1, limit, limit - counted - n, W, 0
 end
 )lua" KEEL_RL_EPILOGUE;
 
@@ -318,7 +319,7 @@ end
 // p = the previous window's count} per limit. Per limit: window (us), limit.
 inline constexpr char kSlidingCounterScript[] = KEEL_RL_PRELUDE R"lua(
 local NP, NK = 2, 1
-local function check(i, n)
+local function check(i, n, apply)
   local key = KEYS[i]
   local W = tonumber(ARGV[2 + 2 * i])
   local limit = tonumber(ARGV[3 + 2 * i])
@@ -359,10 +360,11 @@ local function check(i, n)
     return 0, limit, remaining_after(current), reset(current), retry
   end
   local after = current + n
-  return 1, limit, remaining_after(after), reset(after), 0, function()
+  if apply and n > 0 then
     redis.call('HSET', key, 's', fmt(start), 'c', fmt(after), 'p', fmt(previous))
     redis.call('PEXPIRE', key, ms(reset(after)))
   end
+  return 1, limit, remaining_after(after), reset(after), 0
 end
 )lua" KEEL_RL_EPILOGUE;
 

@@ -13,13 +13,17 @@
 //   - every key has an expiry (PEXPIRE) set to when its state becomes the same as a fresh one, so
 //     idle keys vanish on their own.
 //
+// Like keel::limit::Keyed, a limiter can hold several limits on one key (20/minute and 100/hour,
+// `more_limits`), checked all-or-none in the same single script call, and a penalty block
+// (`block_for`) kept in Redis so every process sees it.
+//
 // Differences from the in-process limiters (the scenario suite checks everything else decision by
-// decision, tests/integration/redis_limits/scenario_test.cc):
+// decision, tests/integration/redis_limits/scenario_test.cc and multi_limit_test.cc):
 //   - Redis TIME has microsecond resolution, so intervals are whole microseconds: the GCRA
 //     interval period/count and the token bucket interval 1s/rate are truncated to microseconds
-//     (Create rejects intervals under 1 us), windows must be whole microseconds, and durations in
-//     a Decision are whole microseconds, rounded up where the in-process value has a fraction of
-//     a microsecond (a client told to retry after it never retries too early).
+//     (Create rejects intervals under 1 us), windows and block_for must be whole microseconds, and
+//     durations in a Decision are whole microseconds, rounded up where the in-process value has a
+//     fraction of a microsecond (a client told to retry after it never retries too early).
 //   - TokenBucket::Reserve (borrowing from the future) has no Redis counterpart.
 //   - The sliding counter needs limit * window (in microseconds) below 2^52: Lua numbers are
 //     doubles, and the script's integer arithmetic must stay exact.
@@ -27,8 +31,8 @@
 // When Redis fails (unreachable, an error reply, or the caller's deadline passes), the call never
 // blocks past the deadline (Deadline::Infinite() means the client's command_timeout) and follows
 // `fail_mode`: kOpen admits the request (counted in Stats().fail_open_total), kClosed returns
-// UNAVAILABLE. A small local cache remembers keys Redis just denied until their retry_after, so
-// a client hammering a blocked key costs no round trips.
+// UNAVAILABLE. A small local cache remembers keys Redis just denied until their retry_after (or
+// the end of their block), so a client hammering a blocked key costs no round trips.
 //
 // Thread safety: thread-safe; share one per limit and process.
 //
@@ -41,8 +45,13 @@
 //   absl::StatusOr<keel::limit::Decision> d = per_user->Check(user_id, 1, Deadline::After(20ms));
 //   if (!d.ok()) return d.status();             // INVALID_ARGUMENT, or UNAVAILABLE (kClosed)
 //   if (!d->allowed) return TooManyRequests(d->retry_after);
-//   auto many = per_user->CheckMany(ip_and_user_keys, 1, Deadline::After(20ms));   // one round
-//   trip
+//   // Per IP and per user in one pipelined round trip:
+//   auto many = per_user->CheckMany(ip_and_user_keys, 1, Deadline::After(20ms));
+//
+//   // Keyed<Gcra>::Create({.block_for = 15min}, {per_minute, per_hour}) shared by every process:
+//   auto logins = keel::redis::RateLimiter::Create(
+//       {.name = "login", .algorithm = per_minute, .more_limits = {per_hour}, .block_for = 15min},
+//       *client).value();
 #pragma once
 
 #include <atomic>
@@ -160,9 +169,10 @@ class RateLimiter {
   RateLimiter(const RateLimiter&) = delete;
   RateLimiter& operator=(const RateLimiter&) = delete;
 
-  // Admits quantity `n` for `key` or not (n == 0 peeks and changes nothing), with the semantics
-  // of the in-process algorithm. Returns within `deadline` (Infinite: the client's
-  // command_timeout).
+  // Admits quantity `n` for `key` or not (n == 0 peeks and changes no counter), with the
+  // semantics of the in-process algorithm (keel::limit::Keyed with these limits and block_for:
+  // during a block every request, peeks included, is denied). Returns within `deadline`
+  // (Infinite: the client's command_timeout).
   // Errors: INVALID_ARGUMENT for an empty key, a key over limit::kMaxKeyBytes, or n < 0;
   // UNAVAILABLE when Redis failed and fail_mode is kClosed. Never DEADLINE_EXCEEDED: a deadline
   // that passes is a Redis failure and follows fail_mode.
