@@ -18,7 +18,8 @@ using keel::internal::ToAbsl;
 using limit::Decision;
 
 // Builds `EVALSHA <sha1> <numkeys> <keys...> <n> <now> <args...>` for one check without
-// allocating beyond one buffer for the key names (the hot path's only allocation).
+// allocating beyond one buffer for the key names (the hot path's only allocation). <now> is ""
+// for the server's clock, or left out when the plan says so (the generated GCRA script).
 class Argv {
  public:
   Argv(const internal::RateLimitPlan& plan, std::string_view name, std::string_view key, int64_t n,
