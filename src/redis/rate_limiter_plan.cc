@@ -254,10 +254,7 @@ absl::StatusOr<RateLimitPlan> MakePlan(const RateLimiter::Options& options) {
   plan.block_for = options.block_for;
   plan.limit = parts[0].limit;
   const std::string block_us =
-      options.block_for ? std::to_string(Micros(*options.block_for)) : std::string("0");
-  // The generic scripts take block_for first; GCRA takes it last and only when set, so its
-  // common case (one limit, no block) has the fewest arguments.
-  if (plan.shape == ReplyShape::kFiveTuple) plan.args.push_back(block_us);
+      options.block_for ? std::to_string(Micros(*options.block_for)) : std::string();
   for (const LimitPart& part : parts) {
     plan.limit = std::min(plan.limit, part.limit);
     plan.args.insert(plan.args.end(), part.args.begin(), part.args.end());
@@ -274,7 +271,9 @@ absl::StatusOr<RateLimitPlan> MakePlan(const RateLimiter::Options& options) {
       }
     }
   }
-  if (plan.shape == ReplyShape::kGcra && options.block_for) plan.args.push_back(block_us);
+  // block_for comes last and only when set, so the common case (no block) has the fewest
+  // arguments; the scripts tell it from the count.
+  if (options.block_for) plan.args.push_back(block_us);
   if (plan.shape == ReplyShape::kGcra && parts.size() == 1 && !options.block_for) {
     // The hot path: T and tau written into the script, so a call sends only the quantity.
     std::string source = kGcraOneLimitTemplate;

@@ -121,8 +121,9 @@ end
 return out
 )lua";
 
-// The other algorithms share a frame: the prelude reads n, the time and block_for (ARGV[3],
-// "0" for none); the algorithm defines NP (parameters per limit, from ARGV[4] on), NK (keys per
+// The other algorithms share a frame: the prelude reads n and the time; the algorithm defines NP
+// (parameters per limit, from ARGV[3] on; one more ARGV is block_for (us) when there is a block,
+// told apart by the count), NK (keys per
 // limit) and check(i, n, apply), which evaluates limit i as if it alone decided and returns allowed
 // (0/1), limit, remaining, reset_after_us, retry_after_us (-1: never), and with `apply` writes an
 // admission (n > 0); the epilogue applies the all-or-none rule (every limit is checked, then
@@ -140,7 +141,6 @@ return out
   "  now = tonumber(ARGV[2])\n"                               \
   "  min_ms = 10000\n"                                        \
   "end\n"                                                     \
-  "local block_for = tonumber(ARGV[3])\n"                     \
   "local function fmt(x) return string.format('%d', x) end\n" \
   "local function ms(us)\n"                                   \
   "  local m = math.ceil(us / 1000)\n"                        \
@@ -149,7 +149,9 @@ return out
   "end\n"
 
 #define KEEL_RL_EPILOGUE                                                             \
-  "local k = (#ARGV - 3) / NP\n"                                                     \
+  "local k = math.floor((#ARGV - 2) / NP)\n"                                         \
+  "local block_for = 0\n"                                                            \
+  "if (#ARGV - 2) % NP == 1 then block_for = tonumber(ARGV[#ARGV]) end\n"            \
   "local block_key = KEYS[k * NK + 1]\n"                                             \
   "if k == 1 and block_for == 0 then return {check(1, n, true)} end\n"               \
   "if block_for > 0 then\n"                                                          \
@@ -190,8 +192,8 @@ local function fill(t, T, full)
   return remaining, reset
 end
 local function check(i, n, apply)
-  local T = tonumber(ARGV[2 + 2 * i])
-  local burst = tonumber(ARGV[3 + 2 * i])
+  local T = tonumber(ARGV[1 + 2 * i])
+  local burst = tonumber(ARGV[2 + 2 * i])
   local full = T * burst
   local start = now - full
   local e = tonumber(redis.call('GET', KEYS[i]))
@@ -217,13 +219,13 @@ inline constexpr char kFixedWindowScript[] = KEEL_RL_PRELUDE R"lua(
 local NP, NK = 3, 1
 local function check(i, n, apply)
   local key = KEYS[i]
-  local W = tonumber(ARGV[1 + 3 * i])
-  local limit = tonumber(ARGV[2 + 3 * i])
+  local W = tonumber(ARGV[3 * i])
+  local limit = tonumber(ARGV[1 + 3 * i])
   local st = redis.call('HMGET', key, 's', 'c')
   local ws = tonumber(st[1])
   local wc = tonumber(st[2]) or 0
   local start, count
-  if ARGV[3 + 3 * i] == '1' then
+  if ARGV[2 + 3 * i] == '1' then
     start = now - (now % W)
     if ws == start then count = wc else count = 0 end
   else
@@ -263,8 +265,8 @@ local NP, NK = 2, 2
 local function qty(member) return tonumber(string.match(member, ':(%d+)$')) end
 local function check(i, n, apply)
   local log, sum = KEYS[2 * i - 1], KEYS[2 * i]
-  local W = tonumber(ARGV[2 + 2 * i])
-  local limit = tonumber(ARGV[3 + 2 * i])
+  local W = tonumber(ARGV[1 + 2 * i])
+  local limit = tonumber(ARGV[2 + 2 * i])
   local counted = tonumber(redis.call('GET', sum) or 0)
   local function reset()
     local newest = redis.call('ZRANGE', log, -1, -1, 'WITHSCORES')
@@ -321,8 +323,8 @@ inline constexpr char kSlidingCounterScript[] = KEEL_RL_PRELUDE R"lua(
 local NP, NK = 2, 1
 local function check(i, n, apply)
   local key = KEYS[i]
-  local W = tonumber(ARGV[2 + 2 * i])
-  local limit = tonumber(ARGV[3 + 2 * i])
+  local W = tonumber(ARGV[1 + 2 * i])
+  local limit = tonumber(ARGV[2 + 2 * i])
   local start = now - (now % W)
   local st = redis.call('HMGET', key, 's', 'c', 'p')
   local ws = tonumber(st[1])
