@@ -1,10 +1,17 @@
 // keel::redis::RateLimiter against its floor, measured in the same run:
-//   BM_RedisLimiter_Gcra/threads:N       throughput >= 90% of
-//   BM_Baseline_RedisEvalshaTrivial/threads:N BM_RedisLimiter_CheckMany100         100 keys per
-//   pipelined round trip (items/s)
+//   BM_RedisLimiter_Gcra/threads:N           target: throughput >= 90% of
+//                                            BM_Baseline_RedisEvalshaTrivial/threads:N
+//   BM_RedisLimiter_GcraCallsOnly/threads:N  what any server-clock GCRA must cost at least: plain
+//                                            hiredis (as the floor) running a script that does
+//                                            only the three redis.calls (TIME, GET, SET PX)
+//   BM_RedisLimiter_ClientFloor/threads:N    keel's pooled client running `return 1` (what the
+//                                            limiter's client side cannot go below)
+//   BM_RedisLimiter_GcraTwoLimits            two GCRA limits on one key: one round trip
+//   BM_RedisLimiter_CheckMany100             100 keys per pipelined round trip (items/s)
 // The floor (baselines.cc: plain hiredis, `return 1`, one connection per thread) runs at 1 and 16
 // threads, the limiter's concurrencies. Reads KEEL_TEST_REDIS_URL; skips when it is absent.
 #include <benchmark/benchmark.h>
+#include <hiredis/hiredis.h>
 
 #include <chrono>
 #include <memory>
@@ -15,6 +22,7 @@
 #include "bench_env.h"
 #include "keel/redis/client.h"
 #include "keel/redis/rate_limiter.h"
+#include "keel/redis/script.h"
 
 namespace {
 
@@ -27,6 +35,7 @@ constexpr int kMaxThreads = 16;
 struct Shared {
   std::unique_ptr<keel::redis::Client> client;
   std::unique_ptr<keel::redis::RateLimiter> limiter;
+  std::unique_ptr<keel::redis::RateLimiter> two_limits;
   std::string error;
 };
 
@@ -62,6 +71,19 @@ Shared& GetShared() {
       return s;
     }
     s->limiter = std::move(*limiter);
+    auto two = keel::redis::RateLimiter::Create(
+        {.name = "bench-gcra-2",
+         .algorithm =
+             keel::limit::Gcra::Options{.count = 1'000'000, .period = 1s, .max_burst = 1'000'000},
+         .fail_mode = keel::redis::FailMode::kClosed,
+         .more_limits = {keel::limit::Gcra::Options{
+             .count = 100'000'000, .period = 1h, .max_burst = 100'000'000}}},
+        *s->client);
+    if (!two.ok()) {
+      s->error = std::string(two.status().message());
+      return s;
+    }
+    s->two_limits = std::move(*two);
     // Load the script and open the connections outside the measurement.
     if (auto d = s->limiter->Check("warm-up", 1, Deadline::After(1s)); !d.ok()) {
       s->error = std::string(d.status().message());
@@ -88,6 +110,91 @@ void BM_RedisLimiter_Gcra(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_RedisLimiter_Gcra)->UseRealTime()->Threads(1)->Threads(kMaxThreads);
+
+void BM_RedisLimiter_ClientFloor(benchmark::State& state) {
+  Shared& shared = GetShared();
+  if (!shared.error.empty()) {
+    state.SkipWithError(shared.error.c_str());
+    return;
+  }
+  static const keel::redis::Script kReturn1("return 1");
+  for (auto _ : state) {
+    auto r = kReturn1.Run(*shared.client, Deadline::After(1s), {});
+    if (!r.ok()) {
+      state.SkipWithError(std::string(r.status().message()).c_str());
+      break;
+    }
+    benchmark::DoNotOptimize(r);
+  }
+}
+BENCHMARK(BM_RedisLimiter_ClientFloor)->UseRealTime()->Threads(1)->Threads(kMaxThreads);
+
+void BM_RedisLimiter_GcraTwoLimits(benchmark::State& state) {
+  Shared& shared = GetShared();
+  if (!shared.error.empty()) {
+    state.SkipWithError(shared.error.c_str());
+    return;
+  }
+  for (auto _ : state) {
+    auto d = shared.two_limits->Check("user:two", 1, Deadline::After(1s));
+    if (!d.ok() || !d->allowed) {
+      state.SkipWithError("check failed or denied");
+      break;
+    }
+    benchmark::DoNotOptimize(d);
+  }
+}
+BENCHMARK(BM_RedisLimiter_GcraTwoLimits)->UseRealTime();
+
+// The three redis.calls of a GCRA on the server's clock, and nothing else, through the floor's
+// client path (plain hiredis, one connection per thread) with the limiter's key and arguments:
+// what remains between this and the floor is Redis's own cost of TIME, GET and SET inside a
+// script, which no script can avoid.
+void BM_RedisLimiter_GcraCallsOnly(benchmark::State& state) {
+  const auto url = keel::bench::Env("KEEL_TEST_REDIS_URL");
+  if (!url) {
+    state.SkipWithError("KEEL_TEST_REDIS_URL is not set (run scripts/bench or scripts/test)");
+    return;
+  }
+  auto options = keel::redis::Options::FromUrl(*url);
+  if (!options.ok()) {
+    state.SkipWithError("bad KEEL_TEST_REDIS_URL");
+    return;
+  }
+  redisContext* c = redisConnect(options->server.host.c_str(), options->server.port);
+  if (c == nullptr || c->err != 0) {
+    state.SkipWithError("cannot connect");
+    if (c) redisFree(c);
+    return;
+  }
+  constexpr const char* kScript =
+      "local t = redis.call('TIME') "
+      "local tat = redis.call('GET', KEYS[1]) "
+      "redis.call('SET', KEYS[1], t[2], 'PX', '1') "
+      "return 1";
+  auto* load = static_cast<redisReply*>(redisCommand(c, "SCRIPT LOAD %s", kScript));
+  if (load == nullptr || load->type != REDIS_REPLY_STRING) {
+    state.SkipWithError("SCRIPT LOAD failed");
+    if (load) freeReplyObject(load);
+    redisFree(c);
+    return;
+  }
+  const std::string sha(load->str, load->len);
+  freeReplyObject(load);
+  const std::string key = "{bench-calls:user:" + std::to_string(state.thread_index()) + "}:gcra";
+  for (auto _ : state) {
+    auto* reply = static_cast<redisReply*>(
+        redisCommand(c, "EVALSHA %s 1 %s 1 %s 1 1000001", sha.c_str(), key.c_str(), ""));
+    if (reply == nullptr || reply->type != REDIS_REPLY_INTEGER) {
+      state.SkipWithError("EVALSHA failed");
+      if (reply) freeReplyObject(reply);
+      break;
+    }
+    freeReplyObject(reply);
+  }
+  redisFree(c);
+}
+BENCHMARK(BM_RedisLimiter_GcraCallsOnly)->UseRealTime()->Threads(1)->Threads(kMaxThreads);
 
 void BM_RedisLimiter_CheckMany100(benchmark::State& state) {
   Shared& shared = GetShared();

@@ -1,12 +1,14 @@
 #include "keel/redis/rate_limiter.h"
 
 #include <algorithm>
+#include <charconv>
 #include <optional>
 #include <utility>
 
+#include "absl/container/inlined_vector.h"
 #include "keel/internal/status_macros.h"
 #include "keel/internal/strings.h"
-#include "rate_limiter_scripts.h"
+#include "redis/rate_limiter_plan.h"
 
 namespace keel::redis {
 namespace {
@@ -15,179 +17,68 @@ using keel::internal::StrCat;
 using keel::internal::ToAbsl;
 using limit::Decision;
 
-// Lua numbers are doubles: products the scripts compute must stay below 2^52 to be exact (with
-// room to add a TIME value, ~2^51 until 2041, without passing 2^53).
-constexpr int64_t kMaxExactMicros = int64_t{1} << 52;
-
-const Script& GcraScript() {
-  static const Script* s = new Script(internal::kGcraScript);
-  return *s;
-}
-const Script& TokenBucketScript() {
-  static const Script* s = new Script(internal::kTokenBucketScript);
-  return *s;
-}
-const Script& FixedWindowScript() {
-  static const Script* s = new Script(internal::kFixedWindowScript);
-  return *s;
-}
-const Script& SlidingLogScript() {
-  static const Script* s = new Script(internal::kSlidingLogScript);
-  return *s;
-}
-const Script& SlidingCounterScript() {
-  static const Script* s = new Script(internal::kSlidingCounterScript);
-  return *s;
-}
-
-int64_t Micros(Duration d) {
-  return std::chrono::duration_cast<std::chrono::microseconds>(d).count();
-}
-
-absl::Status WholeMicros(std::string_view field, Duration d) {
-  if (d.count() % 1000 != 0) {
-    return absl::InvalidArgumentError(
-        StrCat(field, " must be a whole number of microseconds for the Redis limiter (TIME has ",
-               "microsecond resolution), got ", d.count(), "ns"));
+// Builds `EVALSHA <sha1> <numkeys> <keys...> <n> <now> <args...>` for one check without
+// allocating beyond one buffer for the key names (the hot path's only allocation). <now> is ""
+// for the server's clock, or left out when the plan says so (the generated GCRA script).
+class Argv {
+ public:
+  Argv(const internal::RateLimitPlan& plan, std::string_view name, std::string_view key, int64_t n,
+       std::string_view now) {
+    const size_t prefix = name.size() + key.size() + 3;
+    size_t total = 0;
+    for (const std::string& s : plan.suffixes) total += prefix + s.size();
+    keys_.reserve(total);
+    argv_.push_back("EVALSHA");
+    argv_.push_back(plan.script->sha1());
+    argv_.push_back(plan.numkeys);
+    for (const std::string& s : plan.suffixes) {
+      const size_t start = keys_.size();
+      keys_.append("{").append(name).append(":").append(key).append("}").append(s);
+      argv_.push_back(std::string_view(keys_).substr(start));  // no reallocation: reserved
+    }
+    const auto [end, ec] = std::to_chars(quantity_, quantity_ + sizeof(quantity_), n);
+    argv_.push_back(std::string_view(quantity_, static_cast<size_t>(end - quantity_)));
+    if (!now.empty() || !plan.omit_server_time) argv_.push_back(now);
+    for (const std::string& a : plan.args) argv_.push_back(a);
   }
-  return absl::OkStatus();
-}
+  Argv(const Argv&) = delete;
+  Argv& operator=(const Argv&) = delete;
 
-// What Create derives from the algorithm's options.
-struct Plan {
-  const Script* script;
-  std::vector<std::string> args;
-  std::vector<std::string> suffixes;
-  int64_t limit;
+  std::span<const std::string_view> view() const { return argv_; }
+  // Switches to `EVAL <source>` (the server did not know the script: NOSCRIPT).
+  void UseSource(const Script& script) {
+    argv_[0] = "EVAL";
+    argv_[1] = script.source();
+  }
+
+ private:
+  std::string keys_;
+  char quantity_[24];
+  absl::InlinedVector<std::string_view, 16> argv_;
 };
-
-absl::StatusOr<Plan> MakePlan(const limit::Gcra::Options& o) {
-  if (auto g = limit::Gcra::Create(o); !g.ok()) return g.status();
-  const int64_t interval_us = o.period.count() / o.count / 1000;
-  if (interval_us < 1) {
-    return absl::InvalidArgumentError(
-        StrCat("gcra.period / gcra.count must be at least 1us for the Redis limiter (TIME has ",
-               "microsecond resolution), got ", o.period.count() / o.count, "ns"));
-  }
-  const int64_t limit = o.max_burst + 1;
-  if (limit > kMaxExactMicros / 2 / interval_us) {
-    return absl::InvalidArgumentError(StrCat(
-        "gcra.max_burst ", o.max_burst, " makes the tolerance too long for the Redis limiter"));
-  }
-  return Plan{
-      &GcraScript(), {std::to_string(interval_us), std::to_string(limit)}, {":gcra"}, limit};
-}
-
-absl::StatusOr<Plan> MakePlan(const limit::TokenBucket::Options& o) {
-  auto bucket = limit::TokenBucket::Create(o);
-  if (!bucket.ok()) return bucket.status();
-  const int64_t interval_us = bucket->interval().count() / 1000;
-  if (interval_us < 1) {
-    return absl::InvalidArgumentError(
-        StrCat("token_bucket.rate must be at most 1e6 per second for the Redis limiter (TIME has ",
-               "microsecond resolution), got ", o.rate));
-  }
-  if (o.burst > kMaxExactMicros / 2 / interval_us) {
-    return absl::InvalidArgumentError(
-        StrCat("token_bucket.burst ", o.burst, " at this rate is too long for the Redis limiter"));
-  }
-  return Plan{&TokenBucketScript(),
-              {std::to_string(interval_us), std::to_string(o.burst)},
-              {":tb"},
-              o.burst};
-}
-
-absl::StatusOr<Plan> MakePlan(const limit::FixedWindow::Options& o) {
-  if (auto w = limit::FixedWindow::Create(o); !w.ok()) return w.status();
-  KEEL_RETURN_IF_ERROR(WholeMicros("fixed_window.window", o.window));
-  if (Micros(o.window) > kMaxExactMicros / 2) {
-    return absl::InvalidArgumentError("fixed_window.window is too long for the Redis limiter");
-  }
-  const bool aligned = o.alignment == limit::FixedWindow::Alignment::kAligned;
-  return Plan{&FixedWindowScript(),
-              {std::to_string(Micros(o.window)), std::to_string(o.limit), aligned ? "1" : "0"},
-              {aligned ? ":fw" : ":fwf"},
-              o.limit};
-}
-
-absl::StatusOr<Plan> MakePlan(const SlidingWindowLogOptions& o) {
-  if (auto l = limit::SlidingWindowLog::Create(o.window); !l.ok()) return l.status();
-  KEEL_RETURN_IF_ERROR(WholeMicros("sliding_window_log.window", o.window.window));
-  if (Micros(o.window.window) > kMaxExactMicros / 2) {
-    return absl::InvalidArgumentError(
-        "sliding_window_log.window is too long for the Redis limiter");
-  }
-  return Plan{&SlidingLogScript(),
-              {std::to_string(Micros(o.window.window)), std::to_string(o.window.limit)},
-              {":log", ":log:n"},
-              o.window.limit};
-}
-
-absl::StatusOr<Plan> MakePlan(const SlidingWindowCounterOptions& o) {
-  if (auto c = limit::SlidingWindowCounter::Create(o.window); !c.ok()) return c.status();
-  KEEL_RETURN_IF_ERROR(WholeMicros("sliding_window_counter.window", o.window.window));
-  const int64_t w = Micros(o.window.window);
-  // The script computes up to (2 * limit) * window exactly.
-  if (o.window.limit > kMaxExactMicros / 2 / w) {
-    return absl::InvalidArgumentError(StrCat(
-        "sliding_window_counter.limit * sliding_window_counter.window (in microseconds) must be ",
-        "below 2^51 for the Redis limiter, got limit ", o.window.limit, " and window ", w, "us"));
-  }
-  return Plan{&SlidingCounterScript(),
-              {std::to_string(w), std::to_string(o.window.limit)},
-              {":swc"},
-              o.window.limit};
-}
-
-Duration FromMicros(int64_t us) { return std::chrono::microseconds(us); }
-
-absl::StatusOr<Decision> ParseDecision(const Reply& reply) {
-  const auto& e = reply.elements();
-  if (!reply.is_array() || e.size() != 5 ||
-      !std::all_of(e.begin(), e.end(), [](const Reply& r) { return r.is_integer(); })) {
-    return absl::InternalError(
-        StrCat("redis rate limiter: unexpected script reply ", reply.DebugString()));
-  }
-  Decision d;
-  d.allowed = e[0].integer() == 1;
-  d.limit = e[1].integer();
-  d.remaining = std::max<int64_t>(0, e[2].integer());
-  d.reset_after = FromMicros(std::max<int64_t>(0, e[3].integer()));
-  d.retry_after = e[4].integer() < 0 ? limit::kNever : FromMicros(e[4].integer());
-  return d;
-}
 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<RateLimiter>> RateLimiter::Create(Options options, Client& client,
                                                                  Clock& clock,
                                                                  MetricsRegistry* metrics) {
-  if (options.name.empty() || options.name.size() > 128) {
-    return absl::InvalidArgumentError(StrCat("redis_rate_limiter.name must be 1 to 128 bytes, got ",
-                                             options.name.size(), " bytes"));
-  }
-  absl::StatusOr<Plan> plan =
-      std::visit([](const auto& o) { return MakePlan(o); }, options.algorithm);
+  absl::StatusOr<internal::RateLimitPlan> plan = internal::MakePlan(options);
   if (!plan.ok()) return plan.status();
-  std::unique_ptr<RateLimiter> limiter(new RateLimiter(std::move(options), client, clock,
-                                                       *plan->script, std::move(plan->args),
-                                                       std::move(plan->suffixes), plan->limit));
+  std::unique_ptr<RateLimiter> limiter(
+      new RateLimiter(std::move(options), client, clock,
+                      std::make_unique<const internal::RateLimitPlan>(*std::move(plan))));
   if (metrics != nullptr) KEEL_RETURN_IF_ERROR(limiter->RegisterMetrics(*metrics));
   return limiter;
 }
 
-RateLimiter::RateLimiter(Options options, Client& client, Clock& clock, const Script& script,
-                         std::vector<std::string> args, std::vector<std::string> suffixes,
-                         int64_t limit)
+RateLimiter::RateLimiter(Options options, Client& client, Clock& clock,
+                         std::unique_ptr<const internal::RateLimitPlan> plan)
     : name_(std::move(options.name)),
       fail_mode_(options.fail_mode),
       cache_size_(options.blocked_cache_size),
       client_(client),
       clock_(clock),
-      script_(script),
-      args_(std::move(args)),
-      suffixes_(std::move(suffixes)),
-      limit_(limit) {}
+      plan_(std::move(plan)) {}
 
 RateLimiter::~RateLimiter() = default;
 
@@ -231,26 +122,18 @@ absl::Status RateLimiter::ValidateKey(std::string_view key, int64_t n) {
   return absl::OkStatus();
 }
 
-std::vector<std::string> RateLimiter::Keys(std::string_view key) const {
+int64_t RateLimiter::limit() const { return plan_->limit; }
+
+std::vector<std::string> RateLimiter::RedisKeys(std::string_view key) const {
   std::vector<std::string> keys;
-  keys.reserve(suffixes_.size());
-  for (const std::string& suffix : suffixes_)
+  for (const std::string& suffix : plan_->suffixes) {
     keys.push_back(StrCat("{", name_, ":", key, "}", suffix));
+  }
   return keys;
 }
 
-std::vector<std::string> RateLimiter::RedisKeys(std::string_view key) const { return Keys(key); }
-
-std::vector<std::string_view> RateLimiter::Argv(const std::string& n,
-                                                const std::string& now) const {
-  std::vector<std::string_view> argv = {n, now};
-  for (const std::string& a : args_) argv.push_back(a);
-  return argv;
-}
-
 absl::StatusOr<Decision> RateLimiter::Check(std::string_view key, int64_t n, Deadline deadline) {
-  static const std::string kServerTime;
-  return Run(key, n, kServerTime, deadline, /*use_cache=*/true);
+  return Run(key, n, /*now=*/"", deadline, /*use_cache=*/true);
 }
 
 absl::StatusOr<Decision> RateLimiter::CheckAtForTesting(std::string_view key, int64_t n,
@@ -259,7 +142,7 @@ absl::StatusOr<Decision> RateLimiter::CheckAtForTesting(std::string_view key, in
   return Run(key, n, std::to_string(server_time.count()), deadline, /*use_cache=*/false);
 }
 
-absl::StatusOr<Decision> RateLimiter::Run(std::string_view key, int64_t n, const std::string& now,
+absl::StatusOr<Decision> RateLimiter::Run(std::string_view key, int64_t n, std::string_view now,
                                           Deadline deadline, bool use_cache) {
   KEEL_RETURN_IF_ERROR(ValidateKey(key, n));
   if (use_cache) {
@@ -268,14 +151,19 @@ absl::StatusOr<Decision> RateLimiter::Run(std::string_view key, int64_t n, const
   if (deadline.Expired()) {
     return Fail(absl::DeadlineExceededError("the deadline passed before the call"), n);
   }
-  const std::vector<std::string> keys = Keys(key);
-  const std::vector<std::string_view> key_views(keys.begin(), keys.end());
-  const std::string quantity = std::to_string(n);
-  absl::StatusOr<Reply> reply = script_.RunArgv(client_, deadline, key_views, Argv(quantity, now));
+  Argv argv(*plan_, name_, key, n, now);
+  absl::StatusOr<Reply> reply = client_.CommandArgv(deadline, argv.view());
+  if (!reply.ok() && IsServerError(reply.status(), "NOSCRIPT")) {
+    // First use on this server (or after a restart, a failover, SCRIPT FLUSH): EVAL runs the
+    // script and caches it there.
+    argv.UseSource(*plan_->script);
+    reply = client_.CommandArgv(deadline, argv.view());
+  }
   if (!reply.ok()) return Fail(reply.status(), n);
-  absl::StatusOr<Decision> d = ParseDecision(*reply);
+  std::optional<Decision> while_blocked;
+  absl::StatusOr<Decision> d = internal::DecodeReply(*plan_, n, *reply, &while_blocked);
   if (!d.ok()) return Fail(d.status(), n);
-  Record(key, n, *d, use_cache);
+  Record(key, n, *d, while_blocked, use_cache);
   return *d;
 }
 
@@ -291,9 +179,6 @@ absl::StatusOr<std::vector<Decision>> RateLimiter::CheckMany(std::span<const std
       pending.push_back(i);
     }
   }
-  const std::string quantity = std::to_string(n);
-  static const std::string kServerTime;
-  const std::vector<std::string_view> argv = Argv(quantity, kServerTime);
   // Runs the pending checks in one pipeline; returns the entries the server did not know the
   // script for (NOSCRIPT: nothing ran for them).
   const auto run_pending = [&](const std::vector<size_t>& which) -> std::vector<size_t> {
@@ -304,9 +189,8 @@ absl::StatusOr<std::vector<Decision>> RateLimiter::CheckMany(std::span<const std
     }
     Pipeline pipeline;
     for (size_t i : which) {
-      const std::vector<std::string> redis_keys = Keys(keys[i]);
-      const std::vector<std::string_view> views(redis_keys.begin(), redis_keys.end());
-      script_.AddTo(pipeline, views, argv);
+      const Argv argv(*plan_, name_, keys[i], n, /*now=*/"");
+      pipeline.AddArgv(argv.view());
     }
     absl::StatusOr<PipelineReplies> replies = client_.Run(deadline, pipeline);
     for (size_t j = 0; j < which.size(); ++j) {
@@ -324,9 +208,10 @@ absl::StatusOr<std::vector<Decision>> RateLimiter::CheckMany(std::span<const std
         }
         continue;
       }
-      absl::StatusOr<Decision> d = ParseDecision(*r);
+      std::optional<Decision> while_blocked;
+      absl::StatusOr<Decision> d = internal::DecodeReply(*plan_, n, *r, &while_blocked);
       if (d.ok()) {
-        Record(keys[i], n, *d, /*use_cache=*/true);
+        Record(keys[i], n, *d, while_blocked, /*use_cache=*/true);
         results[i] = *d;
       } else {
         results[i] = Fail(d.status(), n);
@@ -340,7 +225,7 @@ absl::StatusOr<std::vector<Decision>> RateLimiter::CheckMany(std::span<const std
       // First use on this server (or after a restart / SCRIPT FLUSH): load it, then run the
       // entries that did not run.
       absl::StatusOr<Reply> loaded =
-          client_.Command(deadline, "SCRIPT", "LOAD", std::string_view(script_.source()));
+          client_.Command(deadline, "SCRIPT", "LOAD", std::string_view(plan_->script->source()));
       if (loaded.ok()) {
         retry = run_pending(retry);
       }
@@ -370,33 +255,41 @@ absl::StatusOr<Decision> RateLimiter::Fail(const absl::Status& cause, int64_t n)
   // Admitted as if the key were fresh: nothing better is known.
   Decision d;
   d.allowed = true;
-  d.limit = limit_;
-  d.remaining = std::max<int64_t>(0, limit_ - n);
+  d.limit = plan_->limit;
+  d.remaining = std::max<int64_t>(0, plan_->limit - n);
   return d;
 }
 
-void RateLimiter::Record(std::string_view key, int64_t n, const Decision& d, bool use_cache) {
+void RateLimiter::Record(std::string_view key, int64_t n, const Decision& d,
+                         const std::optional<Decision>& while_blocked, bool use_cache) {
   if (d.allowed) {
     allowed_.fetch_add(1, std::memory_order_relaxed);
     return;
   }
   denied_.fetch_add(1, std::memory_order_relaxed);
-  if (!use_cache || cache_size_ == 0 || d.retry_after == limit::kNever ||
-      d.retry_after <= Duration::zero()) {
+  // During a block every request, whatever its quantity, gets the block's decision.
+  const Decision& cached = while_blocked ? *while_blocked : d;
+  if (!use_cache || cache_size_ == 0 || cached.retry_after == limit::kNever ||
+      cached.retry_after <= Duration::zero()) {
     return;
   }
   const TimePoint now = clock_.Now();
   MutexLock lock(mu_);
   if (blocked_.size() >= cache_size_) {
     absl::erase_if(blocked_, [now](const auto& entry) { return entry.second.until <= now; });
-    if (blocked_.size() >= cache_size_) return;
+    if (blocked_.size() >= cache_size_) {
+      cached_.store(blocked_.size(), std::memory_order_relaxed);
+      return;
+    }
   }
-  blocked_[ToAbsl(key)] = Blocked{now + d.retry_after, n, d};
+  blocked_[ToAbsl(key)] = Blocked{now + cached.retry_after, while_blocked ? 0 : n, cached};
+  cached_.store(blocked_.size(), std::memory_order_relaxed);
 }
 
 std::optional<Decision> RateLimiter::CachedDenial(std::string_view key, int64_t n) {
   // Quantities above the limit are answered by Redis with kNever, not by a cached wait.
-  if (cache_size_ == 0 || n > limit_) return std::nullopt;
+  if (cache_size_ == 0 || n > plan_->limit) return std::nullopt;
+  if (cached_.load(std::memory_order_relaxed) == 0) return std::nullopt;
   const TimePoint now = clock_.Now();
   Decision d;
   {
@@ -405,6 +298,7 @@ std::optional<Decision> RateLimiter::CachedDenial(std::string_view key, int64_t 
     if (it == blocked_.end()) return std::nullopt;
     if (it->second.until <= now) {
       blocked_.erase(it);
+      cached_.store(blocked_.size(), std::memory_order_relaxed);
       return std::nullopt;
     }
     // A denial for quantity q says nothing about smaller quantities (they may fit now).

@@ -13,13 +13,17 @@
 //   - every key has an expiry (PEXPIRE) set to when its state becomes the same as a fresh one, so
 //     idle keys vanish on their own.
 //
+// Like keel::limit::Keyed, a limiter can hold several limits on one key (20/minute and 100/hour,
+// `more_limits`), checked all-or-none in the same single script call, and a penalty block
+// (`block_for`) kept in Redis so every process sees it.
+//
 // Differences from the in-process limiters (the scenario suite checks everything else decision by
-// decision, tests/integration/redis_limits/scenario_test.cc):
+// decision, tests/integration/redis_limits/scenario_test.cc and multi_limit_test.cc):
 //   - Redis TIME has microsecond resolution, so intervals are whole microseconds: the GCRA
 //     interval period/count and the token bucket interval 1s/rate are truncated to microseconds
-//     (Create rejects intervals under 1 us), windows must be whole microseconds, and durations in
-//     a Decision are whole microseconds, rounded up where the in-process value has a fraction of
-//     a microsecond (a client told to retry after it never retries too early).
+//     (Create rejects intervals under 1 us), windows and block_for must be whole microseconds, and
+//     durations in a Decision are whole microseconds, rounded up where the in-process value has a
+//     fraction of a microsecond (a client told to retry after it never retries too early).
 //   - TokenBucket::Reserve (borrowing from the future) has no Redis counterpart.
 //   - The sliding counter needs limit * window (in microseconds) below 2^52: Lua numbers are
 //     doubles, and the script's integer arithmetic must stay exact.
@@ -27,8 +31,8 @@
 // When Redis fails (unreachable, an error reply, or the caller's deadline passes), the call never
 // blocks past the deadline (Deadline::Infinite() means the client's command_timeout) and follows
 // `fail_mode`: kOpen admits the request (counted in Stats().fail_open_total), kClosed returns
-// UNAVAILABLE. A small local cache remembers keys Redis just denied until their retry_after, so
-// a client hammering a blocked key costs no round trips.
+// UNAVAILABLE. A small local cache remembers keys Redis just denied until their retry_after (or
+// the end of their block), so a client hammering a blocked key costs no round trips.
 //
 // Thread safety: thread-safe; share one per limit and process.
 //
@@ -41,14 +45,20 @@
 //   absl::StatusOr<keel::limit::Decision> d = per_user->Check(user_id, 1, Deadline::After(20ms));
 //   if (!d.ok()) return d.status();             // INVALID_ARGUMENT, or UNAVAILABLE (kClosed)
 //   if (!d->allowed) return TooManyRequests(d->retry_after);
-//   auto many = per_user->CheckMany(ip_and_user_keys, 1, Deadline::After(20ms));   // one round
-//   trip
+//   // Per IP and per user in one pipelined round trip:
+//   auto many = per_user->CheckMany(ip_and_user_keys, 1, Deadline::After(20ms));
+//
+//   // Keyed<Gcra>::Create({.block_for = 15min}, {per_minute, per_hour}) shared by every process:
+//   auto logins = keel::redis::RateLimiter::Create(
+//       {.name = "login", .algorithm = per_minute, .more_limits = {per_hour}, .block_for = 15min},
+//       *client).value();
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -71,6 +81,10 @@
 #include "keel/sync.h"
 
 namespace keel::redis {
+
+namespace internal {
+struct RateLimitPlan;
+}
 
 // What a Redis-backed limiter does when it cannot get an answer from Redis.
 enum class FailMode {
@@ -122,6 +136,26 @@ class RateLimiter {
     // quantities still go to Redis. 0 disables the cache. When full, expired entries are dropped
     // and new denials are not remembered until there is room. Default: 10000.
     size_t blocked_cache_size = 10000;
+
+    // Further limits on the same key, checked together with `algorithm` all-or-none in the same
+    // script call (one round trip), as keel::limit::Keyed with several limits: a request is
+    // admitted only if every limit admits it, and then counts against all of them; if any denies,
+    // none is touched. The Decision is the most constraining: the smallest `remaining` (with its
+    // `limit`), the longest `reset_after`, when denied the longest `retry_after`. Each entry must
+    // use the same algorithm as `algorithm` (one script checks them all); at most 15 entries.
+    // E.g. 20 per minute and 100 per hour: algorithm = 20/min, more_limits = {100/hour}. With
+    // more_limits each limit's key is named by its parameters, so a deployment that changes a
+    // limit starts it fresh. Default: none.
+    std::vector<Algorithm> more_limits = {};
+
+    // Penalty, as keel::limit::Keyed's block_for: after a denial the key is denied outright for
+    // this long, without touching its counters (retry_after = the time left in the block), so
+    // hammering during the block earns nothing (login brute force). A request that can never fit
+    // (quantity above a limit, retry_after kNever) does not start a block. The block lives in
+    // Redis (key `{<name>:<key>}:block`, expiring with the block), so every process sees it; the
+    // local blocked-key cache then answers the key's requests (any quantity) until the block
+    // ends. Must be in (0, 50 years] and a whole number of microseconds. Default: none.
+    std::optional<Duration> block_for = std::nullopt;
   };
 
   // Validates `options` (INVALID_ARGUMENT naming the field). No I/O. `client` (and `clock`,
@@ -135,9 +169,10 @@ class RateLimiter {
   RateLimiter(const RateLimiter&) = delete;
   RateLimiter& operator=(const RateLimiter&) = delete;
 
-  // Admits quantity `n` for `key` or not (n == 0 peeks and changes nothing), with the semantics
-  // of the in-process algorithm. Returns within `deadline` (Infinite: the client's
-  // command_timeout).
+  // Admits quantity `n` for `key` or not (n == 0 peeks and changes no counter), with the
+  // semantics of the in-process algorithm (keel::limit::Keyed with these limits and block_for:
+  // during a block every request, peeks included, is denied). Returns within `deadline`
+  // (Infinite: the client's command_timeout).
   // Errors: INVALID_ARGUMENT for an empty key, a key over limit::kMaxKeyBytes, or n < 0;
   // UNAVAILABLE when Redis failed and fail_mode is kClosed. Never DEADLINE_EXCEEDED: a deadline
   // that passes is a Redis failure and follows fail_mode.
@@ -164,8 +199,8 @@ class RateLimiter {
 
   RateLimiterStats Stats() const;
   const std::string& name() const { return name_; }
-  // The largest quantity ever admitted at once (the Decision's `limit`).
-  int64_t limit() const { return limit_; }
+  // The largest quantity ever admitted at once (with more_limits, the smallest limit).
+  int64_t limit() const;
 
  private:
   struct Blocked {
@@ -174,19 +209,19 @@ class RateLimiter {
     limit::Decision decision;  // as Redis answered, at `until - decision.retry_after`
   };
 
-  RateLimiter(Options options, Client& client, Clock& clock, const Script& script,
-              std::vector<std::string> args, std::vector<std::string> suffixes, int64_t limit);
+  RateLimiter(Options options, Client& client, Clock& clock,
+              std::unique_ptr<const internal::RateLimitPlan> plan);
 
   static absl::Status ValidateKey(std::string_view key, int64_t n);
-  // ARGV for one check; `now` is "" (TIME) or a time in microseconds.
-  std::vector<std::string_view> Argv(const std::string& n, const std::string& now) const;
-  std::vector<std::string> Keys(std::string_view key) const;
-  absl::StatusOr<limit::Decision> Run(std::string_view key, int64_t n, const std::string& now,
+  // `now` is "" (TIME) or a time in microseconds.
+  absl::StatusOr<limit::Decision> Run(std::string_view key, int64_t n, std::string_view now,
                                       Deadline deadline, bool use_cache);
   // The result of a failed call under fail_mode (counted).
   absl::StatusOr<limit::Decision> Fail(const absl::Status& cause, int64_t n);
-  // Counts a decision from Redis and remembers a denial in the blocked-key cache.
-  void Record(std::string_view key, int64_t n, const limit::Decision& d, bool use_cache)
+  // Counts a decision from Redis and remembers a denial in the blocked-key cache; a penalty
+  // block (`while_blocked`: the decision during the block) for every quantity.
+  void Record(std::string_view key, int64_t n, const limit::Decision& d,
+              const std::optional<limit::Decision>& while_blocked, bool use_cache)
       ABSL_LOCKS_EXCLUDED(mu_);
   std::optional<limit::Decision> CachedDenial(std::string_view key, int64_t n)
       ABSL_LOCKS_EXCLUDED(mu_);
@@ -197,10 +232,7 @@ class RateLimiter {
   const size_t cache_size_;
   Client& client_;
   Clock& clock_;
-  const Script& script_;
-  const std::vector<std::string> args_;      // ARGV[3..]
-  const std::vector<std::string> suffixes_;  // one per Redis key of a check
-  const int64_t limit_;
+  const std::unique_ptr<const internal::RateLimitPlan> plan_;
 
   // Relaxed counters: they order nothing; Stats() is a snapshot.
   std::atomic<uint64_t> allowed_{0};
@@ -209,6 +241,10 @@ class RateLimiter {
   std::atomic<uint64_t> fail_open_{0};
   std::atomic<uint64_t> fail_closed_{0};
 
+  // blocked_.size(), read without the lock so that a limiter with nothing cached (the common
+  // case) takes no lock per call. Relaxed: a stale zero only sends a call to Redis, which
+  // answers the same.
+  std::atomic<size_t> cached_{0};
   Mutex mu_;
   absl::flat_hash_map<std::string, Blocked> blocked_ ABSL_GUARDED_BY(mu_);
   std::vector<MetricsRegistry::Registration> registrations_;
