@@ -262,8 +262,10 @@ TEST_CASE("redis blocked-key cache answers repeated denials without a round trip
   auto client = keel::test::MakeRedisClient(server.url());
   keel::ManualClock clock;
   auto limiter = RateLimiter::Create(
+                     // GCRA, not an aligned window: a window boundary between the two checks
+                     // below (1 run in 60) would admit the second or leave under 1 s to retry.
                      {.name = keel::test::UniqueName("cache"),
-                      .algorithm = keel::limit::FixedWindow::Options{.limit = 1, .window = 60s},
+                      .algorithm = keel::limit::Gcra::Options{.count = 1, .period = 60s},
                       .fail_mode = FailMode::kClosed},
                      *client, clock)
                      .value();

@@ -1,4 +1,4 @@
-// The rate-limiting scenario suite (tests/unit/limit/scenarios.h) run against redis::RateLimiter
+// The rate-limiting scenario suite (tests/support/limit_scenarios.h) run against redis::RateLimiter
 // and against the in-process limiters, compared decision by decision.
 //
 // Time: Redis normally reads TIME; here every check passes the scenario's time explicitly
