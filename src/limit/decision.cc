@@ -1,5 +1,7 @@
 #include "keel/limit/decision.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 
@@ -12,6 +14,26 @@ std::string FormatDuration(Duration d) {
 }
 
 }  // namespace
+
+namespace internal {
+
+Decision Combine(const Decision* decisions, size_t count) {
+  Decision out = decisions[0];
+  for (size_t i = 1; i < count; ++i) {
+    const Decision& d = decisions[i];
+    out.allowed = out.allowed && d.allowed;
+    if (d.remaining < out.remaining) {
+      out.remaining = d.remaining;
+      out.limit = d.limit;
+    }
+    out.reset_after = std::max(out.reset_after, d.reset_after);
+    out.retry_after = std::max(out.retry_after, d.retry_after);
+  }
+  if (out.allowed) out.retry_after = Duration::zero();
+  return out;
+}
+
+}  // namespace internal
 
 std::string DebugString(const Decision& d) {
   return absl::StrCat(d.allowed ? "allowed" : "denied", " limit=", d.limit,

@@ -42,22 +42,6 @@ absl::Status ValidateKeyedOptions(const KeyedOptions& options, size_t limits) {
   return absl::OkStatus();
 }
 
-Decision Combine(const Decision* decisions, size_t count) {
-  Decision out = decisions[0];
-  for (size_t i = 1; i < count; ++i) {
-    const Decision& d = decisions[i];
-    out.allowed = out.allowed && d.allowed;
-    if (d.remaining < out.remaining) {
-      out.remaining = d.remaining;
-      out.limit = d.limit;
-    }
-    out.reset_after = std::max(out.reset_after, d.reset_after);
-    out.retry_after = std::max(out.retry_after, d.retry_after);
-  }
-  if (out.allowed) out.retry_after = Duration::zero();
-  return out;
-}
-
 absl::Status RegisterKeyedMetrics(MetricsRegistry& metrics, const std::string& name,
                                   std::function<KeyedStats()> stats,
                                   std::vector<MetricsRegistry::Registration>& out) {

@@ -199,22 +199,6 @@ Decision Blocked(Decision peek, int64_t left_us) {
 
 }  // namespace
 
-Decision Combine(const Decision* decisions, size_t count) {
-  Decision out = decisions[0];
-  for (size_t i = 1; i < count; ++i) {
-    const Decision& d = decisions[i];
-    out.allowed = out.allowed && d.allowed;
-    if (d.remaining < out.remaining) {
-      out.remaining = d.remaining;
-      out.limit = d.limit;
-    }
-    out.reset_after = std::max(out.reset_after, d.reset_after);
-    out.retry_after = std::max(out.retry_after, d.retry_after);
-  }
-  if (out.allowed) out.retry_after = Duration::zero();
-  return out;
-}
-
 absl::StatusOr<RateLimitPlan> MakePlan(const RateLimiter::Options& options) {
   if (options.name.empty() || options.name.size() > 128) {
     return absl::InvalidArgumentError(StrCat("redis_rate_limiter.name must be 1 to 128 bytes, got ",
@@ -288,7 +272,6 @@ absl::StatusOr<RateLimitPlan> MakePlan(const RateLimiter::Options& options) {
     plan.omit_server_time = true;
   }
   if (options.block_for) plan.suffixes.push_back(":block");
-  plan.numkeys = std::to_string(plan.suffixes.size());
   return plan;
 }
 
@@ -314,7 +297,7 @@ absl::StatusOr<Decision> DecodeReply(const RateLimitPlan& plan, int64_t n, const
         return **while_blocked;
       }
       for (size_t i = 0; i < k; ++i) decisions[i] = DecodeGcra(plan.gcra[i], n, e[i].integer());
-      d = k == 1 ? decisions[0] : Combine(decisions, k);
+      d = k == 1 ? decisions[0] : limit::internal::Combine(decisions, k);
     }
   } else {
     const std::vector<Reply>& e = reply.elements();
@@ -328,7 +311,7 @@ absl::StatusOr<Decision> DecodeReply(const RateLimitPlan& plan, int64_t n, const
       return **while_blocked;
     }
     for (size_t i = 0; i < k; ++i) decisions[i] = DecodeFive(&e[5 * i]);
-    d = k == 1 ? decisions[0] : Combine(decisions, k);
+    d = k == 1 ? decisions[0] : limit::internal::Combine(decisions, k);
   }
   // The script started a block exactly when this holds (see the scripts' epilogues).
   if (!d.allowed && plan.block_for && d.retry_after != limit::kNever) {

@@ -43,7 +43,6 @@ struct RateLimitPlan {
   std::vector<std::string> args;
   // The suffix of each Redis key of a check, appended to `{<name>:<key>}`, in KEYS order.
   std::vector<std::string> suffixes;
-  std::string numkeys;  // suffixes.size() in decimal, for EVALSHA
   size_t limits = 0;
   std::vector<GcraParams> gcra;  // per limit, for kGcra
   // The smallest limit: the largest quantity ever admitted at once.
@@ -62,10 +61,5 @@ absl::StatusOr<RateLimitPlan> MakePlan(const RateLimiter::Options& options);
 absl::StatusOr<limit::Decision> DecodeReply(const RateLimitPlan& plan, int64_t n,
                                             const Reply& reply,
                                             std::optional<limit::Decision>* while_blocked);
-
-// keel::limit::internal::Combine (src/limit/keyed.cc), copied so the two stay independent of
-// each other's refactoring: the smallest remaining with its limit, the longest reset_after, and
-// when denied the longest retry_after.
-limit::Decision Combine(const limit::Decision* decisions, size_t count);
 
 }  // namespace keel::redis::internal

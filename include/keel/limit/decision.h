@@ -60,4 +60,11 @@ inline std::ostream& operator<<(std::ostream& os, const Decision& d) {
   return os << DebugString(d);
 }
 
+namespace internal {
+// The decision of several limits checked together (Keyed's and redis::RateLimiter's
+// multi-limits): allowed only if all allow; the smallest `remaining` with its `limit`; the
+// longest `reset_after`; when denied the longest `retry_after`. REQUIRES: count >= 1.
+Decision Combine(const Decision* decisions, size_t count);
+}  // namespace internal
+
 }  // namespace keel::limit

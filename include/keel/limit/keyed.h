@@ -99,7 +99,6 @@ namespace internal {
 // INVALID_ARGUMENT if `key` is longer than kMaxKeyBytes or `n` < 0, naming `name`.
 absl::Status ValidateKeyed(std::string_view name, std::string_view key, int64_t n);
 absl::Status ValidateKeyedOptions(const KeyedOptions& options, size_t limits);
-Decision Combine(const Decision* decisions, size_t count);
 // Registers the series Keyed::RegisterMetrics lists, reading `stats`; keeps the registrations
 // in `out`.
 absl::Status RegisterKeyedMetrics(MetricsRegistry& metrics, const std::string& name,

@@ -17,11 +17,6 @@ using keel::limit::Decision;
 
 namespace {
 
-bool Same(const Decision& a, const Decision& b) {
-  return a.allowed == b.allowed && a.limit == b.limit && a.remaining == b.remaining &&
-         a.reset_after == b.reset_after && a.retry_after == b.retry_after;
-}
-
 // Replays one random sequence of (time step, quantity, peek or acquire) through the limiter's
 // own methods and through Apply/Peek on a separate State: no decision may differ, and the
 // sequence must exercise both outcomes.
@@ -40,7 +35,7 @@ void ReplayAndCompare(typename Limiter::Options options, Duration max_step, int6
     const Decision a = peek ? own.Check(n, clock.Now()).value() : own.TryAcquire(n).value();
     const Decision b =
         peek ? params.Peek(state, n, clock.Now()) : params.Apply(state, n, clock.Now());
-    differ += !Same(a, b);
+    differ += !(a == b);
     allowed += a.allowed;
     denied += !a.allowed;
   }
