@@ -17,9 +17,10 @@ using keel::internal::StrCat;
 using keel::internal::ToAbsl;
 using limit::Decision;
 
-// Builds `EVALSHA <sha1> <numkeys> <keys...> <n> <now> <args...>` for one check without
-// allocating beyond one buffer for the key names (the hot path's only allocation). <now> is ""
-// for the server's clock, or left out when the plan says so (the generated GCRA script).
+// The keys and arguments of one check, `<keys...>` and `<n> <now> <args...>`, for Script::RunArgv
+// and Script::AddTo, without allocating beyond one buffer for the key names (the hot path's only
+// allocation). <now> is "" for the server's clock, or left out when the plan says so (the
+// generated GCRA script).
 class Argv {
  public:
   Argv(const internal::RateLimitPlan& plan, std::string_view name, std::string_view key, int64_t n,
@@ -27,34 +28,28 @@ class Argv {
     const size_t prefix = name.size() + key.size() + 3;
     size_t total = 0;
     for (const std::string& s : plan.suffixes) total += prefix + s.size();
-    keys_.reserve(total);
-    argv_.push_back("EVALSHA");
-    argv_.push_back(plan.script->sha1());
-    argv_.push_back(plan.numkeys);
+    names_.reserve(total);
     for (const std::string& s : plan.suffixes) {
-      const size_t start = keys_.size();
-      keys_.append("{").append(name).append(":").append(key).append("}").append(s);
-      argv_.push_back(std::string_view(keys_).substr(start));  // no reallocation: reserved
+      const size_t start = names_.size();
+      names_.append("{").append(name).append(":").append(key).append("}").append(s);
+      keys_.push_back(std::string_view(names_).substr(start));  // no reallocation: reserved
     }
     const auto [end, ec] = std::to_chars(quantity_, quantity_ + sizeof(quantity_), n);
-    argv_.push_back(std::string_view(quantity_, static_cast<size_t>(end - quantity_)));
-    if (!now.empty() || !plan.omit_server_time) argv_.push_back(now);
-    for (const std::string& a : plan.args) argv_.push_back(a);
+    args_.push_back(std::string_view(quantity_, static_cast<size_t>(end - quantity_)));
+    if (!now.empty() || !plan.omit_server_time) args_.push_back(now);
+    for (const std::string& a : plan.args) args_.push_back(a);
   }
   Argv(const Argv&) = delete;
   Argv& operator=(const Argv&) = delete;
 
-  std::span<const std::string_view> view() const { return argv_; }
-  // Switches to `EVAL <source>` (the server did not know the script: NOSCRIPT).
-  void UseSource(const Script& script) {
-    argv_[0] = "EVAL";
-    argv_[1] = script.source();
-  }
+  std::span<const std::string_view> keys() const { return keys_; }
+  std::span<const std::string_view> args() const { return args_; }
 
  private:
-  std::string keys_;
+  std::string names_;  // the Redis key names, one buffer
   char quantity_[24];
-  absl::InlinedVector<std::string_view, 16> argv_;
+  absl::InlinedVector<std::string_view, 4> keys_;
+  absl::InlinedVector<std::string_view, 12> args_;
 };
 
 }  // namespace
@@ -151,14 +146,10 @@ absl::StatusOr<Decision> RateLimiter::Run(std::string_view key, int64_t n, std::
   if (deadline.Expired()) {
     return Fail(absl::DeadlineExceededError("the deadline passed before the call"), n);
   }
-  Argv argv(*plan_, name_, key, n, now);
-  absl::StatusOr<Reply> reply = client_.CommandArgv(deadline, argv.view());
-  if (!reply.ok() && IsServerError(reply.status(), "NOSCRIPT")) {
-    // First use on this server (or after a restart, a failover, SCRIPT FLUSH): EVAL runs the
-    // script and caches it there.
-    argv.UseSource(*plan_->script);
-    reply = client_.CommandArgv(deadline, argv.view());
-  }
+  const Argv argv(*plan_, name_, key, n, now);
+  // EVALSHA, falling back to EVAL on NOSCRIPT (first use on this server, after a restart, a
+  // failover or SCRIPT FLUSH).
+  absl::StatusOr<Reply> reply = plan_->script->RunArgv(client_, deadline, argv.keys(), argv.args());
   if (!reply.ok()) return Fail(reply.status(), n);
   std::optional<Decision> while_blocked;
   absl::StatusOr<Decision> d = internal::DecodeReply(*plan_, n, *reply, &while_blocked);
@@ -190,7 +181,7 @@ absl::StatusOr<std::vector<Decision>> RateLimiter::CheckMany(std::span<const std
     Pipeline pipeline;
     for (size_t i : which) {
       const Argv argv(*plan_, name_, keys[i], n, /*now=*/"");
-      pipeline.AddArgv(argv.view());
+      plan_->script->AddTo(pipeline, argv.keys(), argv.args());
     }
     absl::StatusOr<PipelineReplies> replies = client_.Run(deadline, pipeline);
     for (size_t j = 0; j < which.size(); ++j) {

@@ -9,11 +9,10 @@ namespace keel::redis {
 Script::Script(std::string source)
     : source_(std::move(source)), sha1_(internal::Sha1Hex(source_)) {}
 
-std::vector<std::string_view> Script::BuildArgv(std::span<const std::string_view> keys,
-                                                std::span<const std::string_view> args,
-                                                std::string& numkeys) const {
-  numkeys = std::to_string(keys.size());
-  std::vector<std::string_view> argv;
+Script::Argv Script::BuildArgv(std::span<const std::string_view> keys,
+                               std::span<const std::string_view> args, std::string& numkeys) const {
+  numkeys = std::to_string(keys.size());  // a few digits: no allocation
+  Argv argv;
   argv.reserve(3 + keys.size() + args.size());
   argv.push_back("EVALSHA");
   argv.push_back(sha1_);

@@ -27,6 +27,7 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/status/statusor.h"
 #include "keel/deadline.h"
 #include "keel/redis/command.h"
@@ -63,7 +64,7 @@ class Script {
                                 std::span<const std::string_view> keys,
                                 std::span<const std::string_view> args) const {
     std::string numkeys;
-    std::vector<std::string_view> argv = BuildArgv(keys, args, numkeys);
+    Argv argv = BuildArgv(keys, args, numkeys);
     absl::StatusOr<Reply> reply = executor.CommandArgv(deadline, argv);
     if (reply.ok() || !IsServerError(reply.status(), "NOSCRIPT")) return reply;
     argv[0] = "EVAL";
@@ -78,10 +79,11 @@ class Script {
              std::span<const std::string_view> args) const;
 
  private:
+  // Inline for up to 16 arguments, so a call (a rate-limit check, a lock) allocates nothing.
+  using Argv = absl::InlinedVector<std::string_view, 16>;
   // EVALSHA sha1 numkeys keys... args...; `numkeys` holds the count's digits.
-  std::vector<std::string_view> BuildArgv(std::span<const std::string_view> keys,
-                                          std::span<const std::string_view> args,
-                                          std::string& numkeys) const;
+  Argv BuildArgv(std::span<const std::string_view> keys, std::span<const std::string_view> args,
+                 std::string& numkeys) const;
 
   std::string source_;
   std::string sha1_;
