@@ -19,10 +19,12 @@
 //       absl::ResourceExhaustedError("rate limiter \"login\": limit 5/min reached"), 12s);
 //   if (auto after = keel::RetryAfter(s)) response.set_header("Retry-After", ...);
 //   if (keel::IsRetryable(s)) schedule_retry();
+//   response.body = keel::StatusText(s);  // "RESOURCE_EXHAUSTED: rate limiter ...", no payloads
 #pragma once
 
 #include <chrono>
 #include <optional>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
@@ -44,5 +46,10 @@ std::optional<std::chrono::nanoseconds> RetryAfter(const absl::Status& status);
 // caller's mistakes (INVALID_ARGUMENT, NOT_FOUND, ...), never DEADLINE_EXCEEDED (the budget is
 // spent) and never CANCELLED (shutdown).
 bool IsRetryable(const absl::Status& status);
+
+// "CODE: message" ("OK" for an OK status), without the payloads that absl::Status::ToString()
+// appends (keel's retry-after hint among them). Use this, or status.message() alone, where a
+// status reaches a response body or a log line meant for people.
+std::string StatusText(const absl::Status& status);
 
 }  // namespace keel

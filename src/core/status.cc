@@ -36,4 +36,12 @@ bool IsRetryable(const absl::Status& status) {
   }
 }
 
+std::string StatusText(const absl::Status& status) {
+  if (status.ok()) return "OK";
+  std::string text = absl::StatusCodeToString(status.code());
+  text += ": ";
+  text.append(status.message().data(), status.message().size());
+  return text;
+}
+
 }  // namespace keel

@@ -65,3 +65,10 @@ TEST_CASE("status macros return early with the first error and pass values throu
   CHECK(CheckEven(4).ok());
   CHECK(CheckEven(5).code() == absl::StatusCode::kInvalidArgument);
 }
+
+TEST_CASE("StatusText prints the code and message without keel's payloads") {
+  absl::Status s = keel::WithRetryAfter(absl::ResourceExhaustedError("bulkhead \"x\" full"), 2s);
+  CHECK(s.ToString().find("retry-after") != std::string::npos);  // what users must not echo
+  CHECK(keel::StatusText(s) == "RESOURCE_EXHAUSTED: bulkhead \"x\" full");
+  CHECK(keel::StatusText(absl::OkStatus()) == "OK");
+}
