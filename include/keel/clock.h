@@ -56,9 +56,11 @@ class Clock {
 
   // Blocks until `pred()` holds or `Now() >= deadline`; returns the final value of `pred()`.
   // `TimePoint::max()` waits without a time limit. Whoever makes `pred` true must signal `cv`.
+  // Const, like Now(): waiting does not change the clock, so a component can wait on the clock a
+  // caller's Deadline carries (`deadline.clock()`), which is how every keel wait honours it.
   // REQUIRES: `mu` is held; it is held again on return (released while waiting).
   template <typename Pred>
-  bool WaitUntil(Mutex& mu, CondVar& cv, TimePoint deadline, Pred pred)
+  bool WaitUntil(Mutex& mu, CondVar& cv, TimePoint deadline, Pred pred) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     while (!pred()) {
       if (deadline != TimePoint::max() && Now() >= deadline) return false;
@@ -69,7 +71,7 @@ class Clock {
 
  protected:
   // One wait on `cv`: returns on a signal, a spurious wake-up, or (at the latest) at `deadline`.
-  virtual void WaitOnce(Mutex& mu, CondVar& cv, TimePoint deadline)
+  virtual void WaitOnce(Mutex& mu, CondVar& cv, TimePoint deadline) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) = 0;
 };
 
@@ -105,17 +107,17 @@ class ManualClock final : public Clock {
   void AwaitSleepers(int n) const ABSL_LOCKS_EXCLUDED(mu_);
 
  protected:
-  void WaitOnce(Mutex& mu, CondVar& cv, TimePoint deadline) override
+  void WaitOnce(Mutex& mu, CondVar& cv, TimePoint deadline) const override
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
-  void AddSleepers(int delta) ABSL_LOCKS_EXCLUDED(mu_);
+  void AddSleepers(int delta) const ABSL_LOCKS_EXCLUDED(mu_);
 
   // Nanoseconds since the steady epoch; atomic so Now() is lock-free for hot paths under test.
   std::atomic<int64_t> now_;
   mutable Mutex mu_;
-  mutable CondVar cv_;  // signalled when now_ or sleepers_ changes
-  int sleepers_ ABSL_GUARDED_BY(mu_) = 0;
+  mutable CondVar cv_;                             // signalled when now_ or sleepers_ changes
+  mutable int sleepers_ ABSL_GUARDED_BY(mu_) = 0;  // waits are const, and count here
 };
 
 }  // namespace keel

@@ -11,7 +11,7 @@ class SteadyClockImpl final : public Clock {
   void SleepUntil(TimePoint t) override { std::this_thread::sleep_until(t); }
 
  protected:
-  void WaitOnce(Mutex& mu, CondVar& cv, TimePoint deadline) override
+  void WaitOnce(Mutex& mu, CondVar& cv, TimePoint deadline) const override
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     if (deadline == TimePoint::max()) {
       cv.Wait(mu);
@@ -52,14 +52,14 @@ void ManualClock::SleepUntil(TimePoint t) {
   --sleepers_;
 }
 
-void ManualClock::WaitOnce(Mutex& mu, CondVar& cv, TimePoint deadline) {
+void ManualClock::WaitOnce(Mutex& mu, CondVar& cv, TimePoint deadline) const {
   (void)deadline;  // manual time: the caller re-checks it after every short real-time wait
   AddSleepers(1);
   cv.WaitUntil(mu, std::chrono::steady_clock::now() + kManualPollPeriod);
   AddSleepers(-1);
 }
 
-void ManualClock::AddSleepers(int delta) {
+void ManualClock::AddSleepers(int delta) const {
   {
     MutexLock lock(mu_);
     sleepers_ += delta;

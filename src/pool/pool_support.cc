@@ -5,6 +5,8 @@
 #include <utility>
 
 #include "absl/time/time.h"
+#include "keel/internal/exception.h"
+#include "keel/internal/format.h"
 #include "keel/internal/strings.h"
 #include "keel/pool/pool.h"
 
@@ -64,7 +66,7 @@ std::string HumanDuration(Duration d) {
   } else {
     a = absl::Trunc(a, absl::Seconds(1));
   }
-  return absl::FormatDuration(a);
+  return internal::FormatDuration(absl::ToChronoNanoseconds(a));
 }
 
 std::string DescribeCreateError(std::string_view cause, Duration age) {
@@ -80,8 +82,12 @@ absl::Status AcquireTimeoutError(const PoolOptions& o, Duration waited, const Sn
 }
 
 absl::Status CreateFailedError(const PoolOptions& o, const absl::Status& cause) {
-  return absl::UnavailableError(
-      StrCat(Quoted(o), ": cannot create a ", o.resource_kind, ": ", cause.message()));
+  // A hook that threw or broke its contract is a bug, not a backend outage: keep INTERNAL so
+  // a Retry does not hammer it.
+  const absl::StatusCode code =
+      absl::IsInternal(cause) ? absl::StatusCode::kInternal : absl::StatusCode::kUnavailable;
+  return absl::Status(
+      code, StrCat(Quoted(o), ": cannot create a ", o.resource_kind, ": ", cause.message()));
 }
 
 absl::Status ShutDownError(const PoolOptions& o) {
@@ -98,6 +104,12 @@ absl::Status ExhaustedError(const PoolOptions& o, int in_use, int waiting) {
                                              "/", o.max_size, " in use, ", waiting, " waiting)"));
 }
 
+absl::Status HookExceptionError(const PoolOptions& o, std::string_view hook,
+                                std::exception_ptr thrown) {
+  return absl::InternalError(
+      StrCat(Quoted(o), ": the ", hook, " hook threw ", internal::DescribeException(thrown)));
+}
+
 std::string LeakReport(const PoolOptions& o, std::string_view label, Duration held) {
   return StrCat(Quoted(o), ": ", o.resource_kind, " leased by ",
                 label.empty() ? std::string("an unlabelled lease") : StrCat("\"", label, "\""),
@@ -112,7 +124,7 @@ void WriteLeakReportToStderr(std::string_view report) {
 absl::StatusOr<std::vector<MetricsRegistry::Registration>> RegisterMetrics(
     MetricsRegistry& registry, const std::string& name, std::function<PoolStats()> stats,
     Histogram** histogram) {
-  const Labels labels = {{"pool", name}};
+  const Labels labels = {{"name", name}};
   std::vector<MetricsRegistry::Registration> out;
   struct Series {
     const char* name;
@@ -147,6 +159,10 @@ absl::StatusOr<std::vector<MetricsRegistry::Registration>> RegisterMetrics(
        [](const PoolStats& s) { return double(s.validation_failures_total); }},
       {"keel_pool_leaks_detected_total", "Leases held past leak_detection_threshold.", true,
        [](const PoolStats& s) { return double(s.leaks_detected_total); }},
+      {"keel_pool_maintenance_runs_total", "Housekeeping passes.", true,
+       [](const PoolStats& s) { return double(s.maintenance_runs_total); }},
+      {"keel_pool_hook_exceptions_total", "Hook calls that threw (caught).", true,
+       [](const PoolStats& s) { return double(s.hook_exceptions_total); }},
   };
   for (const Series& series : kSeries) {
     auto read = [stats, f = series.read] { return f(stats()); };

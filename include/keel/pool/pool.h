@@ -59,7 +59,7 @@
 namespace keel {
 
 struct PoolOptions {
-  // Names the pool in every error message (`pool "pg-primary": ...`) and as the `pool` label of
+  // Names the pool in every error message (`pool "pg-primary": ...`) and as the `name` label of
   // every metric. Default: "pool".
   std::string name = "pool";
 
@@ -121,7 +121,10 @@ struct PoolOptions {
 };
 
 // How the pool makes, checks and resets a T. Hooks run outside the pool's lock, possibly on
-// several threads at once (on different T objects), and must not throw.
+// several threads at once (on different T objects). A hook that throws is caught and counted
+// (PoolStats::hook_exceptions_total): a throwing create or validate is a failed creation or
+// validation (INTERNAL, naming the hook), a throwing is_broken counts as broken, and a throwing
+// on_return closes the resource instead of reusing it.
 template <typename T>
 struct PoolHooks {
   // Opens a new resource, honouring `deadline` as its connect timeout. Required.
@@ -155,6 +158,7 @@ struct PoolStats {
   uint64_t validation_failures_total = 0;
   uint64_t leaks_detected_total = 0;
   uint64_t maintenance_runs_total = 0;
+  uint64_t hook_exceptions_total = 0;  // hooks that threw (caught; see PoolHooks)
 };
 
 namespace pool_internal {
@@ -222,7 +226,8 @@ class Pool {
   // destroyed nothing touches either). Registers, when `metrics` is given, gauges
   // keel_pool_{in_use,idle,pending,connecting,size,max_size}, counters
   // keel_pool_{acquired,created,destroyed,acquire_timeouts,create_failures,validation_failures,
-  // leaks_detected}_total and the histogram keel_pool_acquire_seconds, labelled pool=<name>.
+  // leaks_detected,maintenance_runs,hook_exceptions}_total and the histogram
+  // keel_pool_acquire_seconds, labelled name=<name>.
   // Errors: INVALID_ARGUMENT naming the bad field (`pool.max_size must be >= 1, got 0`), or a
   // metric registration error (e.g. two pools with one name in one registry).
   static absl::StatusOr<std::unique_ptr<Pool<T>>> Create(PoolOptions options, PoolHooks<T> hooks,
@@ -234,18 +239,21 @@ class Pool {
                                                          Clock& clock, MetricsRegistry* metrics,
                                                          absl::BitGenRef random);
 
-  // Shuts the pool down (see Shutdown). Outstanding leases stay valid until returned.
+  // Shuts the pool down (see Shutdown). Outstanding leases stay valid until returned; from here
+  // on, returning one calls no hook and reads no clock (the clock may be destroyed next).
   ~Pool();
   Pool(const Pool&) = delete;
   Pool& operator=(const Pool&) = delete;
 
-  // Leases a resource, waiting until min(deadline, now + acquire_timeout). Resources idle longer
-  // than validation_bypass are validated first; one that fails is closed and the caller gets
-  // another or a new one.
+  // Leases a resource, waiting until min(deadline, now + acquire_timeout), both measured on the
+  // deadline's own clock (an infinite deadline: acquire_timeout on the pool's clock). Resources
+  // idle longer than validation_bypass are validated first; one that fails is closed and the
+  // caller gets another or a new one.
   // Errors: DEADLINE_EXCEEDED when the wait ran out, with the explanation
   //   `pool "db": no connection within 250ms (10/10 in use, 7 waiting, last create error 3s ago:
   //   connection refused)`;
   // UNAVAILABLE when this caller's attempt to create one failed (the message carries the cause);
+  // INTERNAL when the create hook threw or returned null;
   // CANCELLED when Shutdown() ran while waiting; FAILED_PRECONDITION after Shutdown().
   absl::StatusOr<Lease<T>> Acquire(Deadline deadline = Deadline::Infinite());
 
@@ -261,7 +269,9 @@ class Pool {
   const PoolOptions& options() const;
 
   // Stops the maintainer, fails every waiter with CANCELLED, closes idle resources; leases
-  // returned later are closed, and Acquire fails with FAILED_PRECONDITION. Idempotent.
+  // returned later are closed (without on_return, without reading the clock), and Acquire fails
+  // with FAILED_PRECONDITION. Waits for returns already in progress (their on_return hook).
+  // Idempotent.
   void Shutdown();
 
  private:

@@ -68,7 +68,7 @@ class Client {
  public:
   // Validates `options` and creates the pool (no I/O: succeeds while Redis is down; the pool
   // connects in the background and on demand). `clock` and `metrics` must outlive the Client.
-  // With `metrics`, the pool registers keel_pool_* series labelled pool=<options.pool.name>.
+  // With `metrics`, the pool registers keel_pool_* series labelled name=<options.pool.name>.
   // Errors: INVALID_ARGUMENT naming the bad field.
   static absl::StatusOr<std::unique_ptr<Client>> Create(Options options,
                                                         Clock& clock = SteadyClock(),

@@ -128,7 +128,7 @@ TEST_CASE("client: pool metrics are registered under the pool's name") {
   auto client = std::move(Client::Create(*o, keel::SteadyClock(), &registry).value());
   REQUIRE(client->Command(Deadline::After(1s), "PING").ok());
   const std::string text = registry.RenderPrometheus();
-  CHECK_THAT(text, Catch::Contains("keel_pool_acquired_total{pool=\"redis-main\"}"));
+  CHECK_THAT(text, Catch::Contains("keel_pool_acquired_total{name=\"redis-main\"}"));
 }
 
 TEST_CASE("client: the deadline also bounds waiting for a connection from a full pool") {

@@ -23,12 +23,12 @@ class RecordingClock final : public Clock {
   std::vector<TimePoint> wake_times;
 
  protected:
-  void WaitOnce(Mutex&, CondVar&, TimePoint deadline) override {
+  void WaitOnce(Mutex&, CondVar&, TimePoint deadline) const override {
     if (deadline != TimePoint::max() && deadline > now_) now_ = deadline;
   }
 
  private:
-  TimePoint now_ = ManualClock::kDefaultStart;
+  mutable TimePoint now_ = ManualClock::kDefaultStart;  // a wait moves it: waits are const
 };
 
 }  // namespace keel::testing

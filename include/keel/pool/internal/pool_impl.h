@@ -12,6 +12,8 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
+#include <exception>
 #include <list>
 #include <memory>
 #include <optional>
@@ -66,7 +68,7 @@ class Core {
   void set_histogram(Histogram* h) { histogram_ = h; }
   const PoolOptions& options() const { return options_; }
 
-  absl::StatusOr<Lease<T>> Acquire(TimePoint caller_deadline, bool wait) ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<Lease<T>> Acquire(Deadline caller_deadline, bool wait) ABSL_LOCKS_EXCLUDED(mu_);
   void Return(Entry<T>* e, bool broken) ABSL_LOCKS_EXCLUDED(mu_);
   void RunMaintenance() ABSL_LOCKS_EXCLUDED(mu_);
   void Shutdown() ABSL_LOCKS_EXCLUDED(mu_, join_mu_);
@@ -192,6 +194,55 @@ class Core {
 
   void MaintainerLoop() ABSL_LOCKS_EXCLUDED(mu_);
 
+  // The hooks are user code and may throw. An exception is caught here, at the boundary, and
+  // counted in hook_exceptions_total; the resource it concerned is treated as failed (a create or
+  // validation failure, broken, or not clean enough to reuse), so the pool never terminates the
+  // process and never loses track of a slot.
+  absl::StatusOr<std::unique_ptr<T>> CallCreate(Deadline deadline) ABSL_LOCKS_EXCLUDED(mu_) {
+    try {
+      absl::StatusOr<std::unique_ptr<T>> created = hooks_.create(deadline);
+      if (created.ok() && *created == nullptr) {
+        return absl::InternalError("create hook returned a null resource");
+      }
+      return created;
+    } catch (...) {
+      return HookThrew("create");
+    }
+  }
+  absl::Status CallValidate(T& resource, Deadline deadline) ABSL_LOCKS_EXCLUDED(mu_) {
+    try {
+      return hooks_.validate(resource, deadline);
+    } catch (...) {
+      return HookThrew("validate");
+    }
+  }
+  // True when the resource must not be handed out.
+  bool CallIsBroken(const T& resource) ABSL_LOCKS_EXCLUDED(mu_) {
+    if (!hooks_.is_broken) return false;
+    try {
+      return hooks_.is_broken(resource);
+    } catch (...) {
+      (void)HookThrew("is_broken");
+      return true;
+    }
+  }
+  // False when the reset failed: the resource is in an unknown state and is closed.
+  bool CallOnReturn(T& resource) ABSL_LOCKS_EXCLUDED(mu_) {
+    if (!hooks_.on_return) return true;
+    try {
+      hooks_.on_return(resource);
+      return true;
+    } catch (...) {
+      (void)HookThrew("on_return");
+      return false;
+    }
+  }
+  absl::Status HookThrew(std::string_view hook) {
+    // Relaxed: an independent statistic, read by Stats and metrics.
+    hook_exceptions_.fetch_add(1, std::memory_order_relaxed);
+    return HookExceptionError(options_, hook, std::current_exception());
+  }
+
   PoolOptions options_;
   const PoolHooks<T> hooks_;
   Clock& clock_;
@@ -221,6 +272,11 @@ class Core {
   uint64_t validation_failures_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t leaks_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t maintenance_runs_ ABSL_GUARDED_BY(mu_) = 0;
+  std::atomic<uint64_t> hook_exceptions_{0};  // written outside mu_: hooks run unlocked
+  // Returns past their shutdown check, still using hooks_ and clock_: Shutdown (and so ~Pool)
+  // waits for them, so that nothing touches the user's clock once the Pool is gone.
+  int returning_ ABSL_GUARDED_BY(mu_) = 0;
+  CondVar returned_cv_;  // signalled when returning_ drops to zero during shutdown
   CondVar maintainer_cv_;
 
   Mutex join_mu_;  // serializes joining the maintainer when Shutdown races with itself
@@ -228,9 +284,16 @@ class Core {
 };
 
 template <typename T>
-absl::StatusOr<Lease<T>> Core<T>::Acquire(TimePoint caller_deadline, bool wait) {
+absl::StatusOr<Lease<T>> Core<T>::Acquire(Deadline caller_deadline, bool wait) {
   const TimePoint start = clock_.Now();
-  const TimePoint limit = std::min(caller_deadline, AddSaturating(start, options_.acquire_timeout));
+  // The wait is measured on the caller's deadline's own clock (a ManualClock deadline in a test,
+  // a steady one in production), with acquire_timeout as a cap on the same clock. An infinite
+  // deadline carries no clock of its own worth honouring: acquire_timeout runs on the pool's.
+  const Deadline limit =
+      caller_deadline.IsInfinite()
+          ? Deadline::At(AddSaturating(start, options_.acquire_timeout), clock_)
+          : Deadline::Min(caller_deadline,
+                          Deadline::After(options_.acquire_timeout, caller_deadline.clock()));
   TimePoint now = start;
   mu_.Lock();
   // Fast path: an idle resource and nobody ahead of us.
@@ -248,16 +311,16 @@ absl::StatusOr<Lease<T>> Core<T>::Acquire(TimePoint caller_deadline, bool wait) 
     MarkLeased(e, now);
     const bool validate = hooks_.validate && now - e->last_checked >= options_.validation_bypass;
     mu_.Unlock();
-    const bool broken = hooks_.is_broken && hooks_.is_broken(*e->resource);
+    const bool broken = CallIsBroken(*e->resource);
     if (!broken && !validate) {
       if (histogram_ != nullptr) histogram_->ObserveDuration(clock_.Now() - start);
       return Lease<T>(this, e);
     }
     absl::Status valid = absl::UnavailableError("is_broken");
     if (!broken) {
-      const Deadline check_by =
-          Deadline::At(std::min(limit, AddSaturating(now, options_.validation_timeout)), clock_);
-      valid = hooks_.validate(*e->resource, check_by);
+      const Deadline check_by = Deadline::Min(
+          limit, Deadline::At(AddSaturating(now, options_.validation_timeout), clock_));
+      valid = CallValidate(*e->resource, check_by);
     }
     now = clock_.Now();
     mu_.Lock();
@@ -296,7 +359,7 @@ absl::StatusOr<Lease<T>> Core<T>::Acquire(TimePoint caller_deadline, bool wait) 
       mu_.Unlock();
       // Handed over by Put straight after its last use or creation: no validation needed, only
       // the cheap local check.
-      if (!hooks_.is_broken || !hooks_.is_broken(*e->resource)) {
+      if (!CallIsBroken(*e->resource)) {
         now = clock_.Now();
         if (histogram_ != nullptr) histogram_->ObserveDuration(now - start);
         return Lease<T>(this, e);
@@ -320,7 +383,7 @@ absl::StatusOr<Lease<T>> Core<T>::Acquire(TimePoint caller_deadline, bool wait) 
     }
     if (CanCreate()) {
       now = clock_.Now();
-      if (now >= limit) {  // e.g. our own creation just went to an older waiter
+      if (limit.Expired()) {  // e.g. our own creation just went to an older waiter
         Snapshot snap = SnapshotLocked(now);
         waiters_.erase(position);
         ++timeouts_;
@@ -329,11 +392,11 @@ absl::StatusOr<Lease<T>> Core<T>::Acquire(TimePoint caller_deadline, bool wait) 
       }
       ++connecting_;
       mu_.Unlock();
-      absl::StatusOr<std::unique_ptr<T>> created = hooks_.create(Deadline::At(limit, clock_));
+      absl::StatusOr<std::unique_ptr<T>> created = CallCreate(limit);
       now = clock_.Now();
       mu_.Lock();
       --connecting_;
-      if (created.ok() && *created != nullptr) {
+      if (created.ok()) {
         Entry<T>* e = NewEntry(std::move(*created), now);
         // To the oldest waiter (perhaps us), keeping FIFO order.
         if (Entry<T>* dead = Put(e, now)) {
@@ -343,14 +406,12 @@ absl::StatusOr<Lease<T>> Core<T>::Acquire(TimePoint caller_deadline, bool wait) 
         }
         continue;
       }
-      const absl::Status cause = created.ok()
-                                     ? absl::InternalError("create hook returned a null resource")
-                                     : created.status();
+      const absl::Status cause = created.status();
       RecordCreateFailure(cause, now);
       OnCapacityFreed();  // another waiter may try
       if (self.entry != nullptr || self.cancelled) continue;
       waiters_.erase(position);
-      if (now >= limit) {
+      if (limit.Expired()) {
         ++timeouts_;
         const Snapshot snap = SnapshotLocked(now);
         mu_.Unlock();
@@ -359,9 +420,10 @@ absl::StatusOr<Lease<T>> Core<T>::Acquire(TimePoint caller_deadline, bool wait) 
       mu_.Unlock();
       return CreateFailedError(options_, cause);
     }
-    if (!clock_.WaitUntil(mu_, self.cv, limit, [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-          return self.entry != nullptr || self.cancelled || CanCreate();
-        })) {
+    if (!limit.clock().WaitUntil(mu_, self.cv, limit.time(),
+                                 [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+                                   return self.entry != nullptr || self.cancelled || CanCreate();
+                                 })) {
       now = clock_.Now();
       Snapshot snap = SnapshotLocked(now);
       waiters_.erase(position);
@@ -374,14 +436,33 @@ absl::StatusOr<Lease<T>> Core<T>::Acquire(TimePoint caller_deadline, bool wait) 
 
 template <typename T>
 void Core<T>::Return(Entry<T>* e, bool broken) {
-  if (!broken && hooks_.on_return) hooks_.on_return(*e->resource);
-  const TimePoint now = clock_.Now();
+  // After Shutdown (and so after ~Pool) a returned resource is closed without calling a hook or
+  // reading the clock: both belong to the user and may be gone. Without an on_return hook to run
+  // the clock is read under the lock (a few nanoseconds, no I/O), which keeps the return to one
+  // critical section. With one, the return registers in returning_ before running the hook
+  // unlocked, and Shutdown waits until no return needs the hook or the clock any more.
+  bool close = broken;
+  bool registered = false;  // in returning_, with `now` read outside the lock
+  TimePoint now{};
+  if (!broken && hooks_.on_return) {
+    {
+      MutexLock lock(mu_);
+      registered = !shutdown_;
+      if (registered) ++returning_;
+    }
+    if (registered) {
+      close = !CallOnReturn(*e->resource);
+      now = clock_.Now();
+    }
+  }
   Entry<T>* dead = nullptr;
   bool delete_core = false;
   {
     MutexLock lock(mu_);
+    if (registered && --returning_ == 0) returned_cv_.SignalAll();
+    if (!registered && !close && !shutdown_) now = clock_.Now();
     UnmarkLeased(e);
-    if (broken || shutdown_ || now >= e->retire_at) {
+    if (close || shutdown_ || now >= e->retire_at) {
       dead = e;
       Destroyed();
     } else {
@@ -438,7 +519,7 @@ void Core<T>::RunMaintenance() {
   for (Entry<T>* e : retire) delete e;
   for (const std::string& report : leaks) options_.on_leak(report);
   for (Entry<T>* e : check) {
-    const absl::Status valid = hooks_.validate(
+    const absl::Status valid = CallValidate(
         *e->resource, Deadline::At(AddSaturating(now, options_.validation_timeout), clock_));
     now = clock_.Now();
     Entry<T>* dead = nullptr;
@@ -469,16 +550,14 @@ void Core<T>::RunMaintenance() {
       ++connecting_;
     }
     absl::StatusOr<std::unique_ptr<T>> created =
-        hooks_.create(Deadline::At(AddSaturating(now, options_.acquire_timeout), clock_));
+        CallCreate(Deadline::At(AddSaturating(now, options_.acquire_timeout), clock_));
     now = clock_.Now();
     Entry<T>* dead = nullptr;
     {
       MutexLock lock(mu_);
       --connecting_;
-      if (!created.ok() || *created == nullptr) {
-        RecordCreateFailure(
-            created.ok() ? absl::InternalError("create hook returned null") : created.status(),
-            now);
+      if (!created.ok()) {
+        RecordCreateFailure(created.status(), now);
         for (Waiter* w : waiters_) w->cv.Signal();
         fill_requested_ = false;  // don't spin: retry at the next interval
         break;
@@ -521,6 +600,9 @@ void Core<T>::Shutdown() {
       destroyed_ += idle.size();
       maintainer_cv_.SignalAll();
     }
+    // Returns in flight still call on_return and read the clock: wait for them (a plain wait,
+    // not through the clock, which is what they are using).
+    while (returning_ > 0) returned_cv_.Wait(mu_);
   }
   {
     MutexLock lock(join_mu_);
@@ -545,7 +627,8 @@ PoolStats Core<T>::Stats() const {
                    .create_failures_total = create_failures_,
                    .validation_failures_total = validation_failures_,
                    .leaks_detected_total = leaks_,
-                   .maintenance_runs_total = maintenance_runs_};
+                   .maintenance_runs_total = maintenance_runs_,
+                   .hook_exceptions_total = hook_exceptions_.load(std::memory_order_relaxed)};
 }
 
 }  // namespace keel::pool_internal
@@ -623,12 +706,12 @@ Pool<T>::~Pool() {
 
 template <typename T>
 absl::StatusOr<Lease<T>> Pool<T>::Acquire(Deadline deadline) {
-  return core_->Acquire(deadline.time(), /*wait=*/true);
+  return core_->Acquire(deadline, /*wait=*/true);
 }
 
 template <typename T>
 absl::StatusOr<Lease<T>> Pool<T>::TryAcquire() {
-  return core_->Acquire(TimePoint::max(), /*wait=*/false);
+  return core_->Acquire(Deadline::Infinite(), /*wait=*/false);
 }
 
 template <typename T>

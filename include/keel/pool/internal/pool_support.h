@@ -2,6 +2,7 @@
 // error messages, metrics). Not part of keel's API.
 #pragma once
 
+#include <exception>
 #include <functional>
 #include <optional>
 #include <string>
@@ -26,7 +27,8 @@ absl::Status ValidateOptions(const PoolOptions& options);
 // `t + d`, saturating at TimePoint::max() (d >= 0).
 TimePoint AddSaturating(TimePoint t, Duration d);
 
-// A duration for people: "250ms", "3s", "1.5s", "2m30s".
+// A measured duration for people, rounded to what is worth reading and printed by
+// internal::FormatDuration: "250ms", "3s", "1.5s", "2m30s".
 std::string HumanDuration(Duration d);
 
 // What the pool looked like when a caller gave up.
@@ -42,13 +44,17 @@ struct Snapshot {
 // DEADLINE_EXCEEDED: `pool "db": no connection within 30s (10/10 in use, 7 waiting, last create
 // error 3s ago: connection refused)`.
 absl::Status AcquireTimeoutError(const PoolOptions& options, Duration waited, const Snapshot& s);
-// UNAVAILABLE: `pool "db": cannot create a connection: <cause>`.
+// UNAVAILABLE: `pool "db": cannot create a connection: <cause>`; INTERNAL when the cause is
+// (a create hook that threw or returned null).
 absl::Status CreateFailedError(const PoolOptions& options, const absl::Status& cause);
 // "3s ago: <cause message>".
 std::string DescribeCreateError(std::string_view cause, Duration age);
 absl::Status ShutDownError(const PoolOptions& options);   // FAILED_PRECONDITION
 absl::Status CancelledError(const PoolOptions& options);  // CANCELLED
 absl::Status ExhaustedError(const PoolOptions& options, int in_use, int waiting);
+// INTERNAL: `pool "db": the validate hook threw: <what()>` (or "a non-standard exception").
+absl::Status HookExceptionError(const PoolOptions& options, std::string_view hook,
+                                std::exception_ptr thrown);
 std::string LeakReport(const PoolOptions& options, std::string_view label, Duration held);
 void WriteLeakReportToStderr(std::string_view report);
 
