@@ -5,14 +5,16 @@
 
 #include "absl/random/random.h"
 #include "absl/strings/cord.h"
+#include "keel/internal/format.h"
 #include "keel/internal/status_macros.h"
 #include "keel/internal/strings.h"
 
 namespace keel {
 namespace {
 
-std::string Millis(Duration d) {
-  return internal::StrCat(std::chrono::duration<double, std::milli>(d).count(), "ms");
+// `t + d`, saturating at TimePoint::max() (d >= 0).
+TimePoint AddSaturating(TimePoint t, Duration d) {
+  return d >= TimePoint::max() - t ? TimePoint::max() : t + d;
 }
 
 // `status` with `prefix` before its message; code and payloads (retry-after) are kept.
@@ -57,8 +59,9 @@ absl::StatusOr<Retry> Retry::CreateImpl(Options options, Clock& clock,
     return absl::InvalidArgumentError("retry.retry_on must be set");
   }
   if (options.max_retry_after < Duration::zero()) {
-    return absl::InvalidArgumentError(internal::StrCat("retry.max_retry_after must be >= 0, got ",
-                                                       Millis(options.max_retry_after)));
+    return absl::InvalidArgumentError(
+        internal::StrCat("retry.max_retry_after must be >= 0, got ",
+                         internal::FormatDuration(options.max_retry_after)));
   }
   KEEL_ASSIGN_OR_RETURN(Backoff backoff, Backoff::Create(options.backoff, "retry.backoff"));
   Retry retry(std::move(options), backoff, clock, gen);
@@ -92,12 +95,21 @@ absl::StatusOr<Retry> Retry::CreateImpl(Options options, Clock& clock,
 
 absl::Status Retry::Run(const CallContext& ctx,
                         absl::FunctionRef<absl::Status(const CallContext&)> attempt) const {
-  if (options_.budget != nullptr) options_.budget->OnRequest();
+  RetryBudgetPolicy* const budget = options_.budget;
+  if (budget != nullptr) budget->OnCallStarted();
+  // Ends the call for the budget on every way out, an exception from `attempt` included, so a
+  // concurrency budget never counts a call that is gone.
+  struct CallEnd {
+    RetryBudgetPolicy* budget;
+    ~CallEnd() {
+      if (budget != nullptr) budget->OnCallFinished();
+    }
+  } call_end{budget};
   CallContext inner = ctx;
   inner.attempt = 1;
   absl::Status status = attempt(inner);
   if (status.ok()) {
-    if (options_.budget != nullptr) options_.budget->OnAttemptSucceeded();
+    if (budget != nullptr) budget->OnAttemptSucceeded(1);
     return status;
   }
   return RetryLoop(std::move(inner), std::move(status), attempt);
@@ -108,7 +120,18 @@ absl::Status Retry::RetryLoop(CallContext ctx, absl::Status status,
   thread_local absl::InsecureBitGen thread_gen;
   absl::BitGenRef gen = gen_.has_value() ? *gen_ : absl::BitGenRef(thread_gen);
   BackoffSequence delays = backoff_.Start();
+  RetryBudgetPolicy* const budget = options_.budget;
   const std::string& name = options_.name;
+  // Records a retryable failure after which Retry stops for its own reasons.
+  auto record_final_failure = [&] {
+    if (budget != nullptr) budget->OnAttemptFailed(status, /*retry_wanted=*/false);
+  };
+  auto cancelled = [&] {
+    Count(Outcome::kCancelled);
+    return absl::CancelledError(internal::StrCat("retry \"", name, "\": cancelled after ",
+                                                 Attempts(ctx.attempt),
+                                                 "; last error: ", StatusText(status)));
+  };
   for (;;) {
     const bool retryable = options_.retry_on(status);
     if (!retryable) {
@@ -117,17 +140,15 @@ absl::Status Retry::RetryLoop(CallContext ctx, absl::Status status,
       return Annotate(status, internal::StrCat("retry \"", name, "\": not retryable after ",
                                                Attempts(ctx.attempt)));
     }
-    if (options_.budget != nullptr) options_.budget->OnAttemptFailed();
     if (ctx.attempt >= options_.max_attempts) {
+      record_final_failure();
       Count(Outcome::kGaveUpAttempts);
       return Annotate(
           status, internal::StrCat("retry \"", name, "\": gave up after ", Attempts(ctx.attempt)));
     }
     if (ctx.cancellation.cancelled()) {
-      Count(Outcome::kCancelled);
-      return absl::CancelledError(internal::StrCat("retry \"", name, "\": cancelled after ",
-                                                   Attempts(ctx.attempt),
-                                                   "; last error: ", status.ToString()));
+      record_final_failure();
+      return cancelled();
     }
     Duration delay = delays.Next(gen);
     if (options_.honor_retry_after) {
@@ -139,25 +160,38 @@ absl::Status Retry::RetryLoop(CallContext ctx, absl::Status status,
     if (!ctx.deadline.IsInfinite()) {
       const Duration left = ctx.deadline.Remaining();
       if (delay >= left) {
+        record_final_failure();
         Count(Outcome::kGaveUpDeadline);
         return absl::DeadlineExceededError(internal::StrCat(
-            "retry \"", name, "\": ", Millis(left), " left before the deadline, next attempt in ",
-            Millis(delay), "; stopped after ", Attempts(ctx.attempt),
-            "; last error: ", status.ToString()));
+            "retry \"", name, "\": ", internal::FormatDuration(left),
+            " left before the deadline, next attempt in ", internal::FormatDuration(delay),
+            "; stopped after ", Attempts(ctx.attempt), "; last error: ", StatusText(status)));
       }
     }
-    if (options_.budget != nullptr && !options_.budget->TryAcquireRetry()) {
-      Count(Outcome::kGaveUpBudget);
-      return Annotate(status,
-                      internal::StrCat("retry \"", name, "\": retry budget exhausted after ",
-                                       Attempts(ctx.attempt)));
+    // Recording the failure and asking for the retry is one step, so a shared budget decides on
+    // the state this failure produced.
+    std::optional<RetryBudgetPolicy::Grant> grant;
+    if (budget != nullptr) {
+      grant = budget->OnAttemptFailed(status, /*retry_wanted=*/true);
+      if (!grant) {
+        Count(Outcome::kGaveUpBudget);
+        return Annotate(status,
+                        internal::StrCat("retry \"", name, "\": retry budget exhausted after ",
+                                         Attempts(ctx.attempt)));
+      }
     }
-    if (delay > Duration::zero()) clock_->SleepFor(delay);
+    // The backoff ends early when the call is cancelled: nobody waits for its result any more.
+    if (delay > Duration::zero() &&
+        !ctx.cancellation.SleepUntil(*clock_, AddSaturating(clock_->Now(), delay))) {
+      if (grant) budget->OnRetryFinished(*grant, /*succeeded=*/false);
+      return cancelled();
+    }
     ++ctx.attempt;
     counters_->retries.fetch_add(1, std::memory_order_relaxed);
     status = attempt(ctx);
+    if (grant) budget->OnRetryFinished(*grant, status.ok());
     if (status.ok()) {
-      if (options_.budget != nullptr) options_.budget->OnAttemptSucceeded();
+      if (budget != nullptr) budget->OnAttemptSucceeded(ctx.attempt);
       Count(Outcome::kSucceededAfterRetry);
       return status;
     }

@@ -5,6 +5,9 @@
 // a ThreadPoolBulkhead, the call keeps running. Passing it a token lets it notice and stop early
 // (between statements, before the next network round trip), which bounds the orphaned work.
 //
+// A token also ends waits: `token.SleepUntil(clock, t)` returns early when the token is cancelled,
+// which is how a Retry's backoff stops as soon as nobody waits for the call any more.
+//
 // Thread safety: thread-safe. Tokens are cheap to copy (one shared_ptr).
 //
 //   keel::CancellationSource source;
@@ -21,7 +24,21 @@
 #include <atomic>
 #include <memory>
 
+#include "absl/base/thread_annotations.h"
+#include "keel/clock.h"
+#include "keel/sync.h"
+
 namespace keel {
+
+namespace internal {
+// What a source and its tokens share. The flag is atomic so polling takes no lock; the mutex and
+// condition variable let a waiter sleep until cancellation without missing it.
+struct CancellationState {
+  std::atomic<bool> cancelled{false};
+  Mutex mu;
+  CondVar cv;  // signalled (under mu) by Cancel
+};
+}  // namespace internal
 
 class CancellationToken {
  public:
@@ -30,27 +47,51 @@ class CancellationToken {
 
   bool cancelled() const {
     // acquire pairs with Cancel()'s release: what the canceller wrote before cancelling is visible.
-    return flag_ != nullptr && flag_->load(std::memory_order_acquire);
+    return state_ != nullptr && state_->cancelled.load(std::memory_order_acquire);
   }
+
+  // Sleeps on `clock` until `t`, or until the token is cancelled if that comes first. Returns
+  // true when the sleep ran its course, false when cancellation ended it (or had already
+  // happened). A default token just sleeps (clock.SleepUntil).
+  bool SleepUntil(Clock& clock, TimePoint t) const;
 
  private:
   friend class CancellationSource;
-  explicit CancellationToken(std::shared_ptr<const std::atomic<bool>> flag)
-      : flag_(std::move(flag)) {}
-  std::shared_ptr<const std::atomic<bool>> flag_;
+  explicit CancellationToken(std::shared_ptr<internal::CancellationState> state)
+      : state_(std::move(state)) {}
+  std::shared_ptr<internal::CancellationState> state_;
 };
 
 class CancellationSource {
  public:
-  CancellationSource() : flag_(std::make_shared<std::atomic<bool>>(false)) {}
+  CancellationSource() : state_(std::make_shared<internal::CancellationState>()) {}
 
-  CancellationToken token() const { return CancellationToken(flag_); }
-  // Idempotent.
-  void Cancel() { flag_->store(true, std::memory_order_release); }
-  bool cancelled() const { return flag_->load(std::memory_order_acquire); }
+  CancellationToken token() const { return CancellationToken(state_); }
+  // Idempotent. Wakes every SleepUntil of its tokens.
+  void Cancel() {
+    {
+      // Under the mutex, so a sleeper between its check and its wait cannot miss the signal.
+      MutexLock lock(state_->mu);
+      state_->cancelled.store(true, std::memory_order_release);
+    }
+    state_->cv.SignalAll();
+  }
+  bool cancelled() const { return state_->cancelled.load(std::memory_order_acquire); }
 
  private:
-  std::shared_ptr<std::atomic<bool>> flag_;
+  std::shared_ptr<internal::CancellationState> state_;
 };
+
+inline bool CancellationToken::SleepUntil(Clock& clock, TimePoint t) const {
+  if (state_ == nullptr) {
+    clock.SleepUntil(t);
+    return true;
+  }
+  internal::CancellationState& s = *state_;
+  MutexLock lock(s.mu);
+  return !clock.WaitUntil(s.mu, s.cv, t, [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu) {
+    return s.cancelled.load(std::memory_order_acquire);
+  });
+}
 
 }  // namespace keel

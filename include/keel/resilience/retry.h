@@ -4,7 +4,8 @@
 // status `retry_on` accepts (default keel::IsRetryable: UNAVAILABLE, ABORTED, RESOURCE_EXHAUSTED
 // carrying a retry-after). Between attempts it sleeps on the injected clock for the next delay of
 // its Backoff (backoff.h), or for the server's retry-after hint when that is longer (capped by
-// `max_retry_after`). An optional shared budget (retry_budget.h) bounds the extra load.
+// `max_retry_after`), or until the call's cancellation token is cancelled. An optional shared
+// budget (retry_budget.h) bounds the extra load.
 //
 // Deadlines: Retry never starts a sleep that would end at or past the caller's deadline; it stops
 // instead, with DEADLINE_EXCEEDED. That is the only case it returns DEADLINE_EXCEEDED of its own:
@@ -113,7 +114,8 @@ class Retry {
   //   the status is not retryable, or the budget refuses (a non-retryable first failure is
   //   returned untouched);
   //   DEADLINE_EXCEEDED when the next delay would end at or past ctx.deadline;
-  //   CANCELLED when ctx.cancellation is signalled between attempts.
+  //   CANCELLED when ctx.cancellation is signalled between attempts (a backoff sleep ends as
+  //   soon as it is).
   // Allocates nothing when the first attempt succeeds.
   template <typename F>
   auto Execute(const CallContext& ctx, F&& fn) const;

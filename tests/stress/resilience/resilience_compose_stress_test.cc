@@ -96,11 +96,10 @@ TEST_CASE("token throttle shared by 8 threads stays within its bounds") {
       std::bernoulli_distribution fails(0.2);
       for (int i = 0; i < 20000; ++i) {
         if (fails(gen)) {
-          throttle->OnAttemptFailed();
+          (void)throttle->OnAttemptFailed(absl::UnavailableError("down"), true);
         } else {
-          throttle->OnAttemptSucceeded();
+          throttle->OnAttemptSucceeded(1);
         }
-        (void)throttle->TryAcquireRetry();
         const double tokens = throttle->tokens();
         if (tokens < 0 || tokens > 10) out_of_bounds.fetch_add(1);
       }
@@ -110,4 +109,26 @@ TEST_CASE("token throttle shared by 8 threads stays within its bounds") {
   CHECK(out_of_bounds.load() == 0);
   // 20% failures cost 1 each, 80% successes give 0.1: the count drains to near zero.
   CHECK(throttle->tokens() < 5);
+}
+
+TEST_CASE("token throttle decides each failure on the count it left, under 8 racing threads") {
+  // Failures only, from 10 tokens: the counts failures leave are 9, 8, ..., 0, then 0 again, each
+  // produced by exactly one failure, so exactly four (9, 8, 7, 6 > 5) may be granted however the
+  // threads interleave. Deciding after a separate read could grant none or more than four.
+  for (int round = 0; round < 50; ++round) {
+    auto throttle = keel::TokenRetryThrottle::Create({.max_tokens = 10}).value();
+    std::atomic<int> granted{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+      threads.emplace_back([&] {
+        for (int i = 0; i < 4; ++i) {
+          if (throttle->OnAttemptFailed(absl::UnavailableError("down"), true)) granted++;
+        }
+      });
+    }
+    for (auto& th : threads) th.join();
+    REQUIRE(granted.load() == 4);
+    CHECK(throttle->Stats().retries_allowed_total == 4);
+    CHECK(throttle->Stats().retries_refused_total == 4 * kThreads - 4);
+  }
 }

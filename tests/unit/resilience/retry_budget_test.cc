@@ -20,36 +20,56 @@ bool Contains(const absl::Status& s, const std::string& part) {
   return std::string(s.message()).find(part) != std::string::npos;
 }
 
+const absl::Status kDown = absl::UnavailableError("down");
+
+// Records a retryable failure and asks for the retry, as Retry does: true when granted.
+bool FailAndAsk(keel::RetryBudgetPolicy& budget, const absl::Status& failure = kDown) {
+  return budget.OnAttemptFailed(failure, /*retry_wanted=*/true).has_value();
+}
+
 }  // namespace
 
 TEST_CASE("token throttle allows retries while tokens exceed half of max_tokens") {
   auto throttle = TokenRetryThrottle::Create({.max_tokens = 10, .token_ratio = 0.1}).value();
   CHECK(throttle->tokens() == 10);
-  for (int i = 0; i < 4; ++i) throttle->OnAttemptFailed();
+  for (int i = 0; i < 4; ++i) CHECK(FailAndAsk(*throttle));  // leaves 9, 8, 7, 6: all > 5
   CHECK(throttle->tokens() == 6);
-  CHECK(throttle->TryAcquireRetry());
-  throttle->OnAttemptFailed();  // 5: not > 5
+  CHECK_FALSE(FailAndAsk(*throttle));  // leaves 5: not > 5
   CHECK(throttle->tokens() == 5);
-  CHECK_FALSE(throttle->TryAcquireRetry());
+  const keel::RetryBudgetStats s = throttle->Stats();
+  CHECK(s.retries_allowed_total == 4);
+  CHECK(s.retries_refused_total == 1);
+  CHECK(s.available == 0);
+}
+
+TEST_CASE("token throttle records a failure Retry will not retry without granting anything") {
+  auto throttle = TokenRetryThrottle::Create({.max_tokens = 10, .token_ratio = 0.1}).value();
+  CHECK_FALSE(throttle->OnAttemptFailed(kDown, /*retry_wanted=*/false).has_value());
+  CHECK(throttle->tokens() == 9);  // A6 counts every retryable failure
+  CHECK(throttle->Stats().retries_allowed_total == 0);
+  CHECK(throttle->Stats().retries_refused_total == 0);
+  CHECK(throttle->Stats().available == 4);  // 9 - 10/2
 }
 
 TEST_CASE("token throttle re-enables retries as successes earn tokens back") {
   auto throttle = TokenRetryThrottle::Create({.max_tokens = 10, .token_ratio = 0.1}).value();
-  for (int i = 0; i < 8; ++i) throttle->OnAttemptFailed();
+  for (int i = 0; i < 8; ++i) throttle->OnAttemptFailed(kDown, false);
   CHECK(throttle->tokens() == 2);
-  CHECK_FALSE(throttle->TryAcquireRetry());
-  for (int i = 0; i < 30; ++i) throttle->OnAttemptSucceeded();
-  CHECK(throttle->tokens() == Approx(5));
-  CHECK_FALSE(throttle->TryAcquireRetry());
-  throttle->OnAttemptSucceeded();
-  CHECK(throttle->TryAcquireRetry());
+  for (int i = 0; i < 40; ++i) throttle->OnAttemptSucceeded(1);
+  CHECK(throttle->tokens() == Approx(6));
+  CHECK_FALSE(FailAndAsk(*throttle));  // leaves 5
+  throttle->OnAttemptSucceeded(1);
+  CHECK_FALSE(FailAndAsk(*throttle));  // 5.1 leaves 4.1
+  for (int i = 0; i < 20; ++i) throttle->OnAttemptSucceeded(2);
+  CHECK(throttle->tokens() == Approx(6.1));
+  CHECK(FailAndAsk(*throttle));  // leaves 5.1 > 5
 }
 
 TEST_CASE("token throttle stays within zero and max_tokens") {
   auto throttle = TokenRetryThrottle::Create({.max_tokens = 3, .token_ratio = 0.5}).value();
-  for (int i = 0; i < 10; ++i) throttle->OnAttemptSucceeded();
+  for (int i = 0; i < 10; ++i) throttle->OnAttemptSucceeded(1);
   CHECK(throttle->tokens() == 3);
-  for (int i = 0; i < 10; ++i) throttle->OnAttemptFailed();
+  for (int i = 0; i < 10; ++i) throttle->OnAttemptFailed(kDown, false);
   CHECK(throttle->tokens() == 0);
 }
 
@@ -65,12 +85,12 @@ TEST_CASE("retry budget allows percent of recent requests as retries") {
   keel::ManualClock clock;
   auto budget =
       RetryBudget::Create({.percent = 0.2, .min_retries_per_second = 0, .ttl = 10s}, clock).value();
-  CHECK_FALSE(budget->TryAcquireRetry());
-  for (int i = 0; i < 10; ++i) budget->OnRequest();
+  CHECK_FALSE(FailAndAsk(*budget));
+  for (int i = 0; i < 10; ++i) budget->OnCallStarted();
   CHECK(budget->available() == 2);
-  CHECK(budget->TryAcquireRetry());
-  CHECK(budget->TryAcquireRetry());
-  CHECK_FALSE(budget->TryAcquireRetry());
+  CHECK(FailAndAsk(*budget));
+  CHECK(FailAndAsk(*budget));
+  CHECK_FALSE(FailAndAsk(*budget));
 }
 
 TEST_CASE("retry budget grants min_retries_per_second over ttl with no traffic") {
@@ -78,7 +98,7 @@ TEST_CASE("retry budget grants min_retries_per_second over ttl with no traffic")
   auto budget =
       RetryBudget::Create({.percent = 0.2, .min_retries_per_second = 1, .ttl = 10s}, clock).value();
   int granted = 0;
-  while (budget->TryAcquireRetry()) ++granted;
+  while (FailAndAsk(*budget)) ++granted;
   CHECK(granted == 10);
 }
 
@@ -88,15 +108,15 @@ TEST_CASE("retry budget recovers once spent retries leave the ttl window") {
       RetryBudget::Create({.percent = 0.5, .min_retries_per_second = 0.5, .ttl = 4s}, clock)
           .value();
   // Reserve: 0.5/s * 4 s = 2 retries.
-  CHECK(budget->TryAcquireRetry());
-  CHECK(budget->TryAcquireRetry());
-  CHECK_FALSE(budget->TryAcquireRetry());
+  CHECK(FailAndAsk(*budget));
+  CHECK(FailAndAsk(*budget));
+  CHECK_FALSE(FailAndAsk(*budget));
   clock.Advance(2s);
-  CHECK_FALSE(budget->TryAcquireRetry());  // still inside the window
+  CHECK_FALSE(FailAndAsk(*budget));  // still inside the window
   clock.Advance(3s);
   CHECK(budget->available() == 2);
   // Deposits expire too: 4 requests allow 2 retries now, none once they have aged out.
-  for (int i = 0; i < 4; ++i) budget->OnRequest();
+  for (int i = 0; i < 4; ++i) budget->OnCallStarted();
   CHECK(budget->available() == 4);
   clock.Advance(5s);
   CHECK(budget->available() == 2);
@@ -129,7 +149,7 @@ TEST_CASE("retry stops retrying when its budget is exhausted and resumes when it
     return absl::UnavailableError("down");
   };
   // Ten requests earn one retry: the first call retries once, then the budget stops it.
-  for (int i = 0; i < 9; ++i) budget->OnRequest();
+  for (int i = 0; i < 9; ++i) budget->OnCallStarted();
   auto r = retry.Execute(keel::Deadline::Infinite(), always_down);
   CHECK(calls == 2);
   CHECK(absl::IsUnavailable(r.status()));
@@ -138,7 +158,7 @@ TEST_CASE("retry stops retrying when its budget is exhausted and resumes when it
   r = retry.Execute(keel::Deadline::Infinite(), always_down);
   CHECK(calls == 1);  // no retry at all while exhausted
   // More healthy traffic refills it.
-  for (int i = 0; i < 20; ++i) budget->OnRequest();
+  for (int i = 0; i < 20; ++i) budget->OnCallStarted();
   calls = 0;
   r = retry.Execute(keel::Deadline::Infinite(), always_down);
   CHECK(calls == 3);
