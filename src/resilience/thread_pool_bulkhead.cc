@@ -2,6 +2,7 @@
 
 #include <string>
 
+#include "keel/internal/exception.h"
 #include "keel/internal/status_macros.h"
 #include "keel/internal/strings.h"
 
@@ -40,6 +41,12 @@ absl::StatusOr<std::unique_ptr<ThreadPoolBulkhead>> ThreadPoolBulkhead::Create(
   return pool;
 }
 
+absl::Status ThreadPoolBulkhead::TaskThrewError(std::string_view pool_name,
+                                                std::exception_ptr thrown) {
+  return absl::InternalError(internal::StrCat("thread pool \"", pool_name, "\": the task threw ",
+                                              internal::DescribeException(thrown)));
+}
+
 ThreadPoolBulkhead::~ThreadPoolBulkhead() { Shutdown(ShutdownMode::kDrain); }
 
 absl::Status ThreadPoolBulkhead::RegisterMetrics(MetricsRegistry& metrics) {
@@ -62,6 +69,9 @@ absl::Status ThreadPoolBulkhead::RegisterMetrics(MetricsRegistry& metrics) {
       "keel_thread_pool_rejected_total", "Tasks rejected: queue full.", name, read(rejected_))));
   KEEL_RETURN_IF_ERROR(keep(metrics.AddCounterCallback(
       "keel_thread_pool_completed_total", "Tasks run to completion.", name, read(completed_))));
+  KEEL_RETURN_IF_ERROR(
+      keep(metrics.AddCounterCallback("keel_thread_pool_task_exceptions_total",
+                                      "Tasks that threw (caught).", name, read(task_exceptions_))));
   return absl::OkStatus();
 }
 
@@ -102,8 +112,15 @@ void ThreadPoolBulkhead::WorkerLoop() {
       Set(queued_view_, static_cast<int>(queue_.size()));
       Set(active_view_, active_);
     }
-    task->Run();   // completes the future
-    task.reset();  // destroys the callable's captures outside the lock
+    // Completes the future; a task that throws completes it with INTERNAL instead.
+    const bool ran = task->Run(options_.name);
+    // Destroys the callable's captures outside the lock. A throwing destructor is a bug the
+    // caller cannot see through the future; it still must not take the worker down.
+    try {
+      task.reset();
+    } catch (...) {  // NOLINT(bugprone-empty-catch): counted below
+    }
+    if (!ran) task_exceptions_.fetch_add(1, std::memory_order_relaxed);
     MutexLock lock(mu_);
     --active_;
     Set(active_view_, active_);
@@ -148,6 +165,7 @@ ThreadPoolBulkhead::StatsSnapshot ThreadPoolBulkhead::Stats() const {
   s.rejected_total = rejected_.load(std::memory_order_relaxed);
   s.completed_total = completed_.load(std::memory_order_relaxed);
   s.cancelled_total = cancelled_.load(std::memory_order_relaxed);
+  s.task_exceptions_total = task_exceptions_.load(std::memory_order_relaxed);
   return s;
 }
 

@@ -70,8 +70,8 @@ class Future {
   Future(const Future&) = delete;
   Future& operator=(const Future&) = delete;
 
-  // Waits until the result is ready or `deadline` passes (measured on the clock the future was
-  // made with: `deadline` must be on the same timeline), then moves the result out.
+  // Waits until the result is ready or `deadline` passes (measured on the deadline's own clock;
+  // an infinite deadline waits on the future's), then moves the result out.
   // Errors: the task's own error; DEADLINE_EXCEEDED when the deadline passed first (the task
   // keeps running; Get may be called again); FAILED_PRECONDITION when the result was already
   // retrieved by an earlier Get; CANCELLED or RESOURCE_EXHAUSTED when the task was never run (a
@@ -82,7 +82,8 @@ class Future {
     if (s.retrieved) {
       return absl::FailedPreconditionError("future: result already retrieved by an earlier Get");
     }
-    const bool done = s.clock.WaitUntil(s.mu, s.cv, deadline.time(), [&] {
+    const Clock& clock = deadline.IsInfinite() ? s.clock : deadline.clock();
+    const bool done = clock.WaitUntil(s.mu, s.cv, deadline.time(), [&] {
       s.mu.AssertHeld();  // WaitUntil calls the predicate with the mutex held
       return s.result.has_value();
     });

@@ -25,8 +25,10 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <exception>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <type_traits>
 #include <utility>
@@ -82,15 +84,17 @@ class ThreadPoolBulkhead {
     int queued = 0;  // tasks waiting for a thread
     uint64_t submitted_total = 0;
     uint64_t rejected_total = 0;   // queue full
-    uint64_t completed_total = 0;  // tasks run to completion (whatever they returned)
-    uint64_t cancelled_total = 0;  // queued tasks cancelled by Shutdown(kCancelQueued)
+    uint64_t completed_total = 0;  // tasks run to completion (whatever they returned or threw)
+    uint64_t task_exceptions_total = 0;  // tasks that threw (their futures hold INTERNAL)
+    uint64_t cancelled_total = 0;        // queued tasks cancelled by Shutdown(kCancelQueued)
     bool shut_down = false;
   };
 
   // Validates `options` and starts the threads. `clock` (used by the futures' Get) and `metrics`
   // (optional) must outlive the pool. Metrics (label name=<name>): keel_thread_pool_active,
   // keel_thread_pool_queued (gauges), keel_thread_pool_submitted_total,
-  // keel_thread_pool_rejected_total, keel_thread_pool_completed_total.
+  // keel_thread_pool_rejected_total, keel_thread_pool_completed_total,
+  // keel_thread_pool_task_exceptions_total.
   // Errors: INVALID_ARGUMENT naming the bad field (`thread_pool.threads must be >= 1, got 0`).
   static absl::StatusOr<std::unique_ptr<ThreadPoolBulkhead>> Create(
       Options options, Clock& clock = SteadyClock(), MetricsRegistry* metrics = nullptr);
@@ -103,7 +107,9 @@ class ThreadPoolBulkhead {
   // Queues `fn` (called once, with no arguments, on a pool thread) and returns its Future.
   // `fn()` returns absl::StatusOr<T> (giving Future<T>) or absl::Status (giving Future<void>).
   // The future completes with RESOURCE_EXHAUSTED at once when the queue is full (`thread pool
-  // "name" full (100 queued)`), and with CANCELLED when the pool is shut down.
+  // "name" full (100 queued)`), with CANCELLED when the pool is shut down, and with INTERNAL
+  // when `fn` throws (`thread pool "name": the task threw an exception: ...`): the exception is
+  // caught on the pool thread, counted (task_exceptions_total), and the thread goes on.
   template <typename F>
   auto Submit(F&& fn) {
     using R = std::invoke_result_t<std::decay_t<F>&>;
@@ -129,19 +135,31 @@ class ThreadPoolBulkhead {
  private:
   struct Task {
     virtual ~Task() = default;
-    virtual void Run() = 0;
+    // Runs the task and completes its future. Returns false when the task threw: the future
+    // then holds INTERNAL, and the worker thread carries on.
+    virtual bool Run(std::string_view pool_name) = 0;
     virtual void Cancel(absl::Status why) = 0;
   };
   template <typename F, typename T>
   struct TaskImpl final : Task {
     TaskImpl(F f, Promise<T> p) : fn(std::move(f)), promise(std::move(p)) {}
-    void Run() override { promise.Set(fn()); }
+    bool Run(std::string_view pool_name) override {
+      try {
+        promise.Set(fn());
+        return true;
+      } catch (...) {
+        promise.Set(TaskThrewError(pool_name, std::current_exception()));
+        return false;
+      }
+    }
     void Cancel(absl::Status why) override { promise.Set(std::move(why)); }
     F fn;
     Promise<T> promise;
   };
 
   ThreadPoolBulkhead(Options options, Clock& clock) : options_(std::move(options)), clock_(clock) {}
+  // INTERNAL: `thread pool "name": the task threw an exception: <what()>`.
+  static absl::Status TaskThrewError(std::string_view pool_name, std::exception_ptr thrown);
   absl::Status RegisterMetrics(MetricsRegistry& metrics);
   // Moves `task` into the queue, or leaves it with the caller and says why not.
   absl::Status Enqueue(std::unique_ptr<Task>& task) ABSL_LOCKS_EXCLUDED(mu_);
@@ -166,6 +184,7 @@ class ThreadPoolBulkhead {
   std::atomic<uint64_t> rejected_{0};
   std::atomic<uint64_t> completed_{0};
   std::atomic<uint64_t> cancelled_{0};
+  std::atomic<uint64_t> task_exceptions_{0};
 
   std::vector<MetricsRegistry::Registration> registrations_;  // last: unregistered first
 };

@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -254,3 +255,43 @@ TEST_CASE("thread pool bulkhead accepts move-only tasks and move-only results") 
 }
 
 }  // namespace
+
+TEST_CASE("thread pool bulkhead task that throws completes its future with INTERNAL") {
+  keel::ManualClock clock;
+  auto pool = Make(clock, 1, 4);
+  keel::Future<int> threw = pool->Submit(
+      []() -> absl::StatusOr<int> { throw std::runtime_error("report generator crashed"); });
+  keel::Future<void> odd = pool->Submit([]() -> absl::Status { throw 7; });
+  absl::StatusOr<int> r = threw.Get();
+  CHECK(absl::IsInternal(r.status()));
+  CHECK(std::string(r.status().message()) ==
+        "thread pool \"reports\": the task threw an exception: report generator crashed");
+  absl::Status o = odd.Get();
+  CHECK(std::string(o.message()) ==
+        "thread pool \"reports\": the task threw a non-standard exception");
+  // The single worker survived both: it still runs tasks.
+  CHECK(pool->Submit([]() -> absl::StatusOr<int> { return 5; }).Get().value() == 5);
+  pool->Shutdown(ThreadPoolBulkhead::ShutdownMode::kDrain);  // the worker has counted all three
+  const auto s = pool->Stats();
+  CHECK(s.task_exceptions_total == 2);
+  CHECK(s.completed_total == 3);
+}
+
+TEST_CASE("thread pool bulkhead future Get waits on the deadline's own clock") {
+  // The pool's futures keep real time; the caller's deadline is on a manual clock.
+  keel::ManualClock caller_clock;
+  auto pool = Make(keel::SteadyClock(), 1, 1);
+  Gate gate;
+  keel::Future<int> f = pool->Submit([&]() -> absl::StatusOr<int> {
+    gate.Wait();
+    return 1;
+  });
+  absl::StatusOr<int> r;
+  std::thread waiter([&] { r = f.Get(keel::Deadline::After(2s, caller_clock)); });
+  caller_clock.AwaitSleepers(1);
+  caller_clock.Advance(2s);
+  waiter.join();
+  CHECK(absl::IsDeadlineExceeded(r.status()));
+  gate.Open();
+  CHECK(f.Get().value() == 1);
+}
