@@ -241,6 +241,9 @@ absl::Status CircuitBreaker::RegisterMetrics(MetricsRegistry& metrics) {
   KEEL_RETURN_IF_ERROR(add_counter("keel_circuit_breaker_not_permitted_total",
                                    "Calls rejected because the breaker did not permit them.",
                                    {{"name", n}}, &not_permitted_));
+  KEEL_RETURN_IF_ERROR(add_counter("keel_circuit_breaker_listener_exceptions_total",
+                                   "Listener calls that threw (caught and dropped).", {{"name", n}},
+                                   &listener_exceptions_));
   for (State s : kAllStates) {
     KEEL_RETURN_IF_ERROR(add_counter(
         "keel_circuit_breaker_transitions_total", "State transitions, by the state entered.",
@@ -536,6 +539,7 @@ CircuitBreaker::StatsSnapshot CircuitBreaker::StatsImpl() {
   st.ignored_total = ignored_.load(std::memory_order_relaxed);
   st.slow_total = slow_.load(std::memory_order_relaxed);
   st.not_permitted_total = not_permitted_.load(std::memory_order_relaxed);
+  st.listener_exceptions_total = listener_exceptions_.load(std::memory_order_relaxed);
   DeliverEvents();
   return st;
 }
@@ -559,7 +563,16 @@ void CircuitBreaker::DeliverEvents() {
     events_.pop_front();
     std::vector<Listener> listeners = listeners_;  // transitions are rare; copying is fine
     mu_.Unlock();
-    for (const Listener& l : listeners) l(ev.from, ev.to);
+    for (const Listener& l : listeners) {
+      // A listener is user code: one that throws is dropped for this event and counted, so it
+      // can neither end the process nor leave delivering_ set (which would silence every later
+      // event) nor keep the other listeners from hearing about the transition.
+      try {
+        l(ev.from, ev.to);
+      } catch (...) {
+        listener_exceptions_.fetch_add(1, std::memory_order_relaxed);
+      }
+    }
     mu_.Lock();
   }
   delivering_ = false;

@@ -46,17 +46,13 @@
 #include "absl/status/statusor.h"
 #include "keel/clock.h"
 #include "keel/internal/spin_lock.h"
+#include "keel/internal/status_of.h"
 #include "keel/metrics.h"
 #include "keel/sync.h"
 
 namespace keel {
 
 namespace internal {
-inline const absl::Status& StatusOf(const absl::Status& s) { return s; }
-template <typename T>
-const absl::Status& StatusOf(const absl::StatusOr<T>& s) {
-  return s.status();
-}
 template <typename R>
 struct IsStatusOrStatusOr : std::false_type {};
 template <>
@@ -153,7 +149,8 @@ class CircuitBreaker {
     uint64_t failed_total = 0;
     uint64_t ignored_total = 0;  // ignored outcomes plus permits dropped without Record
     uint64_t slow_total = 0;
-    uint64_t not_permitted_total = 0;  // TryAcquire rejections
+    uint64_t not_permitted_total = 0;        // TryAcquire rejections
+    uint64_t listener_exceptions_total = 0;  // listener calls that threw (caught and dropped)
   };
 
   // A permission to make one call. Record its outcome, or drop it: a permit destroyed without
@@ -240,7 +237,9 @@ class CircuitBreaker {
   void Reset() ABSL_LOCKS_EXCLUDED(mu_) { TransitionTo(State::kClosed); }
 
   // Adds a listener called on every state change, in order, never under the breaker's lock, on
-  // the thread that caused or observed the change. A listener may call the breaker.
+  // the thread that caused or observed the change. A listener may call the breaker. A listener
+  // that throws is caught: that call is dropped and counted (listener_exceptions_total), the other
+  // listeners and later events are delivered as usual.
   void AddListener(Listener listener) ABSL_LOCKS_EXCLUDED(mu_);
 
   const std::string& name() const { return options_.name; }
@@ -313,8 +312,9 @@ class CircuitBreaker {
   std::atomic<uint64_t> successful_{0};
   std::atomic<uint64_t> failed_{0};
   std::atomic<uint64_t> slow_{0};
-  std::atomic<uint64_t> ignored_{0};        // fetch_add: bumped without mu_
-  std::atomic<uint64_t> not_permitted_{0};  // fetch_add: bumped without mu_
+  std::atomic<uint64_t> ignored_{0};              // fetch_add: bumped without mu_
+  std::atomic<uint64_t> not_permitted_{0};        // fetch_add: bumped without mu_
+  std::atomic<uint64_t> listener_exceptions_{0};  // fetch_add: bumped without mu_
   std::atomic<uint64_t> transitions_[6] = {};
 
   // Declared last: unregistered first, before anything the callbacks read is destroyed.

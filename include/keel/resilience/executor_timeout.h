@@ -27,6 +27,8 @@
 #include "absl/status/statusor.h"
 #include "keel/clock.h"
 #include "keel/deadline.h"
+#include "keel/internal/format.h"
+#include "keel/internal/status_of.h"
 #include "keel/internal/strings.h"
 #include "keel/resilience/call_context.h"
 #include "keel/resilience/cancellation.h"
@@ -64,13 +66,13 @@ class ExecutorTimeout {
     auto result = future.Get(inner.deadline);
     // A DEADLINE_EXCEEDED with the result not ready is Get giving up; one with the result
     // retrieved (ready() is then true) is the call's own answer and passes through.
-    if (StatusOf(result).code() == absl::StatusCode::kDeadlineExceeded && !future.ready()) {
+    if (internal::StatusOf(result).code() == absl::StatusCode::kDeadlineExceeded &&
+        !future.ready()) {
       source.Cancel();
-      return decltype(result)(absl::DeadlineExceededError(
-          internal::StrCat("timeout \"", options_.name, "\": no result within ",
-                           std::chrono::duration<double, std::milli>(options_.timeout).count(),
-                           "ms on thread pool \"", pool_->name(),
-                           "\"; cancellation signalled, the call may still be running")));
+      return decltype(result)(absl::DeadlineExceededError(internal::StrCat(
+          "timeout \"", options_.name, "\": no result within ",
+          internal::FormatDuration(options_.timeout), " on thread pool \"", pool_->name(),
+          "\"; cancellation signalled, the call may still be running")));
     }
     return result;
   }
@@ -80,12 +82,6 @@ class ExecutorTimeout {
  private:
   ExecutorTimeout(Options options, ThreadPoolBulkhead& pool, Clock& clock)
       : options_(std::move(options)), pool_(&pool), clock_(&clock) {}
-
-  static const absl::Status& StatusOf(const absl::Status& s) { return s; }
-  template <typename T>
-  static const absl::Status& StatusOf(const absl::StatusOr<T>& s) {
-    return s.status();
-  }
 
   Options options_;
   ThreadPoolBulkhead* pool_;

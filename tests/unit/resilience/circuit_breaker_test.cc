@@ -2,10 +2,12 @@
 
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "keel/metrics.h"
 #include "keel/status.h"
 
 namespace {
@@ -447,6 +449,25 @@ TEST_CASE("circuit breaker listener that transitions the breaker sees events in 
   REQUIRE(seen.size() == 2);
   CHECK(seen[0] == std::pair{State::kClosed, State::kOpen});
   CHECK(seen[1] == std::pair{State::kOpen, State::kDisabled});
+}
+
+TEST_CASE("circuit breaker listener that throws is dropped and counted, not fatal or wedging") {
+  keel::ManualClock clock;
+  keel::MetricsRegistry registry;
+  CircuitBreaker::Options o = Small();
+  o.name = "ai";
+  auto b = CircuitBreaker::Create(o, clock, &registry).value();
+  std::vector<State> later_listener;
+  b->AddListener([](State, State) { throw std::runtime_error("pager down"); });
+  b->AddListener([&](State, State to) { later_listener.push_back(to); });
+  Trip(*b);    // delivering CLOSED -> OPEN: the first listener throws
+  b->Reset();  // later events still get through: delivery is not stuck
+  REQUIRE(later_listener.size() == 2);
+  CHECK(later_listener[0] == State::kOpen);
+  CHECK(later_listener[1] == State::kClosed);
+  CHECK(b->Stats().listener_exceptions_total == 2);
+  CHECK(registry.RenderPrometheus().find(
+            "keel_circuit_breaker_listener_exceptions_total{name=\"ai\"} 2") != std::string::npos);
 }
 
 TEST_CASE("circuit breaker Execute records the call's status and duration") {
