@@ -10,6 +10,12 @@
 // trials, the writes sent ("calls": the work the contended resource does) and the simulated time
 // at which the last client succeeded ("time"). Output: a table on stdout and a CSV file.
 //
+// It follows the post's simulator (backoff_simulator.py in aws-samples/aws-arch-backoff-simulator)
+// step for step: the same hops, the same message order, the same "time" (the last event), and
+// its attempt numbering: a client's first retry is attempt 1, so its first exponential delay is
+// already 2 * base (keel::Backoff::StartAt(1)); decorrelated jitter starts from base whatever the
+// number. "none" is the post's no-backoff baseline, keel::Backoff::Constant(0s).
+//
 //   backoff_sim [--csv=backoff_sim.csv] [--trials=100] [--seed=1]
 //
 // Simulated time only: it runs in seconds whatever the delays.
@@ -56,7 +62,7 @@ struct Outcome {
 // One trial: n clients race until every one has written once.
 Outcome RunTrial(const Backoff& backoff, int n, std::mt19937_64& gen) {
   auto hop = [&gen] { return std::abs(absl::Gaussian<double>(gen, kHopMeanMs, kHopSdMs)); };
-  std::vector<Client> clients(static_cast<size_t>(n), Client{backoff.Start()});
+  std::vector<Client> clients(static_cast<size_t>(n), Client{backoff.StartAt(1)});
   std::priority_queue<Event, std::vector<Event>, std::greater<>> events;
   for (int c = 0; c < n; ++c) events.push({hop(), c, EventType::kReadArrives});
   int64_t server_version = 0;
@@ -93,6 +99,12 @@ Outcome RunTrial(const Backoff& backoff, int n, std::mt19937_64& gen) {
   return out;
 }
 
+// The strategy's name in the table: the post calls the zero constant "None".
+std::string_view Label(const Backoff& b) {
+  if (b.kind() == Backoff::Kind::kConstant && b.base() == keel::Duration::zero()) return "none";
+  return Backoff::KindName(b.kind());
+}
+
 std::string Flag(int argc, char** argv, std::string_view name, std::string fallback) {
   const std::string prefix = "--" + std::string(name) + "=";
   for (int i = 1; i < argc; ++i) {
@@ -117,6 +129,7 @@ int main(int argc, char** argv) {
                                             Backoff::Kind::kDecorrelatedJitter};
   std::vector<Backoff> backoffs;
   for (Backoff::Kind kind : kinds) backoffs.push_back(Backoff::Create(kind, 5ms, 2s).value());
+  backoffs.push_back(Backoff::Constant(0s).value());  // the post's NoBackoff baseline
 
   std::FILE* csv = std::fopen(csv_path.c_str(), "w");
   if (csv == nullptr) {
@@ -127,8 +140,7 @@ int main(int argc, char** argv) {
   std::printf("OCC contention, %d trials per cell, hop |N(10ms, 2ms)|, base 5ms, cap 2s\n", trials);
   std::printf("%8s", "clients");
   for (const Backoff& b : backoffs) {
-    std::printf(" | %-28.*s", static_cast<int>(Backoff::KindName(b.kind()).size()),
-                Backoff::KindName(b.kind()).data());
+    std::printf(" | %-28.*s", static_cast<int>(Label(b).size()), Label(b).data());
   }
   std::printf("\n%8s", "");
   for (size_t i = 0; i < backoffs.size(); ++i) std::printf(" | %9s %18s", "calls", "time (ms)");
@@ -148,9 +160,8 @@ int main(int argc, char** argv) {
       calls /= trials;
       time_ms /= trials;
       std::printf(" | %9.0f %18.0f", calls, time_ms);
-      std::fprintf(csv, "%d,%.*s,%.1f,%.1f\n", n,
-                   static_cast<int>(Backoff::KindName(b.kind()).size()),
-                   Backoff::KindName(b.kind()).data(), calls, time_ms);
+      std::fprintf(csv, "%d,%.*s,%.1f,%.1f\n", n, static_cast<int>(Label(b).size()),
+                   Label(b).data(), calls, time_ms);
     }
     std::printf("\n");
     std::fflush(stdout);

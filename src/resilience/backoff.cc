@@ -15,11 +15,20 @@ std::string FormatNanos(Duration d) { return internal::StrCat(d.count(), "ns"); 
 
 absl::StatusOr<Backoff> Backoff::Create(Kind kind, Duration base, Duration cap,
                                         std::string_view field_prefix) {
+  // A constant zero is "no backoff": retry at once (the baseline of Brooker's simulation, and
+  // what a caller wants when something else spaces the attempts). The doubling kinds need a
+  // positive base: 0 * 2^n never grows, and decorrelated jitter would draw from [0, 0].
+  if (kind == Kind::kConstant) {
+    if (base < Duration::zero()) {
+      return absl::InvalidArgumentError(internal::StrCat(
+          field_prefix, ".base must be >= 0 for a constant backoff, got ", FormatNanos(base)));
+    }
+    return Backoff(kind, base, base);
+  }
   if (base <= Duration::zero()) {
     return absl::InvalidArgumentError(
         internal::StrCat(field_prefix, ".base must be > 0, got ", FormatNanos(base)));
   }
-  if (kind == Kind::kConstant) cap = base;
   if (base > cap) {
     return absl::InvalidArgumentError(
         internal::StrCat(field_prefix, ".base must be <= ", field_prefix, ".cap, got base ",

@@ -51,14 +51,16 @@ class Backoff {
     // Default: kFullJitter.
     Kind kind = Kind::kFullJitter;
     // The first delay (constant: every delay). Shorter retries sooner; too short piles retries
-    // onto a backend that has not recovered. Default: 100 ms. Must be > 0.
+    // onto a backend that has not recovered. Default: 100 ms. Must be > 0, except for kConstant,
+    // where 0 is valid and means no backoff (retry at once).
     Duration base = std::chrono::milliseconds(100);
     // The longest delay. Ignored by kConstant. Default: 10 s. Must be >= base.
     Duration cap = std::chrono::seconds(10);
   };
 
-  // Each factory returns INVALID_ARGUMENT naming the field when `base` is not positive or, for
-  // the capped schedules, when `base > cap`.
+  // Each factory returns INVALID_ARGUMENT naming the field when `base` is negative, zero for a
+  // doubling schedule, or, for the capped schedules, above `cap`. `Constant(0s)` is valid: no
+  // backoff.
   static absl::StatusOr<Backoff> Constant(Duration delay);
   static absl::StatusOr<Backoff> Exponential(Duration base, Duration cap);
   static absl::StatusOr<Backoff> FullJitter(Duration base, Duration cap);
@@ -77,8 +79,13 @@ class Backoff {
   Duration base() const { return base_; }
   Duration cap() const { return cap_; }
 
-  // A fresh per-call sequence: its first Next() is the delay before the first retry (n = 0).
+  // A fresh per-call sequence: its first Next() is the delay before the first retry (n = 0:
+  // base for the exponential kinds).
   BackoffSequence Start() const;
+  // As Start(), numbering the first retry `first_n` instead of 0 (REQUIRES: first_n >= 0).
+  // Brooker's "Exponential Backoff And Jitter" numbers its first retry 1, so its first delay is
+  // already min(cap, 2 * base): StartAt(1) reproduces that. Decorrelated jitter ignores n.
+  BackoffSequence StartAt(int first_n) const;
 
   // Printable name of a kind ("full_jitter"), for logs, tables and CSV headers.
   static std::string_view KindName(Kind kind);
@@ -94,14 +101,14 @@ class Backoff {
 // The delays of one call. Cheap to create (three words), no allocation.
 class BackoffSequence {
  public:
-  explicit BackoffSequence(const Backoff& backoff)
-      : backoff_(backoff), retries_(0), prev_(backoff.base()) {}
+  explicit BackoffSequence(const Backoff& backoff, int first_n = 0)
+      : backoff_(backoff), retries_(first_n), prev_(backoff.base()) {}
 
   // The delay before the next retry; advances the sequence. Never negative, never above
   // max(base, cap). Draws from `gen` only for the jittered kinds.
   Duration Next(absl::BitGenRef gen);
 
-  // How many delays Next() has returned.
+  // The exponent the next Next() uses: how many delays it has returned, plus StartAt's first_n.
   int retries() const { return retries_; }
 
  private:
@@ -114,5 +121,8 @@ class BackoffSequence {
 };
 
 inline BackoffSequence Backoff::Start() const { return BackoffSequence(*this); }
+inline BackoffSequence Backoff::StartAt(int first_n) const {
+  return BackoffSequence(*this, first_n < 0 ? 0 : first_n);
+}
 
 }  // namespace keel

@@ -1,9 +1,12 @@
 #include "keel/resilience/backoff.h"
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <random>
 #include <string>
 #include <vector>
+
+#include "absl/random/random.h"
 
 using namespace std::chrono_literals;
 using keel::Backoff;
@@ -166,4 +169,33 @@ TEST_CASE("backoff rejects base greater than cap naming both fields") {
 TEST_CASE("backoff kinds have stable printable names") {
   CHECK(Backoff::KindName(Backoff::Kind::kFullJitter) == "full_jitter");
   CHECK(Backoff::KindName(Backoff::Kind::kDecorrelatedJitter) == "decorrelated_jitter");
+}
+
+TEST_CASE("backoff accepts a zero constant delay: no backoff") {
+  auto none = Backoff::Constant(0ms);
+  REQUIRE(none.ok());
+  absl::InsecureBitGen gen;
+  keel::BackoffSequence s = none->Start();
+  for (int i = 0; i < 5; ++i) CHECK(s.Next(gen) == keel::Duration::zero());
+  auto negative = Backoff::Create(Backoff::Kind::kConstant, -1ms, 0ms, "retry.backoff").status();
+  CHECK(std::string(negative.message()) ==
+        "retry.backoff.base must be >= 0 for a constant backoff, got -1000000ns");
+  CHECK(absl::IsInvalidArgument(Backoff::Exponential(0ms, 1s).status()));
+}
+
+TEST_CASE("backoff StartAt(1) numbers the first retry as Brooker's simulator does") {
+  auto expo = Backoff::Exponential(5ms, 2000ms).value();
+  absl::InsecureBitGen gen;
+  keel::BackoffSequence post = expo.StartAt(1);
+  CHECK(post.Next(gen) == 10ms);  // the post's expo(1) = 2 * base
+  CHECK(post.Next(gen) == 20ms);
+  CHECK(post.retries() == 3);
+  keel::BackoffSequence keel_default = expo.Start();
+  CHECK(keel_default.Next(gen) == 5ms);
+  // Full jitter's first draw then spans [0, 10ms], not [0, 5ms].
+  auto full = Backoff::FullJitter(5ms, 2000ms).value();
+  keel::Duration most{0};
+  for (int i = 0; i < 2000; ++i) most = std::max(most, full.StartAt(1).Next(gen));
+  CHECK(most > 5ms);
+  CHECK(most <= 10ms);
 }
