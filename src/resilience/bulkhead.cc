@@ -93,7 +93,11 @@ absl::StatusOr<SemaphoreBulkhead::Permit> SemaphoreBulkhead::TryAcquire() {
 }
 
 absl::StatusOr<SemaphoreBulkhead::Permit> SemaphoreBulkhead::Acquire(Deadline deadline) {
-  const TimePoint now = clock_.Now();
+  // The wait is measured on the deadline's own clock, max_wait included, so a caller's
+  // ManualClock deadline (or any other timeline) is honoured whatever clock the bulkhead has; an
+  // infinite deadline has no clock worth honouring and max_wait runs on the bulkhead's.
+  const Clock& wait_clock = deadline.IsInfinite() ? clock_ : deadline.clock();
+  const TimePoint now = wait_clock.Now();
   // The wait ends at the earlier of the caller's deadline and max_wait; remember which.
   const TimePoint own_limit =
       options_.max_wait >= TimePoint::max() - now ? TimePoint::max() : now + options_.max_wait;
@@ -123,7 +127,7 @@ absl::StatusOr<SemaphoreBulkhead::Permit> SemaphoreBulkhead::Acquire(Deadline de
   Waiter me;
   const auto it = waiters_.insert(waiters_.end(), &me);
   Set(waiting_view_, static_cast<int>(waiters_.size()));
-  clock_.WaitUntil(mu_, me.cv, until, [&] {
+  wait_clock.WaitUntil(mu_, me.cv, until, [&] {
     mu_.AssertHeld();  // WaitUntil calls the predicate with mu_ held
     return me.granted || shut_down_;
   });

@@ -108,9 +108,8 @@ class SemaphoreBulkhead {
   // bulkhead cannot know when a call will end); CANCELLED after Shutdown().
   absl::StatusOr<Permit> TryAcquire() ABSL_LOCKS_EXCLUDED(mu_);
 
-  // Takes a permit, waiting in FIFO order until min(deadline, now + max_wait) if none is free.
-  // `deadline` must be on the same timeline as the bulkhead's clock (both SteadyClock, or the
-  // same ManualClock in tests).
+  // Takes a permit, waiting in FIFO order until min(deadline, now + max_wait) if none is free,
+  // both measured on the deadline's own clock (an infinite deadline: max_wait on the bulkhead's).
   // Errors: DEADLINE_EXCEEDED when the caller's deadline is what ran out (it came first, or was
   // already expired); RESOURCE_EXHAUSTED when max_wait ran out first; CANCELLED when Shutdown()
   // was called before or during the wait.

@@ -237,3 +237,21 @@ TEST_CASE("semaphore bulkhead rejects bad options with INVALID_ARGUMENT naming t
 }
 
 }  // namespace
+
+TEST_CASE("semaphore bulkhead waits on the deadline's own clock, not the bulkhead's") {
+  // The bulkhead keeps real time (max_wait 1 h); the caller's deadline is on a manual clock.
+  keel::ManualClock caller_clock;
+  auto b =
+      SemaphoreBulkhead::Create({.name = "ai-calls", .max_concurrent = 1, .max_wait = 1h}).value();
+  auto held = b->TryAcquire();
+  REQUIRE(held.ok());
+  absl::Status waited;
+  std::thread waiter(
+      [&] { waited = b->Acquire(keel::Deadline::After(3s, caller_clock)).status(); });
+  caller_clock.AwaitSleepers(1);
+  caller_clock.Advance(3s);
+  waiter.join();
+  CHECK(absl::IsDeadlineExceeded(waited));
+  CHECK(Contains(waited, "bulkhead \"ai-calls\": deadline passed while waiting for a permit"));
+  CHECK(b->Stats().timed_out_total == 1);
+}
