@@ -167,8 +167,8 @@ void SemaphoreBulkhead::Shutdown() {
   for (Waiter* w : waiters_) w->cv.SignalAll();
 }
 
-SemaphoreBulkhead::StatsSnapshot SemaphoreBulkhead::Stats() const {
-  StatsSnapshot s;
+SemaphoreBulkheadStats SemaphoreBulkhead::Stats() const {
+  SemaphoreBulkheadStats s;
   {
     MutexLock lock(mu_);
     s.in_use = in_use_;

@@ -490,7 +490,7 @@ CircuitBreaker::State CircuitBreaker::state() const {
   return const_cast<CircuitBreaker*>(this)->StateImpl();
 }
 
-CircuitBreaker::StatsSnapshot CircuitBreaker::Stats() const {
+CircuitBreakerStats CircuitBreaker::Stats() const {
   return const_cast<CircuitBreaker*>(this)->StatsImpl();
 }
 
@@ -508,9 +508,9 @@ CircuitBreaker::State CircuitBreaker::StateImpl() {
   return result;
 }
 
-CircuitBreaker::StatsSnapshot CircuitBreaker::StatsImpl() {
+CircuitBreakerStats CircuitBreaker::StatsImpl() {
   const TimePoint now = clock_.Now();
-  StatsSnapshot st;
+  CircuitBreakerStats st;
   {
     internal::SpinLockGuard lock(mu_);
     AdvanceLocked(now);

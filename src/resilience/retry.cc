@@ -38,8 +38,8 @@ absl::StatusOr<Retry> Retry::Create(Options options, Clock& clock, absl::BitGenR
   return CreateImpl(std::move(options), clock, gen, metrics);
 }
 
-Retry::StatsSnapshot Retry::Stats() const {
-  StatsSnapshot s;
+RetryStats Retry::Stats() const {
+  RetryStats s;
   s.retries_total = counters_->retries.load(std::memory_order_relaxed);
   for (int i = 0; i < kOutcomes; ++i) {
     s.outcomes_total[static_cast<size_t>(i)] =

@@ -152,8 +152,8 @@ void ThreadPoolBulkhead::Shutdown(ShutdownMode mode) {
   }
 }
 
-ThreadPoolBulkhead::StatsSnapshot ThreadPoolBulkhead::Stats() const {
-  StatsSnapshot s;
+ThreadPoolBulkheadStats ThreadPoolBulkhead::Stats() const {
+  ThreadPoolBulkheadStats s;
   {
     MutexLock lock(mu_);
     s.active = active_;

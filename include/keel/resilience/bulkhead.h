@@ -38,6 +38,8 @@
 
 namespace keel {
 
+struct SemaphoreBulkheadStats;
+
 class SemaphoreBulkhead {
  public:
   struct Options {
@@ -51,16 +53,6 @@ class SemaphoreBulkhead {
     // How long Acquire() may wait for a permit (further bounded by the caller's deadline).
     // Must be >= 0; zero rejects at once when full (Resilience4j's default). Default: 0.
     Duration max_wait = Duration::zero();
-  };
-
-  struct StatsSnapshot {
-    int max_concurrent = 0;
-    int in_use = 0;   // permits held now
-    int waiting = 0;  // callers queued in Acquire()
-    uint64_t acquired_total = 0;
-    uint64_t rejected_total = 0;   // RESOURCE_EXHAUSTED: full (TryAcquire) or max_wait ran out
-    uint64_t timed_out_total = 0;  // DEADLINE_EXCEEDED: the caller's deadline ran out
-    bool shut_down = false;
   };
 
   // One unit of the bulkhead's capacity. Released when destroyed or by Release(). Move-only.
@@ -119,7 +111,7 @@ class SemaphoreBulkhead {
   // Permits already held stay valid and are released as usual. Idempotent.
   void Shutdown() ABSL_LOCKS_EXCLUDED(mu_);
 
-  StatsSnapshot Stats() const ABSL_LOCKS_EXCLUDED(mu_);
+  SemaphoreBulkheadStats Stats() const ABSL_LOCKS_EXCLUDED(mu_);
   const std::string& name() const { return options_.name; }
 
  private:
@@ -152,6 +144,18 @@ class SemaphoreBulkhead {
   std::atomic<uint64_t> rejected_deadline_{0};
 
   std::vector<MetricsRegistry::Registration> registrations_;  // last: unregistered first
+};
+
+// A snapshot of a SemaphoreBulkhead (its Stats()); counters (`*_total`) are cumulative since
+// Create.
+struct SemaphoreBulkheadStats {
+  int max_concurrent = 0;
+  int in_use = 0;   // permits held now
+  int waiting = 0;  // callers queued in Acquire()
+  uint64_t acquired_total = 0;
+  uint64_t rejected_total = 0;   // RESOURCE_EXHAUSTED: full (TryAcquire) or max_wait ran out
+  uint64_t timed_out_total = 0;  // DEADLINE_EXCEEDED: the caller's deadline ran out
+  bool shut_down = false;
 };
 
 }  // namespace keel

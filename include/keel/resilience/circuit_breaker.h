@@ -61,6 +61,8 @@ template <typename T>
 struct IsStatusOrStatusOr<absl::StatusOr<T>> : std::true_type {};
 }  // namespace internal
 
+struct CircuitBreakerStats;
+
 class CircuitBreaker {
  public:
   enum class State {
@@ -135,24 +137,6 @@ class CircuitBreaker {
     std::function<Outcome(const absl::Status&)> classifier = &CircuitBreaker::DefaultClassifier;
   };
 
-  struct StatsSnapshot {
-    State state = State::kClosed;
-    // Over the current window (CLOSED, METRICS_ONLY) or the current probes (HALF_OPEN); nullopt
-    // until the minimum number of calls (or all probes) has been recorded.
-    std::optional<double> failure_rate;
-    std::optional<double> slow_call_rate;
-    int64_t buffered_calls = 0;  // successes + failures in the window (or probes recorded)
-    int64_t failed_calls = 0;    // failures in the window (or among the probes)
-    int64_t slow_calls = 0;      // slow calls in the window (or among the probes)
-    // Lifetime totals since Create.
-    uint64_t successful_total = 0;
-    uint64_t failed_total = 0;
-    uint64_t ignored_total = 0;  // ignored outcomes plus permits dropped without Record
-    uint64_t slow_total = 0;
-    uint64_t not_permitted_total = 0;        // TryAcquire rejections
-    uint64_t listener_exceptions_total = 0;  // listener calls that threw (caught and dropped)
-  };
-
   // A permission to make one call. Record its outcome, or drop it: a permit destroyed without
   // Record() counts as ignored and frees its HALF_OPEN probe slot. Move-only.
   // REQUIRES: the breaker outlives its permits.
@@ -225,7 +209,7 @@ class CircuitBreaker {
   State state() const ABSL_LOCKS_EXCLUDED(mu_);
 
   // A snapshot of the state, rates and counters (applies due time-driven transitions first).
-  StatsSnapshot Stats() const ABSL_LOCKS_EXCLUDED(mu_);
+  CircuitBreakerStats Stats() const ABSL_LOCKS_EXCLUDED(mu_);
 
   // Moves the breaker to `to` with a fresh window and notifies listeners (if the state changed).
   // Use it for the manual states (kDisabled, kForcedOpen, kMetricsOnly) and to leave them again;
@@ -260,7 +244,7 @@ class CircuitBreaker {
 
   absl::StatusOr<Permit> AcquireSlow(uint64_t word) ABSL_LOCKS_EXCLUDED(mu_);
   State StateImpl() ABSL_LOCKS_EXCLUDED(mu_);
-  StatsSnapshot StatsImpl() ABSL_LOCKS_EXCLUDED(mu_);
+  CircuitBreakerStats StatsImpl() ABSL_LOCKS_EXCLUDED(mu_);
   void OnRecord(uint64_t epoch, Outcome outcome, Duration elapsed) ABSL_LOCKS_EXCLUDED(mu_);
   void OnRelease(uint64_t epoch) ABSL_LOCKS_EXCLUDED(mu_);
   // Applies the time-driven transitions due at `now`.
@@ -319,6 +303,25 @@ class CircuitBreaker {
 
   // Declared last: unregistered first, before anything the callbacks read is destroyed.
   std::vector<MetricsRegistry::Registration> registrations_;
+};
+
+// A snapshot of a CircuitBreaker (its Stats()); counters (`*_total`) are cumulative since Create.
+struct CircuitBreakerStats {
+  CircuitBreaker::State state = CircuitBreaker::State::kClosed;
+  // Over the current window (CLOSED, METRICS_ONLY) or the current probes (HALF_OPEN); nullopt
+  // until the minimum number of calls (or all probes) has been recorded.
+  std::optional<double> failure_rate;
+  std::optional<double> slow_call_rate;
+  int64_t buffered_calls = 0;  // successes + failures in the window (or probes recorded)
+  int64_t failed_calls = 0;    // failures in the window (or among the probes)
+  int64_t slow_calls = 0;      // slow calls in the window (or among the probes)
+  // Lifetime totals since Create.
+  uint64_t successful_total = 0;
+  uint64_t failed_total = 0;
+  uint64_t ignored_total = 0;  // ignored outcomes plus permits dropped without Record
+  uint64_t slow_total = 0;
+  uint64_t not_permitted_total = 0;        // TryAcquire rejections
+  uint64_t listener_exceptions_total = 0;  // listener calls that threw (caught and dropped)
 };
 
 // "closed", "open", "half_open", "disabled", "forced_open", "metrics_only".

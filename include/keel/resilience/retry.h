@@ -50,6 +50,8 @@
 
 namespace keel {
 
+struct RetryStats;
+
 class Retry {
  public:
   struct Options {
@@ -88,12 +90,6 @@ class Retry {
   };
   static constexpr int kOutcomes = 6;
 
-  struct StatsSnapshot {
-    uint64_t retries_total = 0;                        // attempts beyond the first
-    std::array<uint64_t, kOutcomes> outcomes_total{};  // indexed by Outcome
-    uint64_t outcome(Outcome o) const { return outcomes_total[static_cast<size_t>(o)]; }
-  };
-
   // Validates `options`: INVALID_ARGUMENT naming the field ("retry.max_attempts must be >= 1,
   // got 0", "retry.backoff.base must be <= retry.backoff.cap, ..."). Sleeps on `clock`. Jitter
   // comes from a per-thread generator, or from `gen` when given (tests pass a fixed one).
@@ -105,7 +101,7 @@ class Retry {
                                       MetricsRegistry* metrics = nullptr);
 
   // Counters since Create, shared by copies of this Retry (a Pipeline holds a copy).
-  StatsSnapshot Stats() const;
+  RetryStats Stats() const;
 
   // Runs `fn(const CallContext&)`, which returns absl::Status or absl::StatusOr<T>, until it
   // succeeds or Retry stops. `ctx.attempt` counts the attempts; deadline and cancellation pass
@@ -163,6 +159,13 @@ class Retry {
   Clock* clock_;
   std::optional<absl::BitGenRef> gen_;
   std::shared_ptr<Counters> counters_;
+};
+
+// A snapshot of a Retry (its Stats()); counters (`*_total`) are cumulative since Create.
+struct RetryStats {
+  uint64_t retries_total = 0;                               // attempts beyond the first
+  std::array<uint64_t, Retry::kOutcomes> outcomes_total{};  // indexed by Retry::Outcome
+  uint64_t outcome(Retry::Outcome o) const { return outcomes_total[static_cast<size_t>(o)]; }
 };
 
 template <typename F>

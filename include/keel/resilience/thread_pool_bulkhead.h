@@ -57,6 +57,8 @@ struct FutureValueOf<absl::StatusOr<T>> {
 };
 }  // namespace internal
 
+struct ThreadPoolBulkheadStats;
+
 class ThreadPoolBulkhead {
  public:
   enum class ShutdownMode {
@@ -76,18 +78,6 @@ class ThreadPoolBulkhead {
     // can take at once never counts against it, so 0 means "run now or reject". Must be >= 0.
     // Default: 100 (Resilience4j's default).
     int queue_capacity = 100;
-  };
-
-  struct StatsSnapshot {
-    int threads = 0;
-    int active = 0;  // tasks running now
-    int queued = 0;  // tasks waiting for a thread
-    uint64_t submitted_total = 0;
-    uint64_t rejected_total = 0;   // queue full
-    uint64_t completed_total = 0;  // tasks run to completion (whatever they returned or threw)
-    uint64_t task_exceptions_total = 0;  // tasks that threw (their futures hold INTERNAL)
-    uint64_t cancelled_total = 0;        // queued tasks cancelled by Shutdown(kCancelQueued)
-    bool shut_down = false;
   };
 
   // Validates `options` and starts the threads. `clock` (used by the futures' Get) and `metrics`
@@ -129,7 +119,7 @@ class ThreadPoolBulkhead {
   // REQUIRES: not called from one of the pool's own tasks.
   void Shutdown(ShutdownMode mode) ABSL_LOCKS_EXCLUDED(mu_);
 
-  StatsSnapshot Stats() const ABSL_LOCKS_EXCLUDED(mu_);
+  ThreadPoolBulkheadStats Stats() const ABSL_LOCKS_EXCLUDED(mu_);
   const std::string& name() const { return options_.name; }
 
  private:
@@ -187,6 +177,20 @@ class ThreadPoolBulkhead {
   std::atomic<uint64_t> task_exceptions_{0};
 
   std::vector<MetricsRegistry::Registration> registrations_;  // last: unregistered first
+};
+
+// A snapshot of a ThreadPoolBulkhead (its Stats()); counters (`*_total`) are cumulative since
+// Create.
+struct ThreadPoolBulkheadStats {
+  int threads = 0;
+  int active = 0;  // tasks running now
+  int queued = 0;  // tasks waiting for a thread
+  uint64_t submitted_total = 0;
+  uint64_t rejected_total = 0;         // queue full
+  uint64_t completed_total = 0;        // tasks run to completion (whatever they returned or threw)
+  uint64_t task_exceptions_total = 0;  // tasks that threw (their futures hold INTERNAL)
+  uint64_t cancelled_total = 0;        // queued tasks cancelled by Shutdown(kCancelQueued)
+  bool shut_down = false;
 };
 
 }  // namespace keel

@@ -76,7 +76,7 @@ TEST_CASE("shared pipeline under 8 threads keeps the bulkhead bound and the retr
   for (auto& th : threads) th.join();
 
   const int64_t calls = int64_t{kThreads} * kCallsPerThread;
-  const keel::Retry::StatsSnapshot stats = retry.Stats();
+  const keel::RetryStats stats = retry.Stats();
   CHECK(ok.load() + failed.load() == calls);
   CHECK(max_inside.load() <= 3);
   CHECK(attempts.load() == calls + static_cast<int64_t>(stats.retries_total));

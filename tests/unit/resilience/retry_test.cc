@@ -297,7 +297,7 @@ TEST_CASE("retry counts retries and how retried calls ended, in Stats and metric
   CHECK_FALSE(retry.Execute(Deadline::Infinite(), std::ref(bad)).ok());
 
   const Retry copy = retry;  // copies share the counters (a Pipeline holds a copy)
-  const Retry::StatsSnapshot s = copy.Stats();
+  const keel::RetryStats s = copy.Stats();
   CHECK(s.retries_total == 2);
   CHECK(s.outcome(Retry::Outcome::kSucceededAfterRetry) == 1);
   CHECK(s.outcome(Retry::Outcome::kGaveUpAttempts) == 1);
