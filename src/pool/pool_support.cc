@@ -73,12 +73,12 @@ std::string DescribeCreateError(std::string_view cause, Duration age) {
   return StrCat(HumanDuration(age), " ago: ", cause);
 }
 
-absl::Status AcquireTimeoutError(const PoolOptions& o, Duration waited, const Snapshot& s) {
+absl::Status AcquireTimeoutError(const PoolOptions& o, Duration budget, const Snapshot& s) {
   std::string detail = StrCat(s.in_use, "/", s.max_size, " in use, ", s.waiting, " waiting");
   if (s.connecting > 0) absl::StrAppend(&detail, ", ", s.connecting, " connecting");
   if (s.last_create_error) absl::StrAppend(&detail, ", last create error ", *s.last_create_error);
   return absl::DeadlineExceededError(StrCat(Quoted(o), ": no ", o.resource_kind, " within ",
-                                            HumanDuration(waited), " (", detail, ")"));
+                                            HumanDuration(budget), " (", detail, ")"));
 }
 
 absl::Status CreateFailedError(const PoolOptions& o, const absl::Status& cause) {

@@ -294,6 +294,10 @@ absl::StatusOr<Lease<T>> Core<T>::Acquire(Deadline caller_deadline, bool wait) {
           ? Deadline::At(AddSaturating(start, options_.acquire_timeout), clock_)
           : Deadline::Min(caller_deadline,
                           Deadline::After(options_.acquire_timeout, caller_deadline.clock()));
+  // What the caller allowed, on the deadline's clock: the timeout message names this budget
+  // rather than the wait measured on the pool's clock, which may be another timeline and, under
+  // load, overshoots the budget by the wake-up latency.
+  const Duration budget = limit.Remaining();
   TimePoint now = start;
   mu_.Lock();
   // Fast path: an idle resource and nobody ahead of us.
@@ -388,7 +392,7 @@ absl::StatusOr<Lease<T>> Core<T>::Acquire(Deadline caller_deadline, bool wait) {
         waiters_.erase(position);
         ++timeouts_;
         mu_.Unlock();
-        return AcquireTimeoutError(options_, now - start, snap);
+        return AcquireTimeoutError(options_, budget, snap);
       }
       ++connecting_;
       mu_.Unlock();
@@ -415,7 +419,7 @@ absl::StatusOr<Lease<T>> Core<T>::Acquire(Deadline caller_deadline, bool wait) {
         ++timeouts_;
         const Snapshot snap = SnapshotLocked(now);
         mu_.Unlock();
-        return AcquireTimeoutError(options_, now - start, snap);
+        return AcquireTimeoutError(options_, budget, snap);
       }
       mu_.Unlock();
       return CreateFailedError(options_, cause);
@@ -429,7 +433,7 @@ absl::StatusOr<Lease<T>> Core<T>::Acquire(Deadline caller_deadline, bool wait) {
       waiters_.erase(position);
       ++timeouts_;
       mu_.Unlock();
-      return AcquireTimeoutError(options_, now - start, snap);
+      return AcquireTimeoutError(options_, budget, snap);
     }
   }
 }

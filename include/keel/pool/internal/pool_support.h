@@ -43,7 +43,8 @@ struct Snapshot {
 
 // DEADLINE_EXCEEDED: `pool "db": no connection within 30s (10/10 in use, 7 waiting, last create
 // error 3s ago: connection refused)`.
-absl::Status AcquireTimeoutError(const PoolOptions& options, Duration waited, const Snapshot& s);
+// `budget` is what the caller's deadline (capped by acquire_timeout) allowed when it asked.
+absl::Status AcquireTimeoutError(const PoolOptions& options, Duration budget, const Snapshot& s);
 // UNAVAILABLE: `pool "db": cannot create a connection: <cause>`; INTERNAL when the cause is
 // (a create hook that threw or returned null).
 absl::Status CreateFailedError(const PoolOptions& options, const absl::Status& cause);
