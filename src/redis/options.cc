@@ -5,12 +5,14 @@
 #include <string_view>
 #include <vector>
 
+#include "keel/internal/format.h"
 #include "keel/internal/status_macros.h"
 #include "keel/internal/strings.h"
 
 namespace keel::redis {
 namespace {
 
+using keel::internal::FormatDuration;
 using keel::internal::StrCat;
 
 absl::Status UrlError(std::string_view what) {
@@ -220,9 +222,6 @@ absl::Status Options::Validate() const {
   auto bad = [](std::string_view field, std::string_view what) {
     return absl::InvalidArgumentError(StrCat("redis.", field, " ", what));
   };
-  auto millis = [](Duration d) {
-    return StrCat(std::chrono::duration_cast<std::chrono::milliseconds>(d).count(), "ms");
-  };
   if (sentinels.empty()) {
     if (server.host.empty()) return bad("server.host", "must not be empty");
     if (server.port < 1 || server.port > 65535) {
@@ -240,11 +239,18 @@ absl::Status Options::Validate() const {
   if (user && !password) return bad("user", "needs a password");
   if (db < 0) return bad("db", StrCat("must be >= 0, got ", db));
   if (connect_timeout <= Duration::zero()) {
-    return bad("connect_timeout", StrCat("must be positive, got ", millis(connect_timeout)));
+    return bad("connect_timeout",
+               StrCat("must be positive, got ", FormatDuration(connect_timeout)));
   }
   if (command_timeout <= Duration::zero()) {
-    return bad("command_timeout", StrCat("must be positive, got ", millis(command_timeout)));
+    return bad("command_timeout",
+               StrCat("must be positive, got ", FormatDuration(command_timeout)));
   }
+  if (late_reply_timeout <= Duration::zero()) {
+    return bad("late_reply_timeout",
+               StrCat("must be positive, got ", FormatDuration(late_reply_timeout)));
+  }
+  KEEL_RETURN_IF_ERROR(Backoff::Create(reconnect_backoff, "redis.reconnect_backoff").status());
   return absl::OkStatus();
 }
 
