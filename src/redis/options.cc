@@ -161,17 +161,28 @@ absl::StatusOr<Options> Options::FromUrl(std::string_view url) {
                            Quote(url.substr(0, sep)),
                            url.substr(0, sep) == "rediss" ? " (TLS is not supported)" : ""));
   }
+  // Credentials end at the URL's last '@' ('@' has no other place in a Redis URL). Splitting
+  // there first keeps every later error message, which may quote the host, port or path, free
+  // of any part of a password that holds an unescaped '/', '?' or '#'.
+  std::string_view userinfo;
+  bool has_userinfo = false;
+  if (const size_t at = rest.rfind('@'); at != std::string_view::npos) {
+    userinfo = rest.substr(0, at);
+    rest = rest.substr(at + 1);
+    has_userinfo = true;
+    if (userinfo.find_first_of("/?#") != std::string_view::npos) {
+      return UrlError("user or password holds an unescaped '/', '?' or '#' (write %2F, %3F, %23)");
+    }
+  }
   if (rest.find_first_of("?#") != std::string_view::npos) {
     return UrlError("query parameters and fragments are not supported; set Options fields");
   }
 
-  // Authority ends at the first '/'; credentials end at its last '@'.
+  // Authority ends at the first '/'.
   const size_t slash = rest.find('/');
   std::string_view authority = rest.substr(0, slash);
   std::string_view path = slash == std::string_view::npos ? "" : rest.substr(slash + 1);
-  if (const size_t at = authority.rfind('@'); at != std::string_view::npos) {
-    const std::string_view userinfo = authority.substr(0, at);
-    authority = authority.substr(at + 1);
+  if (has_userinfo) {
     const size_t colon = userinfo.find(':');
     const std::string_view user = userinfo.substr(0, colon);
     if (!user.empty()) {
