@@ -81,13 +81,28 @@ void Subscriber::Wake() {
 
 SubscriberStats Subscriber::Stats() const {
   MutexLock lock(mu_);
-  return {.connected = connected_, .messages_total = messages_, .reconnects_total = reconnects_};
+  return {.connected = connected_,
+          .messages_total = messages_,
+          .reconnects_total = reconnects_,
+          .hook_errors_total = hook_errors_};
 }
 
-absl::Status Subscriber::Subscribe(std::vector<std::string> channels, Deadline deadline) {
+template <typename F>
+void Subscriber::CallHook(F&& hook) {
+  // User code must not end the subscriber's thread (an escaping exception would terminate the
+  // process) nor skip the bookkeeping after it: catch everything, count it, go on.
+  try {
+    hook();
+  } catch (...) {
+    MutexLock lock(mu_);
+    ++hook_errors_;
+  }
+}
+
+absl::Status Subscriber::Subscribe(Deadline deadline, std::vector<std::string> channels) {
   return Change(Op::kSubscribe, std::move(channels), deadline);
 }
-absl::Status Subscriber::PSubscribe(std::vector<std::string> patterns, Deadline deadline) {
+absl::Status Subscriber::PSubscribe(Deadline deadline, std::vector<std::string> patterns) {
   return Change(Op::kPSubscribe, std::move(patterns), deadline);
 }
 absl::Status Subscriber::Unsubscribe(std::vector<std::string> channels) {
@@ -119,7 +134,11 @@ absl::Status Subscriber::Change(Op op, std::vector<std::string> names,
   Wake();
   if (!wait) return absl::OkStatus();
   const std::set<std::string>& active = channel ? active_channels_ : active_patterns_;
-  const bool confirmed = clock_.WaitUntil(mu_, cv_, wait->time(), [&] {
+  // On the deadline's own clock (API rule 1). WaitUntil is non-const only because a clock may
+  // keep waiter bookkeeping (ManualClock); the Deadline holds its clock const because it only
+  // reads the time, so casting the const away is sound here.
+  Clock& wait_clock = const_cast<Clock&>(wait->clock());
+  const bool confirmed = wait_clock.WaitUntil(mu_, cv_, wait->time(), [&] {
     mu_.AssertHeld();
     return stop_ || std::all_of(names.begin(), names.end(),
                                 [&](const std::string& n) { return active.count(n) > 0; });
@@ -143,7 +162,7 @@ void Subscriber::Loop() {
     }
     auto conn = locator_->ConnectPrimary(Deadline::After(options_.connect_timeout));
     if (!conn.ok()) {
-      if (hooks_.on_error) hooks_.on_error(conn.status());
+      if (hooks_.on_error) CallHook([&] { hooks_.on_error(conn.status()); });
       MutexLock lock(mu_);
       clock_.WaitUntil(mu_, cv_, clock_.Now() + backoff, [&] {
         mu_.AssertHeld();
@@ -171,7 +190,7 @@ void Subscriber::Loop() {
       }
       // Before any message on the new connection is delivered: a cache clears itself first and
       // then sees every invalidation published from now on.
-      if (hooks_.on_reconnect) hooks_.on_reconnect();
+      if (hooks_.on_reconnect) CallHook([&] { hooks_.on_reconnect(); });
     }
     ever_connected = true;
 
@@ -217,7 +236,9 @@ void Subscriber::Loop() {
       ping_sent.reset();
       const Reply& reply = **got;
       if (reply.is_error()) {
-        if (hooks_.on_error) hooks_.on_error(ServerErrorToStatus("redis subscriber", reply.str()));
+        if (hooks_.on_error) {
+          CallHook([&] { hooks_.on_error(ServerErrorToStatus("redis subscriber", reply.str())); });
+        }
         continue;
       }
       if (!reply.is_array() || reply.elements().empty()) continue;
@@ -228,14 +249,18 @@ void Subscriber::Loop() {
           MutexLock lock(mu_);
           ++messages_;
         }
-        hooks_.on_message(Message{.channel = e[1].str(), .payload = e[2].str(), .pattern = {}});
+        CallHook([&] {
+          hooks_.on_message(Message{.channel = e[1].str(), .payload = e[2].str(), .pattern = {}});
+        });
       } else if (kind == "pmessage" && e.size() == 4) {
         {
           MutexLock lock(mu_);
           ++messages_;
         }
-        hooks_.on_message(
-            Message{.channel = e[2].str(), .payload = e[3].str(), .pattern = e[1].str()});
+        CallHook([&] {
+          hooks_.on_message(
+              Message{.channel = e[2].str(), .payload = e[3].str(), .pattern = e[1].str()});
+        });
       } else if (e.size() >= 2 && (kind == "subscribe" || kind == "psubscribe" ||
                                    kind == "unsubscribe" || kind == "punsubscribe")) {
         {
@@ -259,7 +284,7 @@ void Subscriber::Loop() {
     }
     if (!status.ok()) {
       locator_->Forget();
-      if (hooks_.on_error) hooks_.on_error(status);
+      if (hooks_.on_error) CallHook([&] { hooks_.on_error(status); });
     }
   }
 }
