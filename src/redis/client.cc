@@ -28,8 +28,8 @@ Client::Client(Options options, Clock& clock, Backoff backoff,
       backoff_(backoff),
       own_random_(random ? std::nullopt : std::optional<absl::BitGen>(std::in_place)),
       random_(random ? *random : absl::BitGenRef(*own_random_)),
-      delays_(backoff_.Start()),
-      locator_(std::make_unique<internal::PrimaryLocator>(options_)) {}
+      locator_(std::make_unique<internal::PrimaryLocator>(options_)),
+      delays_(backoff_.Start()) {}
 
 Client::~Client() { Shutdown(); }
 
@@ -61,7 +61,53 @@ absl::StatusOr<std::unique_ptr<Client>> Client::CreateImpl(Options options, Cloc
   };
   KEEL_ASSIGN_OR_RETURN(
       self->pool_, Pool<Connection>::Create(self->options_.pool, std::move(hooks), clock, metrics));
+  if (metrics != nullptr) KEEL_RETURN_IF_ERROR(self->RegisterMetrics(*metrics));
   return client;
+}
+
+absl::Status Client::RegisterMetrics(MetricsRegistry& metrics) {
+  struct Series {
+    std::string_view name;
+    std::string_view help;
+    const std::atomic<uint64_t>* value;
+  };
+  const Series series[] = {
+      {"keel_redis_client_connections_retired_total",
+       "Connections discarded because a sibling's I/O error showed they were probably dead.",
+       &retired_},
+      {"keel_redis_client_connect_attempts_total", "Connection attempts made.", &connect_attempts_},
+      {"keel_redis_client_connect_failures_total", "Connection attempts that failed.",
+       &connect_failures_},
+      {"keel_redis_client_connects_delayed_total",
+       "Connection attempts not made because the reconnect backoff was running.",
+       &connects_delayed_},
+      {"keel_redis_client_late_replies_drained_total",
+       "Replies of timed-out calls read and discarded before a connection was reused.",
+       &late_drained_},
+      {"keel_redis_client_late_connections_closed_total",
+       "Connections closed because they still owed late replies after late_reply_timeout.",
+       &late_closed_},
+      {"keel_redis_client_dirty_connections_closed_total",
+       "Leased connections closed because they came back in a changed session state.",
+       &dirty_closed_},
+      {"keel_redis_client_commands_refused_total",
+       "Calls refused before any I/O (state commands, empty commands).", &refused_},
+  };
+  const Labels labels = {{"name", options_.pool.name}};
+  for (const Series& s : series) {
+    KEEL_ASSIGN_OR_RETURN(MetricsRegistry::Registration reg,
+                          metrics.AddCounterCallback(s.name, s.help, labels, [value = s.value] {
+                            return static_cast<double>(value->load(std::memory_order_relaxed));
+                          }));
+    registrations_.push_back(std::move(reg));
+  }
+  KEEL_ASSIGN_OR_RETURN(MetricsRegistry::Registration reg,
+                        metrics.AddCounterCallback(
+                            "keel_redis_client_primary_discoveries_total",
+                            "Times the primary was (re)discovered through the sentinels.", labels,
+                            [this] { return static_cast<double>(locator_->discoveries()); }));
+  registrations_.push_back(std::move(reg));
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::unique_ptr<Connection>> Client::Connect(Deadline deadline) {

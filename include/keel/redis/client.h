@@ -54,6 +54,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/random/bit_gen_ref.h"
@@ -104,7 +105,10 @@ class Client {
   // Validates `options` and creates the pool (no I/O: succeeds while Redis is down; the pool
   // connects in the background and on demand). `clock` and `metrics` must outlive the Client.
   // With `metrics`, the pool registers its keel_pool_* series (see keel/pool/pool.h), labelled
-  // with options.pool.name.
+  // with options.pool.name, and the client registers counters mirroring ClientStats:
+  // keel_redis_client_{connections_retired,primary_discoveries,connect_attempts,connect_failures,
+  // connects_delayed,late_replies_drained,late_connections_closed,dirty_connections_closed,
+  // commands_refused}_total{name=<options.pool.name>}.
   // Errors: INVALID_ARGUMENT naming the bad field.
   static absl::StatusOr<std::unique_ptr<Client>> Create(Options options,
                                                         Clock& clock = SteadyClock(),
@@ -185,6 +189,7 @@ class Client {
   bool Unusable(const Connection& conn);
   // True when `conn` has owed late replies for longer than late_reply_timeout.
   bool LateTooLong(const Connection& conn) const;
+  absl::Status RegisterMetrics(MetricsRegistry& metrics);
   // Refusal of a call before any I/O (counted).
   absl::Status Refuse(absl::Status status);
   // Runs `pipeline` wrapped in MULTI/EXEC on `conn` and unpacks EXEC's reply.
@@ -205,6 +210,11 @@ class Client {
   const Backoff backoff_;
   std::optional<absl::BitGen> own_random_;  // when Create was given none
   absl::BitGenRef random_;
+  std::unique_ptr<internal::PrimaryLocator> locator_;
+  // Connections stamped with an older generation are discarded when leased. Relaxed is enough:
+  // a connection that slips through once just fails (or works) like any other.
+  std::atomic<uint64_t> generation_{1};
+  std::atomic<uint64_t> retired_{0};
 
   // Reconnect backoff. Only bookkeeping under the lock; the connect itself runs outside it.
   mutable Mutex connect_mu_;
@@ -220,12 +230,9 @@ class Client {
   std::atomic<uint64_t> late_closed_{0};
   std::atomic<uint64_t> dirty_closed_{0};
   std::atomic<uint64_t> refused_{0};
-  std::unique_ptr<internal::PrimaryLocator> locator_;
-  // Connections stamped with an older generation are discarded when leased. Relaxed is enough:
-  // a connection that slips through once just fails (or works) like any other.
-  std::atomic<uint64_t> generation_{1};
-  std::atomic<uint64_t> retired_{0};
   std::unique_ptr<Pool<Connection>> pool_;
+  // Last: removed from the registry before anything their callbacks read is destroyed.
+  std::vector<MetricsRegistry::Registration> registrations_;
 };
 
 // What Transaction's `prepare` reads the watched keys with: runs commands on the transaction's

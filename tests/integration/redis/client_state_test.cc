@@ -4,6 +4,7 @@
 #include <chrono>
 #include <stdexcept>
 #include <string>
+#include <thread>
 
 #include "integration/redis/test_server.h"
 #include "keel/redis/client.h"
@@ -259,4 +260,35 @@ TEST_CASE("client: no error message carries the password of the URL") {
     CHECK_THAT(std::string(r.status().message()), Catch::Contains("sentinel"));
     CHECK_THAT(std::string(r.status().ToString()), !Catch::Contains(secret));
   }
+}
+
+TEST_CASE("client: a connection still owing a late reply after late_reply_timeout is replaced") {
+  keel::test::RedisServer server({"--enable-debug-command", "yes"});
+  keel::ManualClock clock;
+  auto o = Options::FromUrl(server.url());
+  o->pool.max_size = 1;
+  o->pool.background_maintenance = false;
+  o->pool.validation_bypass = std::chrono::hours(1);
+  o->late_reply_timeout = 5s;
+  auto client = std::move(Client::Create(*o, clock).value());
+  // The manual clock does not move by itself: the socket timeout still ends the wait in 50 ms.
+  auto slow = client->Command(Deadline::After(50ms, clock), "DEBUG", "SLEEP", "0.3");
+  CHECK(slow.status().code() == absl::StatusCode::kDeadlineExceeded);
+  clock.Advance(4s);  // behind for 4 s: kept, and the next call drains the late reply
+  std::this_thread::sleep_for(400ms);
+  auto echo = client->Command(Deadline::After(1s, clock), "ECHO", "kept");
+  REQUIRE(echo.ok());
+  CHECK(echo->str() == "kept");
+  CHECK(client->Stats().late_replies_drained_total == 1);
+  CHECK(client->Stats().pool.created_total == 1);
+
+  slow = client->Command(Deadline::After(50ms, clock), "DEBUG", "SLEEP", "0.3");
+  CHECK(slow.status().code() == absl::StatusCode::kDeadlineExceeded);
+  clock.Advance(5s);  // behind for late_reply_timeout: replaced, not drained
+  auto fresh = client->Command(Deadline::After(1s, clock), "ECHO", "fresh");
+  REQUIRE(fresh.ok());
+  CHECK(fresh->str() == "fresh");
+  const auto stats = client->Stats();
+  CHECK(stats.late_connections_closed_total == 1);
+  CHECK(stats.pool.created_total == 2);
 }

@@ -144,3 +144,27 @@ TEST_CASE("redis client Create names a bad late_reply_timeout or reconnect_backo
   CHECK(bad.status().code() == absl::StatusCode::kInvalidArgument);
   CHECK_THAT(MessageOf(bad.status()), Catch::Contains("redis.reconnect_backoff"));
 }
+
+TEST_CASE("redis client registers its counters under its name, mirroring Stats") {
+  ManualClock clock;
+  keel::MetricsRegistry registry;
+  Options o = Offline();
+  o.pool.name = "cache";
+  auto client = std::move(Client::Create(o, clock, &registry).value());
+  CHECK(client->Command(Deadline::After(1s, clock), "MULTI").status().code() ==
+        absl::StatusCode::kInvalidArgument);
+  const std::string text = registry.RenderPrometheus();
+  CHECK_THAT(text, Catch::Contains("keel_redis_client_commands_refused_total{name=\"cache\"} 1"));
+  for (const char* family :
+       {"keel_redis_client_connect_attempts_total", "keel_redis_client_connect_failures_total",
+        "keel_redis_client_connects_delayed_total", "keel_redis_client_late_replies_drained_total",
+        "keel_redis_client_late_connections_closed_total",
+        "keel_redis_client_dirty_connections_closed_total",
+        "keel_redis_client_connections_retired_total",
+        "keel_redis_client_primary_discoveries_total"}) {
+    CHECK_THAT(text, Catch::Contains(std::string(family) + "{name=\"cache\"} 0"));
+  }
+  // A second client of the same name in the same registry is refused, naming the series.
+  auto twin = Client::Create(o, clock, &registry);
+  CHECK_FALSE(twin.ok());
+}
