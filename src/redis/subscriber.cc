@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "keel/internal/format.h"
 #include "keel/internal/status_macros.h"
 #include "keel/internal/strings.h"
 #include "keel/redis/connection.h"
@@ -14,6 +15,7 @@
 namespace keel::redis {
 namespace {
 
+using keel::internal::FormatDuration;
 using keel::internal::StrCat;
 
 // With no traffic for this long the thread sends PING; no answer within command_timeout means
@@ -36,10 +38,17 @@ absl::Status SendNames(Connection& conn, std::string_view command,
   return conn.Send(deadline, argv);
 }
 
+// `redis subscriber "<server or master name>"`, the prefix of the subscriber's errors.
+std::string SubscriberName(const Options& options) {
+  return StrCat("redis subscriber \"",
+                options.sentinel_mode() ? options.master_name : options.server.ToString(), "\"");
+}
+
 }  // namespace
 
 Subscriber::Subscriber(Options options, SubscriberHooks hooks, Clock& clock)
-    : options_(std::move(options)),
+    : name_(SubscriberName(options)),
+      options_(std::move(options)),
       hooks_(std::move(hooks)),
       clock_(clock),
       locator_(std::make_unique<internal::PrimaryLocator>(options_)) {}
@@ -49,11 +58,12 @@ absl::StatusOr<std::unique_ptr<Subscriber>> Subscriber::Create(Options options,
                                                                Clock& clock) {
   KEEL_RETURN_IF_ERROR(options.Validate());
   if (!hooks.on_message) {
-    return absl::InvalidArgumentError("redis subscriber: hooks.on_message is required");
+    return absl::InvalidArgumentError(
+        StrCat(SubscriberName(options), ": hooks.on_message is required"));
   }
   std::unique_ptr<Subscriber> sub(new Subscriber(std::move(options), std::move(hooks), clock));
   sub->wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (sub->wake_fd_ < 0) return absl::InternalError("redis subscriber: eventfd failed");
+  if (sub->wake_fd_ < 0) return absl::InternalError(StrCat(sub->name_, ": eventfd failed"));
   sub->thread_ = std::thread([s = sub.get()] { s->Loop(); });
   return sub;
 }
@@ -116,10 +126,10 @@ absl::Status Subscriber::Change(Op op, std::vector<std::string> names,
                                 std::optional<Deadline> wait) {
   if (names.empty()) {
     return absl::InvalidArgumentError(
-        StrCat("redis subscriber: ", CommandFor(static_cast<int>(op)), " needs a name"));
+        StrCat(name_, ": ", CommandFor(static_cast<int>(op)), " needs a name"));
   }
   MutexLock lock(mu_);
-  if (stop_) return absl::FailedPreconditionError("redis subscriber: shut down");
+  if (stop_) return absl::FailedPreconditionError(StrCat(name_, ": shut down"));
   const bool channel = op == Op::kSubscribe || op == Op::kUnsubscribe;
   std::set<std::string>& wanted = channel ? channels_ : patterns_;
   for (const std::string& n : names) {
@@ -143,10 +153,10 @@ absl::Status Subscriber::Change(Op op, std::vector<std::string> names,
     return stop_ || std::all_of(names.begin(), names.end(),
                                 [&](const std::string& n) { return active.count(n) > 0; });
   });
-  if (stop_) return absl::CancelledError("redis subscriber: shut down while subscribing");
+  if (stop_) return absl::CancelledError(StrCat(name_, ": shut down while subscribing"));
   if (!confirmed) {
     return absl::DeadlineExceededError(
-        StrCat("redis subscriber: ", CommandFor(static_cast<int>(op)),
+        StrCat(name_, ": ", CommandFor(static_cast<int>(op)),
                " not confirmed within the deadline (it stays pending and applies on connect)"));
   }
   return absl::OkStatus();
@@ -227,8 +237,9 @@ void Subscriber::Loop() {
         uint64_t drained;
         [[maybe_unused]] ssize_t n = read(wake_fd_, &drained, sizeof(drained));
         if (ping_sent && clock_.Now() >= *ping_sent + options_.command_timeout) {
-          status = absl::UnavailableError(StrCat("redis ", (*conn)->endpoint().ToString(),
-                                                 ": no answer to the subscriber's PING"));
+          status = absl::UnavailableError(
+              StrCat(name_, ": no answer to PING from ", (*conn)->endpoint().ToString(),
+                     " within command_timeout ", FormatDuration(options_.command_timeout)));
         }
         continue;
       }
@@ -237,7 +248,7 @@ void Subscriber::Loop() {
       const Reply& reply = **got;
       if (reply.is_error()) {
         if (hooks_.on_error) {
-          CallHook([&] { hooks_.on_error(ServerErrorToStatus("redis subscriber", reply.str())); });
+          CallHook([&] { hooks_.on_error(ServerErrorToStatus(name_, reply.str())); });
         }
         continue;
       }

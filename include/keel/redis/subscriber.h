@@ -126,6 +126,7 @@ class Subscriber {
   template <typename F>
   void CallHook(F&& hook) ABSL_LOCKS_EXCLUDED(mu_);
 
+  const std::string name_;  // `redis subscriber "<server or master>"`: prefixes every error
   const Options options_;
   const SubscriberHooks hooks_;
   Clock& clock_;

