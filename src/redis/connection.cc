@@ -293,7 +293,9 @@ absl::StatusOr<Reply> Connection::CommandArgv(Deadline deadline,
 }
 
 absl::StatusOr<PipelineReplies> Connection::Run(Deadline deadline, const Pipeline& pipeline) {
-  KEEL_RETURN_IF_ERROR(pipeline.Validate());
+  if (absl::Status valid = pipeline.Validate(); !valid.ok()) {
+    return absl::InvalidArgumentError(StrCat(name_, ": ", valid.message()));
+  }
   PipelineReplies replies;
   if (broken_) return absl::FailedPreconditionError(StrCat(name_, ": connection is broken"));
   if (pipeline.empty()) return replies;
