@@ -1,42 +1,175 @@
 #include "keel/redis/client.h"
 
+#include <exception>
 #include <utility>
 
+#include "keel/internal/format.h"
 #include "keel/internal/status_macros.h"
 #include "keel/internal/strings.h"
 #include "redis/sentinel.h"
 
 namespace keel::redis {
+namespace {
 
-Client::Client(Options options, Clock& clock)
+using keel::internal::FormatDuration;
+using keel::internal::StrCat;
+
+constexpr std::string_view kMulti[] = {"MULTI"};
+constexpr std::string_view kExec[] = {"EXEC"};
+constexpr std::string_view kUnwatch[] = {"UNWATCH"};
+
+}  // namespace
+
+Client::Client(Options options, Clock& clock, Backoff backoff,
+               std::optional<absl::BitGenRef> random)
     : options_(std::move(options)),
+      name_(StrCat("redis \"", options_.pool.name, "\"")),
       clock_(clock),
-      locator_(std::make_unique<internal::PrimaryLocator>(options_)) {}
+      backoff_(backoff),
+      own_random_(random ? std::nullopt : std::optional<absl::BitGen>(std::in_place)),
+      random_(random ? *random : absl::BitGenRef(*own_random_)),
+      locator_(std::make_unique<internal::PrimaryLocator>(options_)),
+      delays_(backoff_.Start()) {}
 
 Client::~Client() { Shutdown(); }
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Create(Options options, Clock& clock,
                                                        MetricsRegistry* metrics) {
+  return CreateImpl(std::move(options), clock, metrics, std::nullopt);
+}
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Create(Options options, Clock& clock,
+                                                       MetricsRegistry* metrics,
+                                                       absl::BitGenRef random) {
+  return CreateImpl(std::move(options), clock, metrics, std::optional<absl::BitGenRef>(random));
+}
+
+absl::StatusOr<std::unique_ptr<Client>> Client::CreateImpl(Options options, Clock& clock,
+                                                           MetricsRegistry* metrics,
+                                                           std::optional<absl::BitGenRef> random) {
   KEEL_RETURN_IF_ERROR(options.Validate());
-  std::unique_ptr<Client> client(new Client(std::move(options), clock));
+  KEEL_ASSIGN_OR_RETURN(Backoff backoff,
+                        Backoff::Create(options.reconnect_backoff, "redis.reconnect_backoff"));
+  std::unique_ptr<Client> client(new Client(std::move(options), clock, backoff, random));
   Client* self = client.get();
   PoolHooks<Connection> hooks{
-      .create = [self](Deadline deadline) -> absl::StatusOr<std::unique_ptr<Connection>> {
-        // Stamp before connecting: a failure reported while we connect retires this one too,
-        // which errs on the side of a fresh connection.
-        const uint64_t generation = self->generation_.load(std::memory_order_relaxed);
-        KEEL_ASSIGN_OR_RETURN(auto conn, self->locator_->ConnectPrimary(deadline));
-        conn->set_generation(generation);
-        return conn;
-      },
-      .validate = [](Connection& conn, Deadline deadline) -> absl::Status {
-        if (conn.broken()) return absl::UnavailableError("broken");
-        return conn.Command(deadline, "PING").status();
-      },
+      .create = [self](Deadline deadline) { return self->Connect(deadline); },
+      .validate = [self](Connection& conn,
+                         Deadline deadline) { return self->Validate(conn, deadline); },
+      .on_return = nullptr,
+      .is_broken = [self](const Connection& conn) { return self->Unusable(conn); },
   };
   KEEL_ASSIGN_OR_RETURN(
       self->pool_, Pool<Connection>::Create(self->options_.pool, std::move(hooks), clock, metrics));
+  if (metrics != nullptr) KEEL_RETURN_IF_ERROR(self->RegisterMetrics(*metrics));
   return client;
+}
+
+absl::Status Client::RegisterMetrics(MetricsRegistry& metrics) {
+  struct Series {
+    std::string_view name;
+    std::string_view help;
+    const std::atomic<uint64_t>* value;
+  };
+  const Series series[] = {
+      {"keel_redis_client_connections_retired_total",
+       "Connections discarded because a sibling's I/O error showed they were probably dead.",
+       &retired_},
+      {"keel_redis_client_connect_attempts_total", "Connection attempts made.", &connect_attempts_},
+      {"keel_redis_client_connect_failures_total", "Connection attempts that failed.",
+       &connect_failures_},
+      {"keel_redis_client_connects_delayed_total",
+       "Connection attempts not made because the reconnect backoff was running.",
+       &connects_delayed_},
+      {"keel_redis_client_late_replies_drained_total",
+       "Replies of timed-out calls read and discarded before a connection was reused.",
+       &late_drained_},
+      {"keel_redis_client_late_connections_closed_total",
+       "Connections closed because they still owed late replies after late_reply_timeout.",
+       &late_closed_},
+      {"keel_redis_client_dirty_connections_closed_total",
+       "Leased connections closed because they came back in a changed session state.",
+       &dirty_closed_},
+      {"keel_redis_client_commands_refused_total",
+       "Calls refused before any I/O (state commands, empty commands).", &refused_},
+  };
+  const Labels labels = {{"name", options_.pool.name}};
+  for (const Series& s : series) {
+    KEEL_ASSIGN_OR_RETURN(MetricsRegistry::Registration reg,
+                          metrics.AddCounterCallback(s.name, s.help, labels, [value = s.value] {
+                            return static_cast<double>(value->load(std::memory_order_relaxed));
+                          }));
+    registrations_.push_back(std::move(reg));
+  }
+  KEEL_ASSIGN_OR_RETURN(MetricsRegistry::Registration reg,
+                        metrics.AddCounterCallback(
+                            "keel_redis_client_primary_discoveries_total",
+                            "Times the primary was (re)discovered through the sentinels.", labels,
+                            [this] { return static_cast<double>(locator_->discoveries()); }));
+  registrations_.push_back(std::move(reg));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Connection>> Client::Connect(Deadline deadline) {
+  {
+    MutexLock lock(connect_mu_);
+    const TimePoint now = clock_.Now();
+    if (now < next_connect_) {
+      connects_delayed_.fetch_add(1, std::memory_order_relaxed);
+      return absl::UnavailableError(StrCat(name_, ": not reconnecting for another ",
+                                           FormatDuration(next_connect_ - now),
+                                           " after a failed connect: ", last_connect_error_));
+    }
+  }
+  // Stamp before connecting: a failure reported while we connect retires this one too, which
+  // errs on the side of a fresh connection.
+  const uint64_t generation = generation_.load(std::memory_order_relaxed);
+  connect_attempts_.fetch_add(1, std::memory_order_relaxed);
+  absl::StatusOr<std::unique_ptr<Connection>> conn = locator_->ConnectPrimary(deadline);
+  MutexLock lock(connect_mu_);
+  if (conn.ok()) {
+    delays_ = backoff_.Start();
+    next_connect_ = TimePoint::min();
+    (*conn)->set_generation(generation);
+    return conn;
+  }
+  connect_failures_.fetch_add(1, std::memory_order_relaxed);
+  // Only a failure of the server or the network backs off; a caller's short deadline says
+  // nothing about the server.
+  if (conn.status().code() == absl::StatusCode::kUnavailable) {
+    next_connect_ = clock_.Now() + delays_.Next(random_);
+    last_connect_error_ = std::string(conn.status().message());
+  }
+  return conn;
+}
+
+absl::Status Client::Validate(Connection& conn, Deadline deadline) const {
+  if (conn.broken()) return absl::UnavailableError(StrCat(name_, ": connection is broken"));
+  absl::Status status = conn.Command(deadline, "PING").status();
+  // A PING that is merely late (the server is paused or slow) leaves a late reply, not a dead
+  // connection: a new connection would wait just as long, so keep it unless it has been behind
+  // for longer than late_reply_timeout.
+  if (!status.ok() && !conn.broken() && conn.late_replies() > 0 && !LateTooLong(conn)) {
+    return absl::OkStatus();
+  }
+  return status;
+}
+
+bool Client::LateTooLong(const Connection& conn) const {
+  return conn.late_replies() > 0 && clock_.Now() - conn.late_since() >= options_.late_reply_timeout;
+}
+
+bool Client::Unusable(const Connection& conn) {
+  if (conn.broken()) return true;
+  if (!conn.session_clean()) {
+    dirty_closed_.fetch_add(1, std::memory_order_relaxed);
+    return true;
+  }
+  if (LateTooLong(conn)) {
+    late_closed_.fetch_add(1, std::memory_order_relaxed);
+    return true;
+  }
+  return false;
 }
 
 void Client::Shutdown() {
@@ -61,7 +194,15 @@ absl::StatusOr<Lease<Connection>> Client::Acquire(Deadline deadline) {
   return AcquireFresh(Effective(deadline));
 }
 
+absl::Status Client::Refuse(absl::Status status) {
+  refused_.fetch_add(1, std::memory_order_relaxed);
+  return status;
+}
+
 void Client::AfterCall(Lease<Connection>& lease, const absl::Status& status) {
+  if (const uint64_t drained = lease->TakeDrainedCount(); drained > 0) {
+    late_drained_.fetch_add(drained, std::memory_order_relaxed);
+  }
   if (status.ok()) return;
   const bool lost = lease->broken() && status.code() == absl::StatusCode::kUnavailable;
   const bool demoted = IsServerError(status, "READONLY");
@@ -75,6 +216,9 @@ void Client::AfterCall(Lease<Connection>& lease, const absl::Status& status) {
 
 absl::StatusOr<Reply> Client::CommandArgv(Deadline deadline,
                                           std::span<const std::string_view> argv) {
+  if (absl::Status ok = internal::CheckPooledCommand(name_, argv); !ok.ok()) {
+    return Refuse(std::move(ok));
+  }
   deadline = Effective(deadline);
   KEEL_ASSIGN_OR_RETURN(Lease<Connection> lease, AcquireFresh(deadline));
   absl::StatusOr<Reply> reply = lease->CommandArgv(deadline, argv);
@@ -83,20 +227,141 @@ absl::StatusOr<Reply> Client::CommandArgv(Deadline deadline,
 }
 
 absl::StatusOr<PipelineReplies> Client::Run(Deadline deadline, const Pipeline& pipeline) {
+  if (absl::Status ok = pipeline.Validate(); !ok.ok()) {
+    return Refuse(absl::InvalidArgumentError(StrCat(name_, ": ", ok.message())));
+  }
+  if (absl::Status ok = pipeline.CheckPooled(name_); !ok.ok()) return Refuse(std::move(ok));
   deadline = Effective(deadline);
   KEEL_ASSIGN_OR_RETURN(Lease<Connection> lease, AcquireFresh(deadline));
   absl::StatusOr<PipelineReplies> replies = lease->Run(deadline, pipeline);
   if (!replies.ok()) {
     AfterCall(lease, replies.status());
   } else {
+    absl::Status first_readonly;
     for (const auto& r : *replies) {
       if (!r.ok() && IsServerError(r.status(), "READONLY")) {
-        AfterCall(lease, r.status());
+        first_readonly = r.status();
         break;
       }
     }
+    AfterCall(lease, first_readonly);
   }
   return replies;
+}
+
+absl::StatusOr<PipelineReplies> Client::RunTransaction(Lease<Connection>& lease, Deadline deadline,
+                                                       const Pipeline& commands) {
+  Pipeline wrapped;
+  wrapped.AddArgv(kMulti).Append(commands).AddArgv(kExec);
+  absl::StatusOr<PipelineReplies> replies = lease->Run(deadline, wrapped);
+  if (!replies.ok()) {
+    AfterCall(lease, replies.status());
+    return replies;
+  }
+  // MULTI's +OK, one +QUEUED (or a queueing error) per command, then EXEC's array.
+  absl::StatusOr<Reply>& exec_reply = replies->back();
+  if (!exec_reply.ok()) {
+    AfterCall(lease, exec_reply.status());
+    if (exec_reply.status().code() == absl::StatusCode::kAborted) {
+      // EXECABORT: say which command was refused while queueing.
+      for (size_t i = 1; i + 1 < replies->size(); ++i) {
+        if (!(*replies)[i].ok()) {
+          return absl::AbortedError(StrCat(name_, ": transaction discarded, command #", i - 1,
+                                           " was refused: ", (*replies)[i].status().message()));
+        }
+      }
+    }
+    return exec_reply.status();
+  }
+  if (exec_reply->is_nil()) {
+    return absl::AbortedError(
+        StrCat(name_, ": transaction aborted: a watched key changed (nothing ran)"));
+  }
+  if (!exec_reply->is_array() || exec_reply->elements().size() != commands.size()) {
+    return absl::InternalError(
+        StrCat(name_, ": unexpected EXEC reply ", exec_reply->DebugString()));
+  }
+  PipelineReplies results;
+  results.reserve(commands.size());
+  for (const Reply& r : exec_reply->elements()) {
+    if (r.is_error()) {
+      results.emplace_back(ServerErrorToStatus(name_, r.str()));
+    } else {
+      results.emplace_back(r);
+    }
+  }
+  return results;
+}
+
+absl::StatusOr<PipelineReplies> Client::Transaction(Deadline deadline, const Pipeline& commands) {
+  if (absl::Status ok = commands.Validate(); !ok.ok()) {
+    return Refuse(absl::InvalidArgumentError(StrCat(name_, ": ", ok.message())));
+  }
+  if (absl::Status ok = commands.CheckPooled(name_); !ok.ok()) return Refuse(std::move(ok));
+  if (commands.empty()) return PipelineReplies();
+  deadline = Effective(deadline);
+  KEEL_ASSIGN_OR_RETURN(Lease<Connection> lease, AcquireFresh(deadline));
+  return RunTransaction(lease, deadline, commands);
+}
+
+absl::StatusOr<PipelineReplies> Client::Transaction(
+    Deadline deadline, std::span<const std::string_view> watch,
+    const std::function<absl::StatusOr<Pipeline>(const TransactionReader& read)>& prepare) {
+  if (watch.empty()) {
+    return Refuse(absl::InvalidArgumentError(StrCat(name_, ": Transaction needs keys to watch")));
+  }
+  deadline = Effective(deadline);
+  KEEL_ASSIGN_OR_RETURN(Lease<Connection> lease, AcquireFresh(deadline));
+  std::vector<std::string_view> argv;
+  argv.reserve(watch.size() + 1);
+  argv.push_back("WATCH");
+  argv.insert(argv.end(), watch.begin(), watch.end());
+  if (absl::StatusOr<Reply> watched = lease->CommandArgv(deadline, argv); !watched.ok()) {
+    AfterCall(lease, watched.status());
+    return watched.status();
+  }
+  const TransactionReader read(
+      [&](std::span<const std::string_view> command) -> absl::StatusOr<Reply> {
+        if (absl::Status ok = internal::CheckPooledCommand(name_, command); !ok.ok()) {
+          return Refuse(std::move(ok));
+        }
+        if (!lease) return absl::UnavailableError(StrCat(name_, ": connection lost"));
+        absl::StatusOr<Reply> reply = lease->CommandArgv(deadline, command);
+        AfterCall(lease, reply.status());
+        return reply;
+      });
+  absl::StatusOr<Pipeline> commands = absl::InternalError("unset");
+  try {
+    commands = prepare(read);
+  } catch (const std::exception& e) {
+    commands = absl::InternalError(StrCat(name_, ": Transaction's prepare threw: ", e.what()));
+  } catch (...) {
+    commands = absl::InternalError(StrCat(name_, ": Transaction's prepare threw"));
+  }
+  // From here on the WATCH must end on this connection before it goes back: UNWATCH on every
+  // early return (the pool closes it if even that fails).
+  auto unwatch = [&] {
+    if (lease) AfterCall(lease, lease->CommandArgv(deadline, kUnwatch).status());
+  };
+  if (!lease) {
+    return commands.ok() ? absl::UnavailableError(StrCat(name_, ": connection lost"))
+                         : commands.status();
+  }
+  if (!commands.ok()) {
+    unwatch();
+    return commands.status();
+  }
+  absl::Status valid = commands->Validate();
+  if (valid.ok()) valid = commands->CheckPooled(name_);
+  if (!valid.ok()) {
+    unwatch();
+    return Refuse(absl::InvalidArgumentError(StrCat(name_, ": ", valid.message())));
+  }
+  if (commands->empty()) {
+    unwatch();
+    return PipelineReplies();
+  }
+  return RunTransaction(lease, deadline, *commands);
 }
 
 ClientStats Client::Stats() const {
@@ -104,6 +369,13 @@ ClientStats Client::Stats() const {
       .pool = pool_->Stats(),
       .connections_retired_total = retired_.load(std::memory_order_relaxed),
       .primary_discoveries_total = locator_->discoveries(),
+      .connect_attempts_total = connect_attempts_.load(std::memory_order_relaxed),
+      .connect_failures_total = connect_failures_.load(std::memory_order_relaxed),
+      .connects_delayed_total = connects_delayed_.load(std::memory_order_relaxed),
+      .late_replies_drained_total = late_drained_.load(std::memory_order_relaxed),
+      .late_connections_closed_total = late_closed_.load(std::memory_order_relaxed),
+      .dirty_connections_closed_total = dirty_closed_.load(std::memory_order_relaxed),
+      .commands_refused_total = refused_.load(std::memory_order_relaxed),
   };
 }
 

@@ -5,12 +5,14 @@
 #include <string_view>
 #include <vector>
 
+#include "keel/internal/format.h"
 #include "keel/internal/status_macros.h"
 #include "keel/internal/strings.h"
 
 namespace keel::redis {
 namespace {
 
+using keel::internal::FormatDuration;
 using keel::internal::StrCat;
 
 absl::Status UrlError(std::string_view what) {
@@ -159,17 +161,28 @@ absl::StatusOr<Options> Options::FromUrl(std::string_view url) {
                            Quote(url.substr(0, sep)),
                            url.substr(0, sep) == "rediss" ? " (TLS is not supported)" : ""));
   }
+  // Credentials end at the URL's last '@' ('@' has no other place in a Redis URL). Splitting
+  // there first keeps every later error message, which may quote the host, port or path, free
+  // of any part of a password that holds an unescaped '/', '?' or '#'.
+  std::string_view userinfo;
+  bool has_userinfo = false;
+  if (const size_t at = rest.rfind('@'); at != std::string_view::npos) {
+    userinfo = rest.substr(0, at);
+    rest = rest.substr(at + 1);
+    has_userinfo = true;
+    if (userinfo.find_first_of("/?#") != std::string_view::npos) {
+      return UrlError("user or password holds an unescaped '/', '?' or '#' (write %2F, %3F, %23)");
+    }
+  }
   if (rest.find_first_of("?#") != std::string_view::npos) {
     return UrlError("query parameters and fragments are not supported; set Options fields");
   }
 
-  // Authority ends at the first '/'; credentials end at its last '@'.
+  // Authority ends at the first '/'.
   const size_t slash = rest.find('/');
   std::string_view authority = rest.substr(0, slash);
   std::string_view path = slash == std::string_view::npos ? "" : rest.substr(slash + 1);
-  if (const size_t at = authority.rfind('@'); at != std::string_view::npos) {
-    const std::string_view userinfo = authority.substr(0, at);
-    authority = authority.substr(at + 1);
+  if (has_userinfo) {
     const size_t colon = userinfo.find(':');
     const std::string_view user = userinfo.substr(0, colon);
     if (!user.empty()) {
@@ -220,9 +233,6 @@ absl::Status Options::Validate() const {
   auto bad = [](std::string_view field, std::string_view what) {
     return absl::InvalidArgumentError(StrCat("redis.", field, " ", what));
   };
-  auto millis = [](Duration d) {
-    return StrCat(std::chrono::duration_cast<std::chrono::milliseconds>(d).count(), "ms");
-  };
   if (sentinels.empty()) {
     if (server.host.empty()) return bad("server.host", "must not be empty");
     if (server.port < 1 || server.port > 65535) {
@@ -240,11 +250,18 @@ absl::Status Options::Validate() const {
   if (user && !password) return bad("user", "needs a password");
   if (db < 0) return bad("db", StrCat("must be >= 0, got ", db));
   if (connect_timeout <= Duration::zero()) {
-    return bad("connect_timeout", StrCat("must be positive, got ", millis(connect_timeout)));
+    return bad("connect_timeout",
+               StrCat("must be positive, got ", FormatDuration(connect_timeout)));
   }
   if (command_timeout <= Duration::zero()) {
-    return bad("command_timeout", StrCat("must be positive, got ", millis(command_timeout)));
+    return bad("command_timeout",
+               StrCat("must be positive, got ", FormatDuration(command_timeout)));
   }
+  if (late_reply_timeout <= Duration::zero()) {
+    return bad("late_reply_timeout",
+               StrCat("must be positive, got ", FormatDuration(late_reply_timeout)));
+  }
+  KEEL_RETURN_IF_ERROR(Backoff::Create(reconnect_backoff, "redis.reconnect_backoff").status());
   return absl::OkStatus();
 }
 

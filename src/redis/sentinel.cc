@@ -3,6 +3,7 @@
 #include <charconv>
 #include <utility>
 
+#include "keel/internal/redact.h"
 #include "keel/internal/status_macros.h"
 #include "keel/internal/strings.h"
 
@@ -57,18 +58,22 @@ absl::StatusOr<Endpoint> PrimaryLocator::AskSentinels(Deadline deadline) const {
         return Endpoint{reply->elements()[0].str(), port};
       }
     }
-    const std::string why = !reply.ok()       ? std::string(reply.status().message())
-                            : reply->is_nil() ? std::string("does not know the master")
-                                              : "unexpected reply " + reply->DebugString();
+    // A failed call's message already names the sentinel (`redis "host:port": ...`).
+    const std::string why =
+        !reply.ok()       ? std::string(reply.status().message())
+        : reply->is_nil() ? StrCat("redis \"", sentinel.ToString(), "\": does not know the master")
+                          : StrCat("redis \"", sentinel.ToString(), "\": unexpected reply ",
+                                   reply->DebugString());
     if (!errors.empty()) errors += "; ";
-    errors += StrCat(sentinel.ToString(), ": ", why);
+    errors += why;
   }
   if (deadline.Expired() && errors.empty()) {
     return absl::DeadlineExceededError(
-        StrCat("redis sentinel: no primary for \"", options_.master_name, "\" within deadline"));
+        StrCat("redis sentinel \"", options_.master_name, "\": no primary within the deadline"));
   }
-  return absl::UnavailableError(
-      StrCat("redis sentinel: no primary for \"", options_.master_name, "\" (", errors, ")"));
+  return absl::UnavailableError(StrCat("redis sentinel \"", options_.master_name,
+                                       "\": no primary (",
+                                       keel::internal::RedactCredentials(errors), ")"));
 }
 
 absl::StatusOr<std::unique_ptr<Connection>> PrimaryLocator::ConnectPrimary(Deadline deadline) {
@@ -91,9 +96,9 @@ absl::StatusOr<std::unique_ptr<Connection>> PrimaryLocator::ConnectPrimary(Deadl
   }
   if (!role->is_array() || role->elements().empty() || role->elements()[0].str() != "master") {
     Forget();
-    return absl::UnavailableError(StrCat("redis ", primary.ToString(), ": sentinel named it as ",
-                                         "primary of \"", options_.master_name, "\" but ROLE says ",
-                                         role->DebugString()));
+    return absl::UnavailableError(
+        StrCat("redis \"", primary.ToString(), "\": sentinel named it as ", "primary of \"",
+               options_.master_name, "\" but ROLE says ", role->DebugString()));
   }
   return conn;
 }

@@ -1,5 +1,5 @@
-// SHA-1 (FIPS 180-4), only to name Lua scripts the way Redis does (EVALSHA takes the lowercase
-// hex digest of the source). Not for anything security-related.
+// SHA-1 from OpenSSL's libcrypto, only to name Lua scripts the way Redis does (EVALSHA takes the
+// lowercase hex digest of the source). Not for anything security-related.
 #pragma once
 
 #include <string>

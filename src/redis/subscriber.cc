@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "keel/internal/format.h"
 #include "keel/internal/status_macros.h"
 #include "keel/internal/strings.h"
 #include "keel/redis/connection.h"
@@ -14,6 +15,7 @@
 namespace keel::redis {
 namespace {
 
+using keel::internal::FormatDuration;
 using keel::internal::StrCat;
 
 // With no traffic for this long the thread sends PING; no answer within command_timeout means
@@ -36,10 +38,17 @@ absl::Status SendNames(Connection& conn, std::string_view command,
   return conn.Send(deadline, argv);
 }
 
+// `redis subscriber "<server or master name>"`, the prefix of the subscriber's errors.
+std::string SubscriberName(const Options& options) {
+  return StrCat("redis subscriber \"",
+                options.sentinel_mode() ? options.master_name : options.server.ToString(), "\"");
+}
+
 }  // namespace
 
 Subscriber::Subscriber(Options options, SubscriberHooks hooks, Clock& clock)
-    : options_(std::move(options)),
+    : name_(SubscriberName(options)),
+      options_(std::move(options)),
       hooks_(std::move(hooks)),
       clock_(clock),
       locator_(std::make_unique<internal::PrimaryLocator>(options_)) {}
@@ -49,11 +58,12 @@ absl::StatusOr<std::unique_ptr<Subscriber>> Subscriber::Create(Options options,
                                                                Clock& clock) {
   KEEL_RETURN_IF_ERROR(options.Validate());
   if (!hooks.on_message) {
-    return absl::InvalidArgumentError("redis subscriber: hooks.on_message is required");
+    return absl::InvalidArgumentError(
+        StrCat(SubscriberName(options), ": hooks.on_message is required"));
   }
   std::unique_ptr<Subscriber> sub(new Subscriber(std::move(options), std::move(hooks), clock));
   sub->wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (sub->wake_fd_ < 0) return absl::InternalError("redis subscriber: eventfd failed");
+  if (sub->wake_fd_ < 0) return absl::InternalError(StrCat(sub->name_, ": eventfd failed"));
   sub->thread_ = std::thread([s = sub.get()] { s->Loop(); });
   return sub;
 }
@@ -81,13 +91,28 @@ void Subscriber::Wake() {
 
 SubscriberStats Subscriber::Stats() const {
   MutexLock lock(mu_);
-  return {.connected = connected_, .messages_total = messages_, .reconnects_total = reconnects_};
+  return {.connected = connected_,
+          .messages_total = messages_,
+          .reconnects_total = reconnects_,
+          .hook_errors_total = hook_errors_};
 }
 
-absl::Status Subscriber::Subscribe(std::vector<std::string> channels, Deadline deadline) {
+template <typename F>
+void Subscriber::CallHook(F&& hook) {
+  // User code must not end the subscriber's thread (an escaping exception would terminate the
+  // process) nor skip the bookkeeping after it: catch everything, count it, go on.
+  try {
+    hook();
+  } catch (...) {
+    MutexLock lock(mu_);
+    ++hook_errors_;
+  }
+}
+
+absl::Status Subscriber::Subscribe(Deadline deadline, std::vector<std::string> channels) {
   return Change(Op::kSubscribe, std::move(channels), deadline);
 }
-absl::Status Subscriber::PSubscribe(std::vector<std::string> patterns, Deadline deadline) {
+absl::Status Subscriber::PSubscribe(Deadline deadline, std::vector<std::string> patterns) {
   return Change(Op::kPSubscribe, std::move(patterns), deadline);
 }
 absl::Status Subscriber::Unsubscribe(std::vector<std::string> channels) {
@@ -101,10 +126,10 @@ absl::Status Subscriber::Change(Op op, std::vector<std::string> names,
                                 std::optional<Deadline> wait) {
   if (names.empty()) {
     return absl::InvalidArgumentError(
-        StrCat("redis subscriber: ", CommandFor(static_cast<int>(op)), " needs a name"));
+        StrCat(name_, ": ", CommandFor(static_cast<int>(op)), " needs a name"));
   }
   MutexLock lock(mu_);
-  if (stop_) return absl::FailedPreconditionError("redis subscriber: shut down");
+  if (stop_) return absl::FailedPreconditionError(StrCat(name_, ": shut down"));
   const bool channel = op == Op::kSubscribe || op == Op::kUnsubscribe;
   std::set<std::string>& wanted = channel ? channels_ : patterns_;
   for (const std::string& n : names) {
@@ -119,15 +144,19 @@ absl::Status Subscriber::Change(Op op, std::vector<std::string> names,
   Wake();
   if (!wait) return absl::OkStatus();
   const std::set<std::string>& active = channel ? active_channels_ : active_patterns_;
-  const bool confirmed = clock_.WaitUntil(mu_, cv_, wait->time(), [&] {
+  // On the deadline's own clock (API rule 1). WaitUntil is non-const only because a clock may
+  // keep waiter bookkeeping (ManualClock); the Deadline holds its clock const because it only
+  // reads the time, so casting the const away is sound here.
+  Clock& wait_clock = const_cast<Clock&>(wait->clock());
+  const bool confirmed = wait_clock.WaitUntil(mu_, cv_, wait->time(), [&] {
     mu_.AssertHeld();
     return stop_ || std::all_of(names.begin(), names.end(),
                                 [&](const std::string& n) { return active.count(n) > 0; });
   });
-  if (stop_) return absl::CancelledError("redis subscriber: shut down while subscribing");
+  if (stop_) return absl::CancelledError(StrCat(name_, ": shut down while subscribing"));
   if (!confirmed) {
     return absl::DeadlineExceededError(
-        StrCat("redis subscriber: ", CommandFor(static_cast<int>(op)),
+        StrCat(name_, ": ", CommandFor(static_cast<int>(op)),
                " not confirmed within the deadline (it stays pending and applies on connect)"));
   }
   return absl::OkStatus();
@@ -143,7 +172,7 @@ void Subscriber::Loop() {
     }
     auto conn = locator_->ConnectPrimary(Deadline::After(options_.connect_timeout));
     if (!conn.ok()) {
-      if (hooks_.on_error) hooks_.on_error(conn.status());
+      if (hooks_.on_error) CallHook([&] { hooks_.on_error(conn.status()); });
       MutexLock lock(mu_);
       clock_.WaitUntil(mu_, cv_, clock_.Now() + backoff, [&] {
         mu_.AssertHeld();
@@ -171,7 +200,7 @@ void Subscriber::Loop() {
       }
       // Before any message on the new connection is delivered: a cache clears itself first and
       // then sees every invalidation published from now on.
-      if (hooks_.on_reconnect) hooks_.on_reconnect();
+      if (hooks_.on_reconnect) CallHook([&] { hooks_.on_reconnect(); });
     }
     ever_connected = true;
 
@@ -208,8 +237,9 @@ void Subscriber::Loop() {
         uint64_t drained;
         [[maybe_unused]] ssize_t n = read(wake_fd_, &drained, sizeof(drained));
         if (ping_sent && clock_.Now() >= *ping_sent + options_.command_timeout) {
-          status = absl::UnavailableError(StrCat("redis ", (*conn)->endpoint().ToString(),
-                                                 ": no answer to the subscriber's PING"));
+          status = absl::UnavailableError(
+              StrCat(name_, ": no answer to PING from ", (*conn)->endpoint().ToString(),
+                     " within command_timeout ", FormatDuration(options_.command_timeout)));
         }
         continue;
       }
@@ -217,7 +247,9 @@ void Subscriber::Loop() {
       ping_sent.reset();
       const Reply& reply = **got;
       if (reply.is_error()) {
-        if (hooks_.on_error) hooks_.on_error(ServerErrorToStatus("redis subscriber", reply.str()));
+        if (hooks_.on_error) {
+          CallHook([&] { hooks_.on_error(ServerErrorToStatus(name_, reply.str())); });
+        }
         continue;
       }
       if (!reply.is_array() || reply.elements().empty()) continue;
@@ -228,14 +260,18 @@ void Subscriber::Loop() {
           MutexLock lock(mu_);
           ++messages_;
         }
-        hooks_.on_message(Message{.channel = e[1].str(), .payload = e[2].str(), .pattern = {}});
+        CallHook([&] {
+          hooks_.on_message(Message{.channel = e[1].str(), .payload = e[2].str(), .pattern = {}});
+        });
       } else if (kind == "pmessage" && e.size() == 4) {
         {
           MutexLock lock(mu_);
           ++messages_;
         }
-        hooks_.on_message(
-            Message{.channel = e[2].str(), .payload = e[3].str(), .pattern = e[1].str()});
+        CallHook([&] {
+          hooks_.on_message(
+              Message{.channel = e[2].str(), .payload = e[3].str(), .pattern = e[1].str()});
+        });
       } else if (e.size() >= 2 && (kind == "subscribe" || kind == "psubscribe" ||
                                    kind == "unsubscribe" || kind == "punsubscribe")) {
         {
@@ -259,7 +295,7 @@ void Subscriber::Loop() {
     }
     if (!status.ok()) {
       locator_->Forget();
-      if (hooks_.on_error) hooks_.on_error(status);
+      if (hooks_.on_error) CallHook([&] { hooks_.on_error(status); });
     }
   }
 }

@@ -11,15 +11,26 @@
 //   - I/O and protocol errors return UNAVAILABLE and discard the connection, plus every other
 //     connection opened before it (they almost always share its fate: a restart, a failover, a
 //     network cut), so the calls after the first failure don't each trip over a dead socket.
-//     Timeouts return DEADLINE_EXCEEDED and discard only that connection. Nothing is retried
-//     automatically: a failed write may or may not have been applied; wrap calls in keel::Retry
-//     where the command is idempotent.
+//     Nothing is retried automatically: a failed write may or may not have been applied; wrap
+//     calls in keel::Retry where the command is idempotent.
+//   - Timeouts return DEADLINE_EXCEEDED and keep the connection: its late reply is read and
+//     discarded by the next call on it, within that call's deadline, before it sends anything
+//     (see keel/redis/connection.h), so a paused or slow server costs each caller only its own
+//     deadline and never a new TCP connection. A connection still behind after
+//     Options::late_reply_timeout is replaced.
 //   - While Redis is down, calls fail fast with UNAVAILABLE (the pool reports the connect error at
-//     once), and the pool reconnects in the background: the first call after Redis is back
-//     succeeds.
+//     once), and connection attempts back off (Options::reconnect_backoff, jittered, capped at
+//     500 ms by default): the first calls after Redis is back succeed within that cap.
+//   - Pooled calls refuse commands that change the state of the connection they run on, with
+//     INVALID_ARGUMENT naming the command: MULTI/EXEC/DISCARD/WATCH/UNWATCH (use Transaction),
+//     SUBSCRIBE/PSUBSCRIBE/SSUBSCRIBE/MONITOR (use redis::Subscriber), SELECT/AUTH/HELLO/RESET/
+//     QUIT/CLIENT REPLY (set Options). A connection leased with Acquire and returned in such a
+//     state is closed, never handed to another caller.
 //   - Sentinel mode (Options::sentinels): the primary is discovered with
 //     `SENTINEL get-master-addr-by-name`, checked with ROLE, and rediscovered after a connection
 //     error or a `-READONLY` reply (the old primary demoted to replica).
+//   - Errors start with `redis "<pool name>"` (the client's) or `redis "<host:port>"` (a
+//     connection's).
 //
 // Thread safety: Client is thread-safe; share one per process and Redis deployment.
 //
@@ -32,14 +43,22 @@
 //   keel::redis::Pipeline p;
 //   p.Add("INCR", "a").Add("INCR", "b");
 //   auto both = client->Run(Deadline::After(50ms), p);   // one round trip
+//   auto atomic = client->Transaction(Deadline::After(50ms), p);  // MULTI ... EXEC
 #pragma once
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <span>
+#include <string>
 #include <string_view>
+#include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/random/bit_gen_ref.h"
+#include "absl/random/random.h"
 #include "absl/status/statusor.h"
 #include "keel/clock.h"
 #include "keel/deadline.h"
@@ -49,6 +68,8 @@
 #include "keel/redis/connection.h"
 #include "keel/redis/options.h"
 #include "keel/redis/reply.h"
+#include "keel/resilience/backoff.h"
+#include "keel/sync.h"
 
 namespace keel::redis {
 
@@ -62,17 +83,41 @@ struct ClientStats {
   uint64_t connections_retired_total = 0;
   // Times the primary's address was (re)discovered through the sentinels (Sentinel mode).
   uint64_t primary_discoveries_total = 0;
+  // Connection attempts made, and those that failed.
+  uint64_t connect_attempts_total = 0;
+  uint64_t connect_failures_total = 0;
+  // Connection attempts not made because the reconnect backoff was running (the caller got
+  // UNAVAILABLE at once).
+  uint64_t connects_delayed_total = 0;
+  // Late replies (of calls that timed out) read and discarded before a connection was reused.
+  uint64_t late_replies_drained_total = 0;
+  // Connections closed because they still owed late replies after late_reply_timeout.
+  uint64_t late_connections_closed_total = 0;
+  // Leased connections closed because they came back in a changed session state (inside MULTI,
+  // after WATCH, SUBSCRIBE, SELECT, ...).
+  uint64_t dirty_connections_closed_total = 0;
+  // Calls refused with INVALID_ARGUMENT before any I/O (state commands, empty commands).
+  uint64_t commands_refused_total = 0;
 };
 
 class Client {
  public:
   // Validates `options` and creates the pool (no I/O: succeeds while Redis is down; the pool
   // connects in the background and on demand). `clock` and `metrics` must outlive the Client.
-  // With `metrics`, the pool registers keel_pool_* series labelled name=<options.pool.name>.
+  // With `metrics`, the pool registers its keel_pool_* series (see keel/pool/pool.h), labelled
+  // name=<options.pool.name>, and the client registers counters mirroring ClientStats:
+  // keel_redis_client_{connections_retired,primary_discoveries,connect_attempts,connect_failures,
+  // connects_delayed,late_replies_drained,late_connections_closed,dirty_connections_closed,
+  // commands_refused}_total{name=<options.pool.name>}.
   // Errors: INVALID_ARGUMENT naming the bad field.
   static absl::StatusOr<std::unique_ptr<Client>> Create(Options options,
                                                         Clock& clock = SteadyClock(),
                                                         MetricsRegistry* metrics = nullptr);
+  // As above, with the random source of the reconnect backoff's jitter. `random` must outlive
+  // the Client; the client uses it under its own lock only.
+  static absl::StatusOr<std::unique_ptr<Client>> Create(Options options, Clock& clock,
+                                                        MetricsRegistry* metrics,
+                                                        absl::BitGenRef random);
   ~Client();
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;
@@ -81,7 +126,8 @@ class Client {
   // Arguments: anything convertible to std::string_view (viewed, not copied) and integers.
   // Errors: UNAVAILABLE (Redis unreachable, connection lost, failover in progress: READONLY,
   // LOADING, MASTERDOWN), DEADLINE_EXCEEDED (no connection or reply in time), CANCELLED /
-  // FAILED_PRECONDITION (after Shutdown), other codes for server error replies (reply.h).
+  // FAILED_PRECONDITION (after Shutdown), INVALID_ARGUMENT (a state command, see the banner,
+  // refused before any I/O), other codes for server error replies (reply.h).
   template <typename... Args>
   absl::StatusOr<Reply> Command(Deadline deadline, const Args&... args) {
     const Arg argv[] = {Arg(args)...};
@@ -89,18 +135,41 @@ class Client {
     for (size_t i = 0; i < sizeof...(Args); ++i) views[i] = argv[i].view();
     return CommandArgv(deadline, views);
   }
-  // As Command, with the argument vector given at run time. REQUIRES: !argv.empty().
+  // As Command, with the argument vector given at run time. An empty `argv` fails at once with
+  // INVALID_ARGUMENT.
   absl::StatusOr<Reply> CommandArgv(Deadline deadline, std::span<const std::string_view> argv);
 
   // Runs a pipeline on one connection in one round trip: one result per command, in order (see
-  // Connection::Run). The outer Status carries connection-level failures as for Command.
+  // Connection::Run). The outer Status carries connection-level failures as for Command, and
+  // INVALID_ARGUMENT (without I/O) for a pipeline holding an empty or a state command.
   absl::StatusOr<PipelineReplies> Run(Deadline deadline, const Pipeline& pipeline);
 
-  // Leases a connection for a sequence that must share one (WATCH/MULTI/EXEC). Return it by
-  // destroying the lease; call Invalidate() on it if a call left it broken().
+  // Runs `commands` as one transaction: MULTI, the commands and EXEC, sent in one round trip on
+  // one connection; Redis runs them without any other client's command in between. Returns one
+  // result per command, in order, as Run does. The outer Status fails as for Run, and with
+  // ABORTED when Redis discarded the transaction (EXECABORT: a command was rejected while
+  // queueing, e.g. a wrong number of arguments; nothing ran). An empty `commands` returns an empty
+  // vector without I/O. Errors: as Run.
+  absl::StatusOr<PipelineReplies> Transaction(Deadline deadline, const Pipeline& commands);
+
+  // Optimistic transaction (check-and-set): WATCHes `watch`, calls `prepare` with a reader that
+  // runs commands on the same connection (to read the watched keys), then runs the pipeline
+  // `prepare` returns as MULTI ... EXEC. Returns ABORTED when a watched key changed in between
+  // (EXEC answered nil; nothing ran: read again and retry, e.g. with keel::Retry); the status of
+  // `prepare` when it fails (or INTERNAL when it throws); otherwise as Transaction. The reader
+  // refuses state commands like every pooled call. REQUIRES: !watch.empty().
+  class TransactionReader;
+  absl::StatusOr<PipelineReplies> Transaction(
+      Deadline deadline, std::span<const std::string_view> watch,
+      const std::function<absl::StatusOr<Pipeline>(const TransactionReader& read)>& prepare);
+
+  // Leases a connection for a sequence that must share one. Return it by destroying the lease;
+  // call Invalidate() on it if a call left it broken(). A connection returned in a changed
+  // session state (inside MULTI, after WATCH, SUBSCRIBE, SELECT, ...; see
+  // Connection::session_clean) or broken() is closed, never handed to another caller.
   absl::StatusOr<Lease<Connection>> Acquire(Deadline deadline);
 
-  ClientStats Stats() const;
+  ClientStats Stats() const ABSL_LOCKS_EXCLUDED(connect_mu_);
   const Options& options() const { return options_; }
 
   // Fails waiting callers with CANCELLED and closes idle connections; later calls fail with
@@ -108,7 +177,24 @@ class Client {
   void Shutdown();
 
  private:
-  Client(Options options, Clock& clock);
+  Client(Options options, Clock& clock, Backoff backoff, std::optional<absl::BitGenRef> random);
+  static absl::StatusOr<std::unique_ptr<Client>> CreateImpl(Options options, Clock& clock,
+                                                            MetricsRegistry* metrics,
+                                                            std::optional<absl::BitGenRef> random);
+
+  // The pool's hooks: connect with backoff, validate, and the handout check.
+  absl::StatusOr<std::unique_ptr<Connection>> Connect(Deadline deadline)
+      ABSL_LOCKS_EXCLUDED(connect_mu_);
+  absl::Status Validate(Connection& conn, Deadline deadline) const;
+  bool Unusable(const Connection& conn);
+  // True when `conn` has owed late replies for longer than late_reply_timeout.
+  bool LateTooLong(const Connection& conn) const;
+  absl::Status RegisterMetrics(MetricsRegistry& metrics);
+  // Refusal of a call before any I/O (counted).
+  absl::Status Refuse(absl::Status status);
+  // Runs `pipeline` wrapped in MULTI/EXEC on `conn` and unpacks EXEC's reply.
+  absl::StatusOr<PipelineReplies> RunTransaction(Lease<Connection>& lease, Deadline deadline,
+                                                 const Pipeline& commands);
 
   // The deadline a call runs under: the caller's, or command_timeout from now.
   Deadline Effective(Deadline deadline) const;
@@ -119,13 +205,57 @@ class Client {
   void AfterCall(Lease<Connection>& lease, const absl::Status& status);
 
   const Options options_;
+  const std::string name_;  // `redis "<pool name>"`, the prefix of the client's own errors
   Clock& clock_;
+  const Backoff backoff_;
+  std::optional<absl::BitGen> own_random_;  // when Create was given none
+  absl::BitGenRef random_;
   std::unique_ptr<internal::PrimaryLocator> locator_;
   // Connections stamped with an older generation are discarded when leased. Relaxed is enough:
   // a connection that slips through once just fails (or works) like any other.
   std::atomic<uint64_t> generation_{1};
   std::atomic<uint64_t> retired_{0};
+
+  // Reconnect backoff. Only bookkeeping under the lock; the connect itself runs outside it.
+  mutable Mutex connect_mu_;
+  TimePoint next_connect_ ABSL_GUARDED_BY(connect_mu_) = TimePoint::min();
+  BackoffSequence delays_ ABSL_GUARDED_BY(connect_mu_);
+  std::string last_connect_error_ ABSL_GUARDED_BY(connect_mu_);
+
+  // Relaxed counters: statistics only, no ordering with anything else.
+  std::atomic<uint64_t> connect_attempts_{0};
+  std::atomic<uint64_t> connect_failures_{0};
+  std::atomic<uint64_t> connects_delayed_{0};
+  std::atomic<uint64_t> late_drained_{0};
+  std::atomic<uint64_t> late_closed_{0};
+  std::atomic<uint64_t> dirty_closed_{0};
+  std::atomic<uint64_t> refused_{0};
   std::unique_ptr<Pool<Connection>> pool_;
+  // Last: removed from the registry before anything their callbacks read is destroyed.
+  std::vector<MetricsRegistry::Registration> registrations_;
+};
+
+// What Transaction's `prepare` reads the watched keys with: runs commands on the transaction's
+// connection, within its deadline. Valid only during `prepare`.
+class Client::TransactionReader {
+ public:
+  // As Client::Command, on the transaction's connection.
+  template <typename... Args>
+  absl::StatusOr<Reply> Command(const Args&... args) const {
+    const Arg argv[] = {Arg(args)...};
+    std::string_view views[sizeof...(Args)];
+    for (size_t i = 0; i < sizeof...(Args); ++i) views[i] = argv[i].view();
+    return CommandArgv(views);
+  }
+  absl::StatusOr<Reply> CommandArgv(std::span<const std::string_view> argv) const {
+    return run_(argv);
+  }
+
+ private:
+  friend class Client;
+  using Run = std::function<absl::StatusOr<Reply>(std::span<const std::string_view>)>;
+  explicit TransactionReader(Run run) : run_(std::move(run)) {}
+  Run run_;
 };
 
 }  // namespace keel::redis

@@ -23,11 +23,13 @@
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "keel/redis/reply.h"
@@ -70,6 +72,30 @@ class Arg {
 // Appends the RESP encoding of `argv` (`*N\r\n$len\r\nbytes\r\n...`) to `out`.
 void AppendRespCommand(std::span<const std::string_view> argv, std::string& out);
 
+namespace internal {
+
+// What a command does to the state of the connection it runs on, for the commands that leave a
+// connection different for its next user. Not part of keel's API.
+enum class SessionEffect : uint8_t {
+  kNone,       // an ordinary command
+  kMulti,      // MULTI: commands are queued until EXEC/DISCARD
+  kEndMulti,   // EXEC, DISCARD: ends MULTI and any WATCH
+  kWatch,      // WATCH: EXEC depends on the watched keys
+  kUnwatch,    // UNWATCH
+  kPermanent,  // SUBSCRIBE, PSUBSCRIBE, SSUBSCRIBE, MONITOR, SELECT, HELLO, RESET, AUTH, QUIT,
+               // CLIENT REPLY: the connection cannot be given to anyone else afterwards
+};
+
+// The effect of `argv` (its command name compared case-insensitively). Cheap: no allocation.
+SessionEffect SessionEffectOf(std::span<const std::string_view> argv);
+
+// OK for a command a pooled call may run, otherwise INVALID_ARGUMENT `<who>: <COMMAND> changes
+// the connection's state and is not allowed on a pooled call: <where it belongs>`. Also refuses
+// an empty argument vector.
+absl::Status CheckPooledCommand(std::string_view who, std::span<const std::string_view> argv);
+
+}  // namespace internal
+
 // The replies of a pipeline, one per command in order: each is the reply or the Status of the
 // server's error reply for that command.
 using PipelineReplies = std::vector<absl::StatusOr<Reply>>;
@@ -87,22 +113,43 @@ class Pipeline {
     for (size_t i = 0; i < sizeof...(Args); ++i) views[i] = argv[i].view();
     return AddArgv(views);
   }
-  // Appends one command given as an argument vector. REQUIRES: !argv.empty().
+  // Appends one command given as an argument vector. An empty `argv` is not encoded: it makes
+  // the pipeline invalid() and every run of it fail with INVALID_ARGUMENT without I/O (Redis
+  // would answer nothing to an empty command, and the call would wait out its deadline).
   Pipeline& AddArgv(std::span<const std::string_view> argv);
+
+  // Appends every command of `other`, in order.
+  Pipeline& Append(const Pipeline& other);
 
   size_t size() const { return count_; }
   bool empty() const { return count_ == 0; }
   void Clear() {
     encoded_.clear();
     count_ = 0;
+    effects_.clear();
+    first_refusal_.clear();
+    first_empty_.reset();
   }
 
   // The RESP bytes of every command, in order.
   const std::string& encoded() const { return encoded_; }
 
+  // OK, or INVALID_ARGUMENT naming the first empty command (`command #3 has no arguments`).
+  absl::Status Validate() const;
+
+  // The connection-state effects of the commands added, in order, leaving out kNone (empty for
+  // an ordinary pipeline). What Client refuses and Connection tracks.
+  const std::vector<internal::SessionEffect>& session_effects() const { return effects_; }
+  // OK when every command may run on a pooled connection, otherwise the INVALID_ARGUMENT of
+  // internal::CheckPooledCommand for the first that may not, prefixed with `who`.
+  absl::Status CheckPooled(std::string_view who) const;
+
  private:
   std::string encoded_;
   size_t count_ = 0;
+  std::vector<internal::SessionEffect> effects_;
+  std::string first_refusal_;          // why the first command with an effect is refused on a pool
+  std::optional<size_t> first_empty_;  // index of the first empty command
 };
 
 }  // namespace keel::redis

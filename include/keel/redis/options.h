@@ -30,6 +30,7 @@
 #include "absl/status/statusor.h"
 #include "keel/clock.h"
 #include "keel/pool/pool.h"
+#include "keel/resilience/backoff.h"
 
 namespace keel::redis {
 
@@ -80,6 +81,26 @@ struct Options {
   // blocking commands such as BLPOP need). Default: 1 s.
   Duration command_timeout = std::chrono::seconds(1);
 
+  // How long a connection may keep owing late replies (the replies of calls that timed out,
+  // which the next call on it reads and discards first) before the client closes it instead.
+  // While Redis is paused or slow, keeping the connection is what avoids a reconnect storm: a new
+  // connection would wait just as long. Only a connection that stays behind for longer is
+  // replaced. Raise it for servers that stall for long (big RDB forks); lower it to replace
+  // connections stuck behind a cut network path sooner. Default: 10 s.
+  Duration late_reply_timeout = std::chrono::seconds(10);
+
+  // Delays between connection attempts after a connect failed (refused, unreachable, timed
+  // out): while it runs, calls that need a new connection fail at once with UNAVAILABLE carrying
+  // the last connect error, without touching the network. Doubles from `base` up to `cap`, with
+  // equal jitter so many processes do not reconnect in step; a successful connect resets it.
+  // A shorter cap finds a restarted server sooner; a longer one spares a struggling one.
+  // Default: equal jitter from 10 ms up to 500 ms.
+  Backoff::Options reconnect_backoff = {
+      .kind = Backoff::Kind::kEqualJitter,
+      .base = std::chrono::milliseconds(10),
+      .cap = std::chrono::milliseconds(500),
+  };
+
   // The client's connection pool (keel/pool/pool.h; HikariCP's defaults). Its `name` appears in
   // every pool error and metric. Redis runs commands on one thread, so a handful of connections
   // per process saturates it; raise max_size only for blocking commands or long pipelines.
@@ -92,7 +113,8 @@ struct Options {
   static absl::StatusOr<Options> FromUrl(std::string_view url);
 
   // OK, or INVALID_ARGUMENT naming the first bad field
-  // (`redis.connect_timeout must be positive, got -1ms`).
+  // (`redis.connect_timeout must be positive, got -1ms`). The pool options are checked by
+  // the pool itself (Client::Create).
   absl::Status Validate() const;
 
   bool sentinel_mode() const { return !sentinels.empty(); }

@@ -10,15 +10,18 @@
 // `on_reconnect` is where a cache drops local state that may have missed invalidations.
 // In Sentinel mode it reconnects to the current primary.
 //
-// Thread safety: Subscribe/Unsubscribe/Shutdown are thread-safe. Hooks run on the subscriber's
-// thread, one at a time, never under a keel lock; keep them short (hand heavy work to a queue),
-// and never call Shutdown() or destroy the Subscriber from inside a hook.
+// Hooks that throw do not stop the subscriber: the exception is caught, counted in
+// SubscriberStats::hook_errors_total, and delivery goes on with the next message.
+//
+// Thread safety: Subscribe/Unsubscribe/Shutdown/Stats are thread-safe. Hooks run on the
+// subscriber's thread, one at a time, never under a keel lock; keep them short (hand heavy work to
+// a queue), and never call Shutdown() or destroy the Subscriber from inside a hook.
 //
 //   auto sub = keel::redis::Subscriber::Create(options, {
 //       .on_message = [&](const keel::redis::Message& m) { cache.Erase(m.payload); },
 //       .on_reconnect = [&] { cache.Clear(); },
 //   }).value();
-//   absl::Status s = sub->Subscribe({"cache:invalidate"}, Deadline::After(1s));
+//   absl::Status s = sub->Subscribe(Deadline::After(1s), {"cache:invalidate"});
 //   // s is OK once the server confirmed; on DEADLINE_EXCEEDED the subscription still stands and
 //   // takes effect as soon as Redis is reachable.
 #pragma once
@@ -64,9 +67,11 @@ struct SubscriberHooks {
 };
 
 struct SubscriberStats {
-  bool connected = false;
+  bool connected = false;  // a gauge: the connection is up and subscribed
   uint64_t messages_total = 0;
   uint64_t reconnects_total = 0;
+  // Hook calls (on_message, on_reconnect, on_error) that threw; the exception was dropped.
+  uint64_t hook_errors_total = 0;
 };
 
 class Subscriber {
@@ -85,12 +90,15 @@ class Subscriber {
   Subscriber& operator=(const Subscriber&) = delete;
 
   // Subscribes to channels (SUBSCRIBE) or patterns (PSUBSCRIBE) and waits until the server has
-  // confirmed all of them. Subscriptions are kept across reconnects until unsubscribed.
+  // confirmed all of them, measured on the deadline's own clock. Subscriptions are kept across
+  // reconnects until unsubscribed. Deadline::Infinite() waits for the confirmation for as long as
+  // it takes (the subscriber itself never blocks on the server: see Options::command_timeout).
   // Errors: DEADLINE_EXCEEDED (not confirmed in time: still pending, applied on connect),
-  // INVALID_ARGUMENT (empty list), FAILED_PRECONDITION (after Shutdown).
-  absl::Status Subscribe(std::vector<std::string> channels, Deadline deadline)
+  // INVALID_ARGUMENT (empty list), FAILED_PRECONDITION (after Shutdown), CANCELLED (Shutdown
+  // while waiting).
+  absl::Status Subscribe(Deadline deadline, std::vector<std::string> channels)
       ABSL_LOCKS_EXCLUDED(mu_);
-  absl::Status PSubscribe(std::vector<std::string> patterns, Deadline deadline)
+  absl::Status PSubscribe(Deadline deadline, std::vector<std::string> patterns)
       ABSL_LOCKS_EXCLUDED(mu_);
   // Stops delivering these channels/patterns. Returns once queued (no confirmation wait).
   absl::Status Unsubscribe(std::vector<std::string> channels) ABSL_LOCKS_EXCLUDED(mu_);
@@ -114,7 +122,11 @@ class Subscriber {
       ABSL_LOCKS_EXCLUDED(mu_);
   void Loop();
   void Wake();
+  // Runs a hook; an exception it throws is counted and dropped.
+  template <typename F>
+  void CallHook(F&& hook) ABSL_LOCKS_EXCLUDED(mu_);
 
+  const std::string name_;  // `redis subscriber "<server or master>"`: prefixes every error
   const Options options_;
   const SubscriberHooks hooks_;
   Clock& clock_;
@@ -132,6 +144,7 @@ class Subscriber {
   std::vector<Request> requests_ ABSL_GUARDED_BY(mu_);  // to send on the current connection
   uint64_t messages_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t reconnects_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t hook_errors_ ABSL_GUARDED_BY(mu_) = 0;
   std::thread thread_;
 };
 

@@ -113,17 +113,92 @@ TEST_CASE("script: an error raised by the script is a Status with its message") 
   CHECK_FALSE(c->broken());
 }
 
-TEST_CASE("connection: the deadline bounds a slow reply and breaks the connection") {
+TEST_CASE("connection: the deadline bounds a slow reply and keeps the connection, owing it") {
   keel::test::RedisServer server({"--enable-debug-command", "yes"});
   auto c = Connect(OwnOptions(server));
   const auto start = std::chrono::steady_clock::now();
-  auto r = c->Command(Deadline::After(100ms), "DEBUG", "SLEEP", "1");
+  auto r = c->Command(Deadline::After(100ms), "DEBUG", "SLEEP", "0.5");
   const auto took = std::chrono::steady_clock::now() - start;
   REQUIRE_FALSE(r.ok());
   CHECK(r.status().code() == absl::StatusCode::kDeadlineExceeded);
+  CHECK_THAT(std::string(r.status().message()), Catch::Contains("redis \"127.0.0.1:"));
   CHECK(took >= 95ms);
   CHECK(took < 150ms);
-  CHECK(c->broken());
+  CHECK_FALSE(c->broken());
+  CHECK(c->late_replies() == 1);
+
+  // While the server still sleeps, a call cannot drain the late reply in time: it fails by its
+  // own deadline and sends nothing (the INCR must not run).
+  auto blocked = c->Command(Deadline::After(50ms), "INCR", "keel:test:late");
+  CHECK(blocked.status().code() == absl::StatusCode::kDeadlineExceeded);
+  CHECK_THAT(std::string(blocked.status().message()), Catch::Contains("1 late reply"));
+  CHECK(c->late_replies() == 1);
+
+  // Once the server answers, the next call drains the late +OK and gets its own reply.
+  auto own = c->Command(Deadline::After(2s), "ECHO", "mine");
+  REQUIRE(own.ok());
+  CHECK(own->str() == "mine");
+  CHECK(c->late_replies() == 0);
+  CHECK(c->TakeDrainedCount() == 1);
+  CHECK(c->Command(Deadline::After(1s), "GET", "keel:test:late")->is_nil());
+}
+
+TEST_CASE("connection: a pipeline that times out owes each unread reply, in order") {
+  keel::test::RedisServer server({"--enable-debug-command", "yes"});
+  auto c = Connect(OwnOptions(server));
+  keel::redis::Pipeline p;
+  p.Add("DEBUG", "SLEEP", "0.2").Add("ECHO", "a").Add("ECHO", "b");
+  auto r = c->Run(Deadline::After(50ms), p);
+  CHECK(r.status().code() == absl::StatusCode::kDeadlineExceeded);
+  CHECK(c->late_replies() == 3);
+  auto own = c->Command(Deadline::After(2s), "ECHO", "c");
+  REQUIRE(own.ok());
+  CHECK(own->str() == "c");
+  CHECK(c->TakeDrainedCount() == 3);
+}
+
+TEST_CASE("connection: Receive with an infinite deadline waits command_timeout, never forever") {
+  Options o = SharedOptions();
+  o.command_timeout = 100ms;
+  auto c = Connect(o);
+  const auto start = std::chrono::steady_clock::now();
+  auto got = c->Receive(Deadline::Infinite());
+  const auto took = std::chrono::steady_clock::now() - start;
+  REQUIRE(got.ok());
+  CHECK_FALSE(got->has_value());
+  CHECK(took >= 95ms);
+  CHECK(took < 300ms);
+  CHECK_FALSE(c->broken());
+}
+
+TEST_CASE("connection: an empty command fails at once with INVALID_ARGUMENT") {
+  auto c = Connect(SharedOptions());
+  const auto start = std::chrono::steady_clock::now();
+  CHECK(c->CommandArgv(Deadline::After(5s), {}).status().code() ==
+        absl::StatusCode::kInvalidArgument);
+  CHECK(c->Send(Deadline::After(5s), {}).code() == absl::StatusCode::kInvalidArgument);
+  keel::redis::Pipeline p;
+  p.Add("PING").AddArgv({});
+  auto r = c->Run(Deadline::After(5s), p);
+  CHECK(r.status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK_THAT(std::string(r.status().message()), Catch::Contains("command #1"));
+  CHECK(std::chrono::steady_clock::now() - start < 100ms);
+  CHECK(c->Command(Deadline::After(1s), "PING").ok());
+}
+
+TEST_CASE("connection: session_clean follows MULTI/EXEC and WATCH, and SELECT is permanent") {
+  auto c = Connect(SharedOptions());
+  CHECK(c->session_clean());
+  REQUIRE(c->Command(Deadline::After(1s), "multi").ok());
+  CHECK_FALSE(c->session_clean());
+  REQUIRE(c->Command(Deadline::After(1s), "Exec").ok());
+  CHECK(c->session_clean());
+  REQUIRE(c->Command(Deadline::After(1s), "WATCH", "k").ok());
+  CHECK_FALSE(c->session_clean());
+  REQUIRE(c->Command(Deadline::After(1s), "UNWATCH").ok());
+  CHECK(c->session_clean());
+  REQUIRE(c->Command(Deadline::After(1s), "SELECT", 1).ok());
+  CHECK_FALSE(c->session_clean());
 }
 
 TEST_CASE("connection: an infinite deadline is bounded by command_timeout") {

@@ -1,8 +1,10 @@
 // Subscriber against servers of the test's own: delivery, patterns, reconnect + resubscribe.
 #include "keel/redis/subscriber.h"
 
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -80,8 +82,8 @@ TEST_CASE("subscriber: delivers channel and pattern messages, binary-safe, until
   Inbox inbox;
   auto sub = MakeSubscriber(server.url(), inbox);
   auto client = std::move(keel::redis::Client::Create(*Options::FromUrl(server.url())).value());
-  REQUIRE(sub->Subscribe({"news"}, Deadline::After(2s)).ok());
-  REQUIRE(sub->PSubscribe({"ev:*"}, Deadline::After(2s)).ok());
+  REQUIRE(sub->Subscribe(Deadline::After(2s), {"news"}).ok());
+  REQUIRE(sub->PSubscribe(Deadline::After(2s), {"ev:*"}).ok());
   const std::string binary("a\0\r\nb", 5);
   Publish(*client, "news", binary);
   Publish(*client, "ev:1", "x");
@@ -112,8 +114,8 @@ TEST_CASE("subscriber: reconnects after a server restart, resubscribes, then cal
   keel::test::RedisServer server;
   Inbox inbox;
   auto sub = MakeSubscriber(server.url(), inbox);
-  REQUIRE(sub->Subscribe({"inval"}, Deadline::After(2s)).ok());
-  REQUIRE(sub->PSubscribe({"p:*"}, Deadline::After(2s)).ok());
+  REQUIRE(sub->Subscribe(Deadline::After(2s), {"inval"}).ok());
+  REQUIRE(sub->PSubscribe(Deadline::After(2s), {"p:*"}).ok());
   server.Kill();
   REQUIRE(server.Start());
   // At least one reconnect: a SIGKILLed server's listening socket may still complete one more
@@ -142,14 +144,62 @@ TEST_CASE("subscriber: a subscription made while Redis is down applies once it i
   server.Kill();
   Inbox inbox;
   auto sub = MakeSubscriber(server.url(), inbox);
-  const auto s = sub->Subscribe({"later"}, Deadline::After(100ms));
+  const auto s = sub->Subscribe(Deadline::After(100ms), {"later"});
   CHECK(s.code() == absl::StatusCode::kDeadlineExceeded);
   REQUIRE(server.Start());
   auto client = std::move(keel::redis::Client::Create(*Options::FromUrl(server.url())).value());
-  REQUIRE(sub->Subscribe({"later"}, Deadline::After(5s)).ok());
+  REQUIRE(sub->Subscribe(Deadline::After(5s), {"later"}).ok());
   Publish(*client, "later", "hello");
   REQUIRE(inbox.Await(1).size() == 1);
   CHECK(inbox.AwaitReconnects(0) == 0);  // the first connection is not a reconnect
   sub->Shutdown();
-  CHECK(sub->Subscribe({"x"}, Deadline::After(1s)).code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(sub->Subscribe(Deadline::After(1s), {"x"}).code() == absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_CASE("subscriber: a hook that throws is counted and delivery goes on") {
+  keel::test::RedisServer server;
+  Inbox inbox;
+  auto sub =
+      Subscriber::Create(*Options::FromUrl(server.url()), {.on_message = [&](const Message& m) {
+        inbox.Add(m);
+        if (m.payload == "bad") throw std::runtime_error("hook failed");
+        if (m.payload == "worse") throw 42;  // not even an exception
+      }});
+  REQUIRE(sub.ok());
+  REQUIRE((*sub)->Subscribe(Deadline::After(2s), {"c"}).ok());
+  auto client = std::move(keel::redis::Client::Create(*Options::FromUrl(server.url())).value());
+  Publish(*client, "c", "bad");
+  Publish(*client, "c", "worse");
+  Publish(*client, "c", "good");
+  const auto got = inbox.Await(3);
+  REQUIRE(got.size() == 3);
+  CHECK(got[2].payload == "good");
+  const auto stats = (*sub)->Stats();
+  CHECK(stats.hook_errors_total == 2);
+  CHECK(stats.messages_total == 3);
+  CHECK(stats.connected);
+  // Still subscribing and confirming after the throws: the thread is not wedged.
+  CHECK((*sub)->Subscribe(Deadline::After(2s), {"d"}).ok());
+}
+
+TEST_CASE("subscriber: Subscribe waits on the deadline's own clock") {
+  // A ManualClock deadline that never advances on a subscriber whose server is absent: the wait
+  // ends only when the test moves that clock, whatever the subscriber's own (steady) clock says.
+  keel::ManualClock manual;
+  auto sub = std::move(
+      Subscriber::Create(
+          *Options::FromUrl("redis://127.0.0.1:" + std::to_string(keel::test::FreeLoopbackPort())),
+          {.on_message = [](const Message&) {}})
+          .value());
+  std::atomic<bool> done{false};
+  absl::Status status;
+  std::thread waiter([&] {
+    status = sub->Subscribe(Deadline::After(1s, manual), {"x"});
+    done = true;
+  });
+  std::this_thread::sleep_for(1200ms);  // past 1 s on the steady clock
+  CHECK_FALSE(done.load());
+  manual.Advance(1s);
+  waiter.join();
+  CHECK(status.code() == absl::StatusCode::kDeadlineExceeded);
 }

@@ -115,3 +115,24 @@ TEST_CASE("redis options: Validate names the first bad field") {
   o.user = "u";
   CHECK_THAT(std::string(o.Validate().message()), Catch::Contains("redis.user needs a password"));
 }
+
+TEST_CASE("redis url: no error quotes any part of a password, whatever it holds") {
+  // Each password holds a character that ends the authority if it is taken literally; the
+  // parts after it used to be quoted as a port, a path or a host.
+  for (const char* url :
+       {"redis://u:pa/ss@h:1", "redis://:sec/ret@h", "redis+sentinel://u:se/cr/et@h/m",
+        "redis://u:pa?ss@h", "redis://u:pa#ss@h:1", "redis://:se:cr@et@h:x", "redis://:p%zz@h",
+        "redis://:ab/cd@h/1/2"}) {
+    INFO(url);
+    const std::string error = ErrorOf(url);
+    CHECK(error != "(parsed)");
+    for (const char* part : {"pa", "ss", "sec", "ret", "se", "cr", "et", "zz", "ab", "cd"}) {
+      CHECK_THAT(error, !Catch::Contains(std::string("\"") + part));
+      CHECK_THAT(error, !Catch::Contains(std::string(part) + "\""));
+    }
+  }
+  // '@' may appear in a password unescaped: the last '@' ends the credentials.
+  auto o = Options::FromUrl("redis://:p@ss@h:1");
+  REQUIRE(o.ok());
+  CHECK(*o->password == "p@ss");
+}
