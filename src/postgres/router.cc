@@ -115,9 +115,8 @@ absl::StatusOr<Lease> Router::ReadFrom(Deadline deadline, Consistency consistenc
       return lease.status();  // out of time or shut down: falling back would not help
     }
     if (measure) {
-      absl::StatusOr<double> lag = Run(
-          *lease, deadline, [](pqxx::work& tx) { return tx.exec1(kLagQuery)[0].as<double>(); },
-          r.pool->component());
+      absl::StatusOr<double> lag = r.pool->Run(
+          deadline, *lease, [](pqxx::work& tx) { return tx.exec1(kLagQuery)[0].as<double>(); });
       {
         MutexLock lock(r.mu);
         r.lag_check_in_flight = false;

@@ -37,6 +37,7 @@
 #include "absl/status/statusor.h"
 #include "keel/clock.h"
 #include "keel/deadline.h"
+#include "keel/internal/status_of.h"
 #include "keel/postgres/pool.h"
 #include "keel/sync.h"
 
@@ -85,7 +86,7 @@ class Router {
   RunResultT<Fn> RunWrite(Deadline deadline, Fn&& fn) {
     absl::StatusOr<Lease> lease = Write(deadline);
     if (!lease.ok()) return lease.status();
-    return postgres::Run(*lease, deadline, fn, primary_->component());
+    return primary_->Run(deadline, *lease, fn);
   }
 
   // Run() on a Read() lease; when a replica fails the read with UNAVAILABLE it is marked failed
@@ -96,10 +97,10 @@ class Router {
       int replica = -1;
       absl::StatusOr<Lease> lease = ReadFrom(deadline, consistency, &replica);
       if (!lease.ok()) return lease.status();
-      RunResultT<Fn> result = postgres::Run(
-          *lease, deadline, fn,
-          replica < 0 ? primary_->component() : replicas_[replica]->pool->component());
-      if (replica >= 0 && StatusOf(result).code() == absl::StatusCode::kUnavailable) {
+      Pool& pool = replica < 0 ? *primary_ : *replicas_[replica]->pool;
+      RunResultT<Fn> result = pool.Run(deadline, *lease, fn);
+      if (replica >= 0 &&
+          keel::internal::StatusOf(result).code() == absl::StatusCode::kUnavailable) {
         MarkFailed(replica);
         if (attempt == 0) continue;
       }
@@ -127,11 +128,6 @@ class Router {
   absl::StatusOr<Lease> ReadFrom(Deadline deadline, Consistency consistency, int* replica);
   absl::StatusOr<Lease> FromPrimary(Deadline deadline);
   void MarkFailed(int replica);
-  static absl::Status StatusOf(const absl::Status& s) { return s; }
-  template <typename U>
-  static absl::Status StatusOf(const absl::StatusOr<U>& s) {
-    return s.status();
-  }
 
   const RouterOptions options_;
   Clock& clock_;
