@@ -141,6 +141,26 @@ void BM_Baseline_PgSelect1(benchmark::State& state) {
 }
 BENCHMARK(BM_Baseline_PgSelect1)->UseRealTime();
 
+// Three round trips on a held connection (three SELECT 1, no transaction): the floor of a
+// three-statement transaction.
+void BM_Baseline_Pg3RoundTrips(benchmark::State& state) {
+  const auto url = keel::bench::Env("KEEL_TEST_POSTGRES_URL");
+  if (!url) {
+    state.SkipWithError("KEEL_TEST_POSTGRES_URL is not set (run scripts/bench or scripts/test)");
+    return;
+  }
+  try {
+    pqxx::connection conn(*url);
+    for (auto _ : state) {
+      pqxx::nontransaction tx(conn);
+      for (int i = 0; i < 3; ++i) benchmark::DoNotOptimize(tx.exec1("SELECT 1")[0].as<int>());
+    }
+  } catch (const std::exception& e) {
+    state.SkipWithError(e.what());
+  }
+}
+BENCHMARK(BM_Baseline_Pg3RoundTrips)->UseRealTime();
+
 }  // namespace
 
 BENCHMARK_MAIN();
