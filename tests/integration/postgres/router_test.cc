@@ -58,6 +58,21 @@ Cluster StartCluster() {
   return c;
 }
 
+// A router over `cluster` with `max_replay_lag` (measured every 50 ms) and a table t created
+// through it.
+std::unique_ptr<Router> LagBoundRouter(const Cluster& cluster, Duration max_replay_lag) {
+  std::vector<std::unique_ptr<Pool>> replicas;
+  replicas.push_back(PoolFor(*cluster.replica, "pg-replica"));
+  auto router = Router::Create({.max_replay_lag = max_replay_lag, .lag_check_interval = 50ms},
+                               PoolFor(*cluster.primary, "pg-primary"), std::move(replicas))
+                    .value();
+  REQUIRE(
+      router
+          ->RunWrite(Deadline::After(5s), [](pqxx::work& tx) { tx.exec("CREATE TABLE t (v int)"); })
+          .ok());
+  return router;
+}
+
 TEST_CASE("router reads from the replica, writes to the primary, falls back and returns",
           "[postgres][router]") {
   Cluster cluster = StartCluster();
@@ -114,15 +129,7 @@ TEST_CASE("router reads from the replica, writes to the primary, falls back and 
 
 TEST_CASE("router skips a replica whose replay lag exceeds the bound", "[postgres][router]") {
   Cluster cluster = StartCluster();
-  std::vector<std::unique_ptr<Pool>> replicas;
-  replicas.push_back(PoolFor(*cluster.replica, "pg-replica"));
-  auto router = Router::Create({.max_replay_lag = 200ms, .lag_check_interval = 50ms},
-                               PoolFor(*cluster.primary, "pg-primary"), std::move(replicas))
-                    .value();
-  REQUIRE(
-      router
-          ->RunWrite(Deadline::After(5s), [](pqxx::work& tx) { tx.exec("CREATE TABLE t (v int)"); })
-          .ok());
+  auto router = LagBoundRouter(cluster, 200ms);
   CHECK(Eventually([&] { return InRecovery(*router, Consistency::kEventual).value_or(false); }));
 
   // Pause replay on the replica, then write: it receives the WAL but falls behind.
@@ -206,15 +213,7 @@ TEST_CASE("router lag bound holds from the very first reads", "[postgres][router
 TEST_CASE("router stops reading from a replica cut off from its primary once the primary writes",
           "[postgres][router]") {
   Cluster cluster = StartCluster();
-  std::vector<std::unique_ptr<Pool>> replicas;
-  replicas.push_back(PoolFor(*cluster.replica, "pg-replica"));
-  auto router = Router::Create({.max_replay_lag = 300ms, .lag_check_interval = 50ms},
-                               PoolFor(*cluster.primary, "pg-primary"), std::move(replicas))
-                    .value();
-  REQUIRE(
-      router
-          ->RunWrite(Deadline::After(5s), [](pqxx::work& tx) { tx.exec("CREATE TABLE t (v int)"); })
-          .ok());
+  auto router = LagBoundRouter(cluster, 300ms);
   // Current, and the primary idle: no lag although its last commit is getting old.
   std::this_thread::sleep_for(500ms);
   CHECK(Eventually([&] { return InRecovery(*router, Consistency::kEventual).value_or(false); }));
