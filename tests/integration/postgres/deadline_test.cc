@@ -130,6 +130,7 @@ TEST_CASE("postgres calls end by their deadline while the server is paused, and 
     Steady::time_point start, end;
     std::chrono::milliseconds budget;
     absl::StatusCode code;
+    std::string message;
   };
   std::mutex mu;
   std::vector<Call> calls;
@@ -140,19 +141,19 @@ TEST_CASE("postgres calls end by their deadline while the server is paused, and 
       for (int i = 0; !stop; ++i) {
         const auto budget = std::chrono::milliseconds(100 + 100 * ((t + i) % 5));  // 100-500 ms
         const auto start = Steady::now();
-        absl::StatusCode code;
+        absl::Status status;
         if ((t + i) % 2 == 0) {
-          code = pool->Execute(Deadline::After(budget), "SELECT $1::int", t).status().code();
+          status = pool->Execute(Deadline::After(budget), "SELECT $1::int", t).status();
         } else {
-          code = pool->Run(Deadline::After(budget),
-                           [](pqxx::work& tx) { return tx.exec1("SELECT 1")[0].as<int>(); })
-                     .status()
-                     .code();
+          status = pool->Run(Deadline::After(budget),
+                             [](pqxx::work& tx) { return tx.exec1("SELECT 1")[0].as<int>(); })
+                       .status();
         }
+        const absl::StatusCode code = status.code();
         const auto end = Steady::now();
         {
           std::lock_guard<std::mutex> lock(mu);
-          calls.push_back({start, end, budget, code});
+          calls.push_back({start, end, budget, code, std::string(status.message())});
         }
         if (code != absl::StatusCode::kOk) std::this_thread::sleep_for(5ms);
       }
@@ -172,6 +173,7 @@ TEST_CASE("postgres calls end by their deadline while the server is paused, and 
   int failed_while_paused = 0;
   int ok_after = 0;
   int failed_after = 0;
+  std::string failures_after;
   Steady::duration worst_overrun = Steady::duration::zero();
   for (const Call& c : calls) {
     const auto overrun = (c.end - c.start) - c.budget;
@@ -182,11 +184,21 @@ TEST_CASE("postgres calls end by their deadline while the server is paused, and 
              c.code == absl::StatusCode::kUnavailable));
       ++failed_while_paused;
     }
-    if (c.start > resumed_at + 1s) (c.code == absl::StatusCode::kOk ? ok_after : failed_after)++;
+    // Recovery is judged on calls with room for a reconnect (a fork of a backend on a loaded
+    // 2-core machine can take 100 ms by itself): every one of them must succeed.
+    if (c.start > resumed_at + 1s && c.budget >= 300ms) {
+      if (c.code == absl::StatusCode::kOk) {
+        ++ok_after;
+      } else {
+        ++failed_after;
+        failures_after += c.message + "\n";
+      }
+    }
   }
   INFO("worst overrun "
        << std::chrono::duration_cast<std::chrono::milliseconds>(worst_overrun).count()
        << " ms over " << calls.size() << " calls");
+  INFO(failures_after);
   CHECK(late == 0);
   CHECK(failed_while_paused > 50);  // the pause was felt by every thread, many times
   CHECK(ok_after > 100);            // recovered without a restart ...
