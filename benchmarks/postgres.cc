@@ -2,6 +2,7 @@
 //   BM_Pg_PooledSelect1       Execute(deadline, "SELECT 1"): acquire, one round trip bounded by
 //                             the deadline, release. Target: <= 1.2x BM_Baseline_PgSelect1 (one
 //                             round trip on a held connection).
+//   BM_Pg_HeldExecuteSelect1  Execute on a held lease: the same without acquire and release.
 //   BM_Pg_PooledTransaction3  Run() with three statements: acquire, BEGIN, 3 x SELECT 1, COMMIT
 //                             (k + 2 round trips; libpqxx sends BEGIN and COMMIT on their own).
 //                             Floor: BM_Baseline_Pg3RoundTrips; the ideal ratio is 5/3.
@@ -52,6 +53,28 @@ void BM_Pg_PooledSelect1(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_Pg_PooledSelect1)->UseRealTime();
+
+// Execute on a lease held across iterations: the bounded round trip without the pool's acquire
+// and release, to tell the two costs apart.
+void BM_Pg_HeldExecuteSelect1(benchmark::State& state) {
+  auto pool = MakePool(state);
+  if (!pool) return;
+  auto lease = pool->Acquire(keel::Deadline::After(5s));
+  if (!lease.ok()) {
+    state.SkipWithError(std::string(lease.status().message()).c_str());
+    return;
+  }
+  for (auto _ : state) {
+    absl::StatusOr<keel::postgres::Rows> one =
+        pool->Execute(keel::Deadline::After(5s), *lease, "SELECT 1");
+    if (!one.ok()) {
+      state.SkipWithError(std::string(one.status().message()).c_str());
+      break;
+    }
+    benchmark::DoNotOptimize(one->Text(0, 0));
+  }
+}
+BENCHMARK(BM_Pg_HeldExecuteSelect1)->UseRealTime();
 
 template <int kStatements>
 void PooledRun(benchmark::State& state) {
