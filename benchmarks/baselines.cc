@@ -123,7 +123,9 @@ void BM_Baseline_RedisEvalshaTrivial(benchmark::State& state) {
 // concurrency.
 BENCHMARK(BM_Baseline_RedisEvalshaTrivial)->UseRealTime()->Threads(1)->Threads(16);
 
-void BM_Baseline_PgSelect1(benchmark::State& state) {
+// kRoundTrips `SELECT 1` per iteration on one held libpqxx connection, no transaction.
+template <int kRoundTrips>
+void PgRoundTrips(benchmark::State& state) {
   const auto url = keel::bench::Env("KEEL_TEST_POSTGRES_URL");
   if (!url) {
     state.SkipWithError("KEEL_TEST_POSTGRES_URL is not set (run scripts/bench or scripts/test)");
@@ -133,13 +135,21 @@ void BM_Baseline_PgSelect1(benchmark::State& state) {
     pqxx::connection conn(*url);
     for (auto _ : state) {
       pqxx::nontransaction tx(conn);
-      benchmark::DoNotOptimize(tx.exec1("SELECT 1")[0].as<int>());
+      for (int i = 0; i < kRoundTrips; ++i) {
+        benchmark::DoNotOptimize(tx.exec1("SELECT 1")[0].as<int>());
+      }
     }
   } catch (const std::exception& e) {
     state.SkipWithError(e.what());
   }
 }
+
+void BM_Baseline_PgSelect1(benchmark::State& state) { PgRoundTrips<1>(state); }
 BENCHMARK(BM_Baseline_PgSelect1)->UseRealTime();
+
+// The floor of a three-statement transaction: three round trips on a held connection.
+void BM_Baseline_Pg3RoundTrips(benchmark::State& state) { PgRoundTrips<3>(state); }
+BENCHMARK(BM_Baseline_Pg3RoundTrips)->UseRealTime();
 
 }  // namespace
 

@@ -1,6 +1,13 @@
-// postgres::Pool: a pooled `SELECT 1` through Run() (acquire, BEGIN, SET LOCAL statement_timeout,
-// SELECT 1, COMMIT, release) against a fresh connection per call. Target: pooled >= 50x faster.
-// Floor: BM_Baseline_PgSelect1 (plain libpqxx on one connection, no transaction) in baselines.cc.
+// postgres::Pool against the physical floors in baselines.cc, measured in the same run:
+//   BM_Pg_PooledSelect1       Execute(deadline, "SELECT 1"): acquire, one round trip bounded by
+//                             the deadline, release. Target: <= 1.2x BM_Baseline_PgSelect1 (one
+//                             round trip on a held connection).
+//   BM_Pg_HeldExecuteSelect1  Execute on a held lease: the same without acquire and release.
+//   BM_Pg_PooledTransaction3  Run() with three statements: acquire, BEGIN, 3 x SELECT 1, COMMIT
+//                             (k + 2 round trips; libpqxx sends BEGIN and COMMIT on their own).
+//                             Floor: BM_Baseline_Pg3RoundTrips; the ideal ratio is 5/3.
+//   BM_Pg_PooledRunSelect1    Run() with one statement (3 round trips), for comparison.
+//   BM_Pg_ConnectPerCall      a fresh libpqxx connection per SELECT 1: what pooling saves.
 // Needs KEEL_TEST_POSTGRES_URL (scripts/bench sets it); skipped with an error otherwise.
 #include <benchmark/benchmark.h>
 
@@ -15,39 +22,90 @@ namespace {
 
 using namespace std::chrono_literals;
 
-std::optional<std::string> Url(benchmark::State& state) {
+// A pool of one connection, connected before timing: the loops measure pooled calls only.
+std::unique_ptr<keel::postgres::Pool> MakePool(benchmark::State& state) {
   auto url = keel::bench::Env("KEEL_TEST_POSTGRES_URL");
-  if (!url) state.SkipWithError("KEEL_TEST_POSTGRES_URL is not set (run scripts/bench)");
-  return url;
-}
-
-void BM_Pg_PooledSelect1(benchmark::State& state) {
-  const auto url = Url(state);
-  if (!url) return;
+  if (!url) {
+    state.SkipWithError("KEEL_TEST_POSTGRES_URL is not set (run scripts/bench)");
+    return nullptr;
+  }
   auto pool = keel::postgres::Pool::Create(
       {.conninfo = *url,
        .pool = {.name = "bench", .max_size = 1, .background_maintenance = false}});
   if (!pool.ok()) {
     state.SkipWithError(std::string(pool.status().message()).c_str());
-    return;
+    return nullptr;
   }
-  (*pool)->RunMaintenance();  // connect before timing: the loop measures pooled calls only
+  (*pool)->RunMaintenance();
+  return std::move(*pool);
+}
+
+void BM_Pg_PooledSelect1(benchmark::State& state) {
+  auto pool = MakePool(state);
+  if (!pool) return;
   for (auto _ : state) {
-    absl::StatusOr<int> one = (*pool)->Run(keel::Deadline::After(5s), [](pqxx::work& tx) {
-      return tx.exec1("SELECT 1")[0].as<int>();
-    });
+    absl::StatusOr<keel::postgres::Rows> one = pool->Execute(keel::Deadline::After(5s), "SELECT 1");
     if (!one.ok()) {
       state.SkipWithError(std::string(one.status().message()).c_str());
       break;
     }
-    benchmark::DoNotOptimize(*one);
+    benchmark::DoNotOptimize(one->Text(0, 0));
   }
 }
 BENCHMARK(BM_Pg_PooledSelect1)->UseRealTime();
 
+// Execute on a lease held across iterations: the bounded round trip without the pool's acquire
+// and release, to tell the two costs apart.
+void BM_Pg_HeldExecuteSelect1(benchmark::State& state) {
+  auto pool = MakePool(state);
+  if (!pool) return;
+  auto lease = pool->Acquire(keel::Deadline::After(5s));
+  if (!lease.ok()) {
+    state.SkipWithError(std::string(lease.status().message()).c_str());
+    return;
+  }
+  for (auto _ : state) {
+    absl::StatusOr<keel::postgres::Rows> one =
+        pool->Execute(keel::Deadline::After(5s), *lease, "SELECT 1");
+    if (!one.ok()) {
+      state.SkipWithError(std::string(one.status().message()).c_str());
+      break;
+    }
+    benchmark::DoNotOptimize(one->Text(0, 0));
+  }
+}
+BENCHMARK(BM_Pg_HeldExecuteSelect1)->UseRealTime();
+
+template <int kStatements>
+void PooledRun(benchmark::State& state) {
+  auto pool = MakePool(state);
+  if (!pool) return;
+  for (auto _ : state) {
+    absl::StatusOr<int> sum = pool->Run(keel::Deadline::After(5s), [](pqxx::work& tx) {
+      int total = 0;
+      for (int i = 0; i < kStatements; ++i) total += tx.exec1("SELECT 1")[0].as<int>();
+      return total;
+    });
+    if (!sum.ok()) {
+      state.SkipWithError(std::string(sum.status().message()).c_str());
+      break;
+    }
+    benchmark::DoNotOptimize(*sum);
+  }
+}
+
+void BM_Pg_PooledTransaction3(benchmark::State& state) { PooledRun<3>(state); }
+BENCHMARK(BM_Pg_PooledTransaction3)->UseRealTime();
+
+void BM_Pg_PooledRunSelect1(benchmark::State& state) { PooledRun<1>(state); }
+BENCHMARK(BM_Pg_PooledRunSelect1)->UseRealTime();
+
 void BM_Pg_ConnectPerCall(benchmark::State& state) {
-  const auto url = Url(state);
-  if (!url) return;
+  const auto url = keel::bench::Env("KEEL_TEST_POSTGRES_URL");
+  if (!url) {
+    state.SkipWithError("KEEL_TEST_POSTGRES_URL is not set (run scripts/bench)");
+    return;
+  }
   for (auto _ : state) {
     try {
       pqxx::connection conn(*url);

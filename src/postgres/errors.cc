@@ -5,26 +5,28 @@
 #include <exception>
 #include <string>
 
+#include "keel/internal/redact.h"
 #include "keel/internal/strings.h"
 #include "keel/postgres/pool.h"
+#include "libpq_io.h"
 
 namespace keel::postgres::internal {
-namespace {
 
 using keel::internal::StrCat;
 
-// libpq messages end in newlines and carry a doubled space after "ERROR:".
-std::string Clean(std::string_view what) {
-  std::string s(what);
+std::string CleanLibpqMessage(std::string_view what) {
+  std::string s = keel::internal::RedactCredentials(what);
   while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
   std::replace(s.begin(), s.end(), '\n', ' ');
   for (std::string::size_type at; (at = s.find("  ")) != std::string::npos;) s.erase(at, 1);
   return s;
 }
 
+namespace {
+
 absl::Status Make(absl::StatusCode code, std::string_view component, std::string_view what,
                   std::string_view sqlstate = "") {
-  std::string msg = StrCat(component, ": ", Clean(what));
+  std::string msg = StrCat(component, ": ", CleanLibpqMessage(what));
   if (!sqlstate.empty())
     absl::StrAppend(&msg, " (SQLSTATE ", keel::internal::ToAbsl(sqlstate), ")");
   return absl::Status(code, msg);
@@ -113,10 +115,19 @@ absl::Status StatusFromCurrentException(std::string_view component, bool* broken
   }
 }
 
-std::string StatementTimeoutSql(const Deadline& deadline) {
-  const auto ms = std::chrono::ceil<std::chrono::milliseconds>(deadline.Remaining()).count();
-  // INT_MAX ms is PostgreSQL's limit for the setting.
-  return StrCat("SET LOCAL statement_timeout = ", std::clamp<int64_t>(ms, 1, 2147483647));
+absl::Status StatusFromResult(std::string_view component, const PGresult* result, PGconn* conn,
+                              bool* broken) {
+  const char* state = PQresultErrorField(result, PG_DIAG_SQLSTATE);
+  const std::string sqlstate = state != nullptr ? state : "";
+  const char* text = PQresultErrorMessage(result);
+  absl::StatusCode code =
+      sqlstate.empty() ? absl::StatusCode::kInternal : CodeForSqlState(sqlstate, broken);
+  if (PQstatus(conn) != CONNECTION_OK) {  // whatever the result said, the session is gone
+    *broken = true;
+    code = absl::StatusCode::kUnavailable;
+  }
+  return Make(code, component, text != nullptr && *text != '\0' ? text : PQerrorMessage(conn),
+              sqlstate);
 }
 
 absl::Status ExpiredError(std::string_view component) {

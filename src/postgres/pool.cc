@@ -1,5 +1,5 @@
-// postgres::Pool: keel::Pool<pqxx::connection> with libpq connection strings, connect timeouts
-// from deadlines, an on_connect hook and validation by a cheap query.
+// postgres::Pool: keel::Pool<Connection> whose connects, validations and calls all end by their
+// deadline (libpq polled directly, libpqxx calls cut by the watchdog).
 #include "keel/postgres/pool.h"
 
 #include <poll.h>
@@ -9,101 +9,219 @@
 #include <exception>
 #include <utility>
 
+#include "keel/internal/format.h"
+#include "keel/internal/redact.h"
 #include "keel/internal/status_macros.h"
 #include "keel/internal/strings.h"
+#include "libpq_io.h"
 
 namespace keel::postgres {
 namespace internal {
+namespace {
 
+using keel::internal::FormatDuration;
 using keel::internal::StrCat;
 
-std::string WithConnectTimeout(const std::string& conninfo, int seconds) {
-  const bool url = conninfo.rfind("postgresql://", 0) == 0 || conninfo.rfind("postgres://", 0) == 0;
-  if (url) {
-    const char sep = conninfo.find('?') == std::string::npos ? '?' : '&';
-    return StrCat(conninfo, std::string(1, sep), "connect_timeout=", seconds);
+// `SET statement_timeout = ..; SET client_connection_check_interval = ..` for the options, or ""
+// when neither is set. One simple query: one round trip for both.
+std::string SessionSql(const PoolOptions& o) {
+  auto ms = [](Duration d) {
+    // INT_MAX ms is PostgreSQL's limit for both settings.
+    return std::clamp<int64_t>(std::chrono::ceil<std::chrono::milliseconds>(d).count(), 1,
+                               2147483647);
+  };
+  std::string sql;
+  if (o.statement_timeout)
+    absl::StrAppend(&sql, "SET statement_timeout = ", ms(*o.statement_timeout));
+  if (o.client_connection_check_interval) {
+    absl::StrAppend(&sql, sql.empty() ? "" : "; ", "SET client_connection_check_interval = ",
+                    ms(*o.client_connection_check_interval));
   }
-  return StrCat(conninfo, conninfo.empty() ? "" : " ", "connect_timeout=", seconds);
+  return sql;
 }
 
-absl::StatusOr<std::unique_ptr<pqxx::connection>> Connect(
-    const std::string& conninfo, const Deadline& deadline,
-    const std::function<absl::Status(pqxx::connection&)>& on_connect) {
-  if (deadline.Expired()) return absl::DeadlineExceededError("deadline expired before connecting");
-  // libpq counts connect_timeout in whole seconds and treats anything below 2 as 2, so a short
-  // deadline can be overrun by up to 2 s against an unresponsive host (a refused connection fails
-  // at once). 0 would mean "forever": an infinite deadline simply leaves it out.
-  std::string info = conninfo;
-  if (!deadline.IsInfinite()) {
-    const auto secs = std::chrono::ceil<std::chrono::seconds>(deadline.Remaining()).count();
-    info = WithConnectTimeout(conninfo, static_cast<int>(std::clamp<int64_t>(secs, 2, 1 << 30)));
+}  // namespace
+
+absl::Status Settle(Watch& watch, std::string_view component, Duration budget,
+                    const absl::Status& status, bool* broken) {
+  if (!watch.Disarm()) return absl::OkStatus();
+  *broken = true;                            // the socket is shut down
+  if (status.ok()) return absl::OkStatus();  // it finished just before the cut
+  if (status.code() == absl::StatusCode::kUnknown) {
+    return absl::UnknownError(StrCat(component, ": the deadline (", FormatDuration(budget),
+                                     ") passed during COMMIT; commit outcome unknown"));
   }
+  if (watch.by_shutdown()) {
+    return absl::CancelledError(
+        StrCat(component, ": cut by Shutdown (shutdown_timeout passed); the connection is closed"));
+  }
+  return absl::DeadlineExceededError(StrCat(component, ": no reply within ", FormatDuration(budget),
+                                            "; the connection is discarded"));
+}
+
+absl::StatusOr<std::unique_ptr<Connection>> Connect(const PoolOptions& options,
+                                                    const Deadline& deadline, Watchdog& watchdog) {
+  if (deadline.Expired()) return absl::DeadlineExceededError("deadline expired before connecting");
+  KEEL_ASSIGN_OR_RETURN(PgConnPtr raw,
+                        ConnectBounded(options.conninfo, deadline, watchdog.abort_fd()));
+  if (const std::string sql = SessionSql(options); !sql.empty()) {
+    bool broken = false;
+    absl::StatusOr<Rows> set =
+        ExecBounded(raw.get(), "session setup", sql, {}, deadline, watchdog.abort_fd(), &broken);
+    if (!set.ok()) return absl::Status(set.status().code(), set.status().message());
+  }
+  std::unique_ptr<Connection> conn;
   try {
-    auto conn = std::make_unique<pqxx::connection>(info);
-    // libpqxx 6 silently reconnects a broken connection on next use, losing session state
-    // (prepared statements, SETs) behind the pool's back. The pool replaces broken connections
-    // itself, through on_connect, so reactivation is turned off.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
-    conn->inhibit_reactivation(true);
-#pragma GCC diagnostic pop
-    if (on_connect) {
-      absl::Status s = on_connect(*conn);
-      if (!s.ok()) return absl::UnavailableError(StrCat("on_connect failed: ", s.message()));
-    }
-    return conn;
+    conn = Connection::Adopt(raw.release());
   } catch (...) {
     bool broken = false;
-    absl::Status s = StatusFromCurrentException("connect", &broken);
-    return absl::UnavailableError(s.message());
+    return absl::UnavailableError(StatusFromCurrentException("connect", &broken).message());
   }
+  if (options.on_connect) {
+    Watch watch(watchdog, conn->sock(), deadline);
+    absl::Status s;
+    try {
+      s = options.on_connect(*conn);
+    } catch (...) {
+      bool broken = false;
+      s = StatusFromCurrentException("on_connect", &broken);
+    }
+    if (watch.Disarm()) {
+      return absl::DeadlineExceededError("on_connect did not finish by the deadline");
+    }
+    if (!s.ok()) {
+      return absl::UnavailableError(
+          StrCat("on_connect failed: ",
+                 keel::internal::RedactCredentials(keel::internal::FromAbsl(s.message()))));
+    }
+  }
+  return conn;
 }
 
 }  // namespace internal
 
+namespace {
+
+// The generic pool's errors start with `pool "<name>": `; a postgres pool's say what it is.
+absl::Status Rename(const absl::Status& s, const std::string& name, const std::string& component) {
+  const std::string generic = keel::internal::StrCat("pool \"", name, "\": ");
+  absl::string_view m = s.message();
+  if (m.substr(0, generic.size()) == generic) m.remove_prefix(generic.size());
+  absl::Status out(s.code(), keel::internal::StrCat(component, ": ", keel::internal::FromAbsl(m)));
+  s.ForEachPayload(
+      [&](absl::string_view url, const absl::Cord& payload) { out.SetPayload(url, payload); });
+  return out;
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Pool>> Pool::Create(PoolOptions options, Clock& clock,
                                                    MetricsRegistry* metrics) {
+  using keel::internal::StrCat;
+  const std::string& name = options.pool.name;
   if (options.conninfo.empty()) {
     return absl::InvalidArgumentError(
-        keel::internal::StrCat("postgres.conninfo must be set (pool \"", options.pool.name, "\")"));
+        StrCat("postgres pool \"", name, "\": postgres.conninfo must be set"));
   }
-  PoolHooks<pqxx::connection> hooks;
-  hooks.create = [conninfo = options.conninfo, on_connect = options.on_connect](Deadline d) {
-    return internal::Connect(conninfo, d, on_connect);
-  };
+  if (options.call_timeout <= Duration::zero()) {
+    return absl::InvalidArgumentError(StrCat("postgres pool \"", name,
+                                             "\": postgres.call_timeout must be > 0, got ",
+                                             keel::internal::FormatDuration(options.call_timeout)));
+  }
+  if (options.shutdown_timeout < Duration::zero()) {
+    return absl::InvalidArgumentError(
+        StrCat("postgres pool \"", name, "\": postgres.shutdown_timeout must be >= 0, got ",
+               keel::internal::FormatDuration(options.shutdown_timeout)));
+  }
+  for (auto [field, value] :
+       {std::pair{"statement_timeout", options.statement_timeout},
+        std::pair{"client_connection_check_interval", options.client_connection_check_interval}}) {
+    if (value && *value <= Duration::zero()) {
+      return absl::InvalidArgumentError(StrCat("postgres pool \"", name, "\": postgres.", field,
+                                               " must be > 0 or unset, got ",
+                                               keel::internal::FormatDuration(*value)));
+    }
+  }
+  auto watchdog = std::make_unique<internal::Watchdog>();
+  internal::Watchdog* dog = watchdog.get();
+  std::unique_ptr<Pool> pool(new Pool(std::move(options), std::move(watchdog)));
+  const PoolOptions* opts = &pool->options_;  // stable: the Pool is heap-allocated
+  PoolHooks<Connection> hooks;
+  hooks.create = [opts, dog](Deadline d) { return internal::Connect(*opts, d, *dog); };
   // An idle connection has nothing to read. If its socket is readable, the server closed it or
   // sent a FATAL error (pg_terminate_backend, a restart): discard it without a round trip, even
   // inside the validation bypass window. (A connection that LISTENs may see a false positive and
   // is merely replaced.)
-  hooks.is_broken = [](const pqxx::connection& c) {
+  hooks.is_broken = [](const Connection& c) {
     if (!c.is_open()) return true;
     pollfd p{.fd = c.sock(), .events = POLLIN, .revents = 0};
     if (p.fd < 0) return true;
     return ::poll(&p, 1, 0) != 0;
   };
-  if (!options.validation_query.empty()) {
-    // One round trip, no transaction: the deadline is not turned into a statement timeout here
-    // (that would take a SET and a reset, tripling the cost of every check).
-    hooks.validate = [query = options.validation_query](pqxx::connection& c, Deadline) {
-      if (!c.is_open()) return absl::UnavailableError("connection closed");
-      try {
-        pqxx::nontransaction tx(c);
-        tx.exec(query);
-        return absl::OkStatus();
-      } catch (...) {
-        bool broken = false;
-        return internal::StatusFromCurrentException("validate", &broken);
-      }
+  if (!pool->options_.validation_query.empty()) {
+    // One round trip on libpq, polled until the deadline (pool.validation_timeout, capped by the
+    // caller's), and abandoned at once by Shutdown.
+    hooks.validate = [opts, dog](Connection& c, Deadline d) -> absl::Status {
+      bool broken = false;
+      absl::StatusOr<Rows> r = internal::ExecBounded(c.raw(), "validate", opts->validation_query,
+                                                     {}, d, dog->abort_fd(), &broken);
+      return r.status();
     };
   }
-  KEEL_ASSIGN_OR_RETURN(auto generic, keel::Pool<pqxx::connection>::Create(
-                                          options.pool, std::move(hooks), clock, metrics));
-  return std::unique_ptr<Pool>(new Pool(std::move(options), std::move(generic)));
+  KEEL_ASSIGN_OR_RETURN(pool->pool_, keel::Pool<Connection>::Create(
+                                         pool->options_.pool, std::move(hooks), clock, metrics));
+  return pool;
 }
 
-Pool::Pool(PoolOptions options, std::unique_ptr<keel::Pool<pqxx::connection>> pool)
+Pool::Pool(PoolOptions options, std::unique_ptr<internal::Watchdog> watchdog)
     : options_(std::move(options)),
-      component_(keel::internal::StrCat("postgres \"", options_.pool.name, "\"")),
-      pool_(std::move(pool)) {}
+      component_(keel::internal::StrCat("postgres pool \"", options_.pool.name, "\"")),
+      watchdog_(std::move(watchdog)) {}
+
+Pool::~Pool() { Shutdown(); }
+
+absl::StatusOr<Lease> Pool::Acquire(const Deadline& deadline) {
+  absl::StatusOr<Lease> lease = pool_->Acquire(deadline);
+  if (!lease.ok()) return Rename(lease.status(), options_.pool.name, component_);
+  return lease;
+}
+
+absl::StatusOr<Rows> Pool::ExecuteParams(const Deadline& deadline, Lease* held,
+                                         std::string_view sql,
+                                         const std::vector<internal::Param>& params) {
+  const Deadline bounded = Bound(deadline);
+  Lease own;
+  if (held == nullptr) {
+    KEEL_ASSIGN_OR_RETURN(own, Acquire(bounded));
+    held = &own;
+  }
+  Lease& lease = *held;
+  if (!lease) return internal::EmptyLeaseError(component_);
+  if (bounded.Expired()) return internal::ExpiredError(component_);
+  const Duration budget = internal::RoundedBudget(bounded);
+  bool broken = false;
+  // The watch only matters at Shutdown (its cap); the poll itself ends by the deadline.
+  internal::Watch watch(*watchdog_, lease->sock(), bounded);
+  absl::StatusOr<Rows> rows = internal::ExecBounded(lease->raw(), component_, sql, params, bounded,
+                                                    /*abort_fd=*/-1, &broken);
+  absl::Status cut = internal::Settle(watch, component_, budget, rows.status(), &broken);
+  if (!rows.ok() && rows.status().code() == absl::StatusCode::kDeadlineExceeded && cut.ok()) {
+    cut = absl::DeadlineExceededError(keel::internal::StrCat(component_, ": no reply within ",
+                                                             keel::internal::FormatDuration(budget),
+                                                             "; the connection is discarded"));
+  }
+  if (broken) lease.Invalidate();
+  if (!cut.ok()) return cut;
+  return rows;
+}
+
+void Pool::Shutdown() {
+  if (pool_ == nullptr) return;
+  // Connects and validations poll the abort descriptor: they end now, so the maintainer stops at
+  // once. Calls in flight on leases get shutdown_timeout, then the watchdog cuts them.
+  watchdog_->Abort();
+  watchdog_->CapAt(std::chrono::steady_clock::now() + options_.shutdown_timeout);
+  pool_->Shutdown();
+}
 
 }  // namespace keel::postgres

@@ -1,6 +1,13 @@
 #include "support/postgres_server.h"
 
+#include <signal.h>
 #include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 
@@ -103,6 +110,39 @@ absl::Status PgServer::Restart(const std::string& mode) {
                                 "-c max_connections=100 -c wal_level=replica "
                                 "-c max_wal_senders=10\" restart")));
 }
+
+absl::Status PgServer::Signal(int sig) {
+  std::ifstream pid_file(data_ + "/postmaster.pid");
+  int postmaster = 0;
+  if (!(pid_file >> postmaster) || postmaster <= 0) {
+    return absl::InternalError("no postmaster.pid in " + data_);
+  }
+  // The postmaster's children, from /proc/<pid>/stat (field 4 is the parent's pid; the command
+  // in field 2 is parenthesised and may contain spaces, so parse after its closing ')').
+  std::vector<int> pids = {postmaster};
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream stat(entry.path() / "stat");
+    std::string line;
+    if (!std::getline(stat, line)) continue;
+    const auto close = line.rfind(')');
+    if (close == std::string::npos) continue;
+    char state = 0;
+    int ppid = 0;
+    if (sscanf(line.c_str() + close + 1, " %c %d", &state, &ppid) == 2 && ppid == postmaster) {
+      pids.push_back(std::stoi(name));
+    }
+  }
+  // Children first when stopping, so none notices its parent stopped; the parent first when
+  // resuming.
+  if (sig == SIGSTOP) std::reverse(pids.begin(), pids.end());
+  for (int pid : pids) ::kill(pid, sig);
+  return absl::OkStatus();
+}
+
+absl::Status PgServer::Pause() { return Signal(SIGSTOP); }
+absl::Status PgServer::Resume() { return Signal(SIGCONT); }
 
 absl::StatusOr<std::string> PgServer::Psql(const std::string& sql) const {
   // Single-quoted for the shell, with embedded quotes spelled '\''.

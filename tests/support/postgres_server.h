@@ -27,12 +27,17 @@ class PgServer {
   absl::Status Stop(const std::string& mode = "fast");
   absl::Status Start();
   absl::Status Restart(const std::string& mode = "fast");
+  // SIGSTOP / SIGCONT to the postmaster and every backend and auxiliary process it started: the
+  // server keeps its sockets (the kernel still accepts TCP) but answers nothing.
+  absl::Status Pause();
+  absl::Status Resume();
   // Runs `sql` with psql; the output (unaligned, tuples only) or an error with psql's output.
   absl::StatusOr<std::string> Psql(const std::string& sql) const;
 
  private:
   PgServer() = default;
   std::string PgCtl(const std::string& args) const;
+  absl::Status Signal(int sig);
 
   std::unique_ptr<TempDir> dir_;
   std::string bin_;

@@ -1,29 +1,39 @@
-// keel/postgres/pool.h: a PostgreSQL connection pool over libpqxx, and Run(), which turns
-// libpqxx's exceptions into absl::Status and a Deadline into the statement timeout.
+// keel/postgres/pool.h: a PostgreSQL connection pool whose every round trip ends by the caller's
+// deadline, Run() (a libpqxx transaction, exceptions turned into absl::Status) and Execute() (one
+// statement in one round trip, on libpq directly).
 //
-// Defines `keel::postgres::PoolOptions`, `keel::postgres::Pool` (a keel::Pool<pqxx::connection>
-// with a libpq connection string, an on_connect hook and a cheap validation query),
-// `keel::postgres::Lease` and the `keel::postgres::Run` helpers.
+// Defines `keel::postgres::PoolOptions`, `keel::postgres::Pool` (a keel::Pool of
+// keel::postgres::Connection, a libpqxx connection opened without blocking past the deadline),
+// `keel::postgres::Lease` and `keel::postgres::RunResultT`.
 //
-// Thread safety: Pool is thread-safe. A Lease (and the pqxx::connection in it) is used by one
-// thread at a time.
+// Thread safety: Pool is thread-safe. A Lease (and the Connection in it) is used by one thread at
+// a time.
 //
+//   keel::MetricsRegistry metrics;
 //   auto pool = keel::postgres::Pool::Create({
 //       .conninfo = "postgresql://app@db:5432/diary",
-//       .on_connect = [](pqxx::connection& c) {
+//       .on_connect = [](pqxx::connection_base& c) {
 //         c.prepare("get", "SELECT body FROM diary WHERE id = $1");
 //         return absl::OkStatus();
 //       },
-//       .pool = {.name = "pg-primary", .max_size = 10}}).value();
+//       .pool = {.name = "pg-primary", .max_size = 10}}, keel::SteadyClock(), &metrics).value();
 //   keel::Deadline deadline = keel::Deadline::After(200ms);
+//   absl::StatusOr<keel::postgres::Rows> one = pool->Execute(deadline, "SELECT $1::int", 1);
 //   absl::StatusOr<std::string> body = pool->Run(deadline, [&](pqxx::work& tx) {
 //     return tx.exec_prepared1("get", id)[0].as<std::string>();
 //   });
-//   // DEADLINE_EXCEEDED if the statement outlived the deadline (the server cancelled it),
-//   // UNAVAILABLE if the connection broke (it is discarded), ALREADY_EXISTS on a duplicate key,
-//   // ABORTED on a serialization failure or deadlock (retry the transaction), ...
 //
-// Errors from Run, always with the server's message and SQLSTATE:
+// Deadlines are kept on the client: connecting polls libpq's socket until the deadline
+// (PQconnectStart/PQconnectPoll); validation and Execute send with PQsendQueryParams and poll;
+// Run's libpqxx statements are cut by the pool's watchdog, which shuts the socket down when the
+// deadline passes. Either way the call returns DEADLINE_EXCEEDED within a few ms of its deadline,
+// whatever the server does (paused, never answering), and the connection is discarded (its
+// reply is still owed). The server-side statement_timeout, set once per connection, is a second
+// line of defence.
+//
+// Errors from Run and Execute, with the server's message and SQLSTATE, starting with
+// `postgres pool "<name>": `:
+//   the deadline passed while waiting for the server     DEADLINE_EXCEEDED, connection discarded
 //   broken connection, SQLSTATE class 08, 57P01-57P03  UNAVAILABLE, and the lease is invalidated
 //   57014 query_canceled (statement timeout)            DEADLINE_EXCEEDED
 //   23505 unique_violation                              ALREADY_EXISTS
@@ -31,12 +41,15 @@
 //   25006 read_only_sql_transaction (a write on a replica)  FAILED_PRECONDITION
 //   42501 insufficient_privilege                        PERMISSION_DENIED
 //   classes 22 (data), 23 (integrity), 42 (syntax, undefined table/column), libpqxx argument,
-//   conversion and range errors (e.g. exec1 got no row)  INVALID_ARGUMENT
-//   commit outcome unknown (in_doubt_error, 40003)      UNKNOWN: neither retry blindly nor assume
+//   conversion and range errors (e.g. exec1 got no row), a NUL byte in Execute's SQL or text
+//   parameters                                          INVALID_ARGUMENT
+//   commit outcome unknown (in_doubt_error, 40003, or the deadline passed during COMMIT)
+//                                                       UNKNOWN: neither retry blindly nor assume
 //                                                       it failed; the lease is invalidated
 //   anything else (including exceptions the callback throws)  INTERNAL
 #pragma once
 
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -45,36 +58,65 @@
 #include <string_view>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "keel/clock.h"
 #include "keel/deadline.h"
+#include "keel/internal/status_of.h"
 #include "keel/metrics.h"
 #include "keel/pool/pool.h"
+#include "keel/postgres/connection.h"
+#include "keel/postgres/watchdog.h"
 
 namespace keel::postgres {
 
-using Lease = keel::Lease<pqxx::connection>;
+using Lease = keel::Lease<Connection>;
 
 struct PoolOptions {
   // A libpq connection string, as a URL (`postgresql://user:pw@host:5432/db?sslmode=disable`) or
-  // as key=value pairs (`host=db port=5432 dbname=app`). connect_timeout is added by the pool from
-  // each creation's deadline; do not set it here. Required.
+  // as key=value pairs (`host=db port=5432 dbname=app`). Connecting is bounded by the deadline
+  // of whoever connects (a caller's Acquire, or the maintainer's pool.acquire_timeout), so
+  // connect_timeout is not needed. Host names are resolved by libpq without a timeout (see
+  // docs/postgres.md): give an address (`hostaddr=`) or rely on a local resolver. Required.
   std::string conninfo = {};
 
   // Runs once on every new connection, before it is pooled: prepare statements, SET
-  // application_name, search_path, ... An error or exception discards the connection (the
-  // creation fails with UNAVAILABLE carrying its message). Optional.
-  std::function<absl::Status(pqxx::connection&)> on_connect = nullptr;
+  // application_name, search_path, ... Bounded by the connect deadline like a Run. An error or
+  // exception discards the connection (the creation fails with UNAVAILABLE carrying its
+  // message). Optional.
+  std::function<absl::Status(pqxx::connection_base&)> on_connect = nullptr;
 
-  // The query that validates a connection idle longer than pool.validation_bypass, and keepalives.
-  // Default: "SELECT 1". An empty string turns validation off.
+  // The query that validates a connection idle longer than pool.validation_bypass, and keepalives;
+  // one round trip, bounded by pool.validation_timeout. Default: "SELECT 1". An empty string turns
+  // validation off.
   std::string validation_query = "SELECT 1";
 
+  // What a Run or Execute given Deadline::Infinite() is bounded by (keel never waits forever on a
+  // server). Default: 30 s. Callers normally pass their own tighter deadline.
+  Duration call_timeout = std::chrono::seconds(30);
+
+  // The server-side statement_timeout, set once on every new connection (in the same round trip
+  // as client_connection_check_interval): a second line of defence that frees the server from a
+  // statement whose caller gave up. Set it at or above the longest deadline callers use.
+  // std::nullopt leaves the server's setting alone. Default: 30 s.
+  std::optional<Duration> statement_timeout = std::chrono::seconds(30);
+
+  // PostgreSQL 14+'s client_connection_check_interval, set on every new connection: how often a
+  // backend running a long statement checks that its client is still there, so a statement whose
+  // connection keel discarded at the deadline is abandoned by the server too. std::nullopt leaves
+  // it alone (required for servers before 14). Default: 1 s.
+  std::optional<Duration> client_connection_check_interval = std::chrono::seconds(1);
+
+  // How long Shutdown() lets calls in flight (Run, Execute) finish before cutting their
+  // connections. Connects and validations in flight are abandoned at once. Default: 1 s.
+  Duration shutdown_timeout = std::chrono::seconds(1);
+
   // The generic pool's options (size, timeouts, lifetime, leak detection). `pool.name` names this
-  // pool in errors and metrics: name primary and replica pools apart. Default: {.name =
-  // "postgres"}; a `.pool = {...}` written without `.name` gets keel::PoolOptions' "pool".
+  // pool in errors and in the `name` label of metrics: name primary and replica pools apart.
+  // Default: {.name = "postgres"}; a `.pool = {...}` written without `.name` gets
+  // keel::PoolOptions' "pool".
   keel::PoolOptions pool = {.name = "postgres"};
 };
 
@@ -103,29 +145,23 @@ namespace internal {
 // The Status for the exception being handled (call only inside a catch block); sets `*broken`
 // when the connection can no longer be used. `component` prefixes the message.
 absl::Status StatusFromCurrentException(std::string_view component, bool* broken);
-// `SET LOCAL statement_timeout = <ms>` for what is left of `deadline` (rounded up, at least 1).
-std::string StatementTimeoutSql(const Deadline& deadline);
 absl::Status ExpiredError(std::string_view component);
+// What is left of `d`, rounded up to a millisecond: how a cut call's message states its budget.
+inline Duration RoundedBudget(const Deadline& d) {
+  return std::chrono::ceil<std::chrono::milliseconds>(d.Remaining());
+}
 absl::Status EmptyLeaseError(std::string_view component);
-}  // namespace internal
+// After a Run: DEADLINE_EXCEEDED (UNKNOWN when COMMIT was cut) in place of `status` when the
+// watchdog cut the call, with `*broken` set; OK to keep the call's own result.
+absl::Status Settle(Watch& watch, std::string_view component, Duration budget,
+                    const absl::Status& status, bool* broken);
 
-// Runs `fn(pqxx::work&)` in one transaction on the leased connection and commits it. The
-// transaction's statement_timeout is what is left of `deadline`, so the server cancels work that
-// outlives it (DEADLINE_EXCEEDED); an infinite deadline leaves the session's setting alone. `fn`
-// may return void, a value, absl::Status or absl::StatusOr: a non-OK status from `fn` rolls the
-// transaction back and is returned as is. Every exception is caught and mapped (see the banner);
-// when the connection broke, `lease` is invalidated and becomes empty.
-// REQUIRES: `lease` holds a connection with no transaction open on it.
-// `component` names the caller in error messages (the pool name by default via Pool::Run).
+// `fn` in one libpqxx transaction, committed unless it returned a non-OK status.
 template <typename Fn>
-RunResultT<Fn> Run(Lease& lease, const Deadline& deadline, Fn&& fn,
-                   std::string_view component = "postgres") {
+RunResultT<Fn> RunTransaction(Connection& conn, Fn& fn, std::string_view component, bool* broken) {
   using R = std::decay_t<std::invoke_result_t<Fn&, pqxx::work&>>;
-  if (!lease) return internal::EmptyLeaseError(component);
-  if (deadline.Expired()) return internal::ExpiredError(component);
   try {
-    pqxx::work tx(*lease);
-    if (!deadline.IsInfinite()) tx.exec(internal::StatementTimeoutSql(deadline));
+    pqxx::work tx(conn);
     if constexpr (std::is_void_v<R>) {
       fn(tx);
       tx.commit();
@@ -141,64 +177,125 @@ RunResultT<Fn> Run(Lease& lease, const Deadline& deadline, Fn&& fn,
       return result;
     }
   } catch (...) {
-    bool broken = false;
-    absl::Status status = internal::StatusFromCurrentException(component, &broken);
-    if (!broken && !lease->is_open()) {  // whatever the exception said, the session is gone
-      broken = true;
+    absl::Status status = StatusFromCurrentException(component, broken);
+    if (!*broken && !conn.is_open()) {  // whatever the exception said, the session is gone
+      *broken = true;
       status = absl::UnavailableError(status.message());
     }
-    if (broken) lease.Invalidate();
     return status;
   }
 }
+}  // namespace internal
 
 class Pool {
  public:
   // Validates the options (INVALID_ARGUMENT naming the field) and creates the pool; no connection
-  // is made here (see keel::Pool::Create). `clock` and `metrics` must outlive the Pool.
+  // is made here (see keel::Pool::Create). With `metrics`, the generic pool's series are
+  // registered with name=<pool.name> (see docs/pool.md). `clock` and `metrics` must outlive the
+  // Pool.
   static absl::StatusOr<std::unique_ptr<Pool>> Create(PoolOptions options,
                                                       Clock& clock = SteadyClock(),
                                                       MetricsRegistry* metrics = nullptr);
+  ~Pool();  // Shutdown()
+  Pool(const Pool&) = delete;
+  Pool& operator=(const Pool&) = delete;
 
-  // Leases a connection; errors as keel::Pool::Acquire.
-  absl::StatusOr<Lease> Acquire(Deadline deadline = Deadline::Infinite()) {
-    return pool_->Acquire(deadline);
-  }
+  // Leases a connection, connecting when needed, by `deadline` (Infinite(): pool.acquire_timeout).
+  // Errors as keel::Pool::Acquire, starting with `postgres pool "<name>": `.
+  absl::StatusOr<Lease> Acquire(const Deadline& deadline = Deadline::Infinite());
 
-  // Acquire, then keel::postgres::Run with this pool's name in error messages. The deadline
-  // bounds both the wait for a connection and the statement timeout.
+  // Acquire, then Run on the lease, all by `deadline` (Infinite(): call_timeout).
   template <typename Fn>
   RunResultT<Fn> Run(const Deadline& deadline, Fn&& fn) {
-    absl::StatusOr<Lease> lease = Acquire(deadline);
+    const Deadline bounded = Bound(deadline);
+    absl::StatusOr<Lease> lease = Acquire(bounded);
     if (!lease.ok()) return lease.status();
-    return postgres::Run(*lease, deadline, std::forward<Fn>(fn), component_);
+    return Run(bounded, *lease, fn);
+  }
+
+  // Runs `fn(pqxx::work&)` in one transaction on the leased connection and commits it, all by
+  // `deadline` (Infinite(): call_timeout): the watchdog cuts the connection when it passes
+  // (DEADLINE_EXCEEDED; UNKNOWN if that happened during COMMIT). `fn` may return void, a value,
+  // absl::Status or absl::StatusOr: a non-OK status from `fn` rolls the transaction back and is
+  // returned as is. Every exception is caught and mapped (see the banner); when the connection
+  // broke, `lease` is invalidated and becomes empty. Costs k + 2 round trips for k statements
+  // (libpqxx sends BEGIN and COMMIT on their own); use Execute for a single statement.
+  // REQUIRES: `lease` came from this pool and has no transaction open.
+  template <typename Fn>
+  RunResultT<Fn> Run(const Deadline& deadline, Lease& lease, Fn&& fn) {
+    if (!lease) return internal::EmptyLeaseError(component_);
+    const Deadline bounded = Bound(deadline);
+    if (bounded.Expired()) return internal::ExpiredError(component_);
+    bool broken = false;
+    const Duration budget = internal::RoundedBudget(bounded);
+    internal::Watch watch(*watchdog_, lease->sock(), bounded);
+    RunResultT<Fn> result = internal::RunTransaction(*lease, fn, component_, &broken);
+    absl::Status cut =
+        internal::Settle(watch, component_, budget, keel::internal::StatusOf(result), &broken);
+    if (broken) lease.Invalidate();
+    if (!cut.ok()) return cut;
+    return result;
+  }
+
+  // Runs one statement in autocommit, in one round trip (PQsendQueryParams on libpq, bounded by
+  // polling the socket until `deadline`; Infinite(): call_timeout), and returns its rows.
+  // `params` bind $1, $2, ...: strings (text), arithmetic values (their text form),
+  // std::optional / std::nullopt / nullptr (NULL) and Bytes (bytea, binary). Errors as Run;
+  // INVALID_ARGUMENT, before anything is sent, when `sql` or a text parameter contains a NUL byte
+  // (libpq would cut it there).
+  template <typename... Params>
+  absl::StatusOr<Rows> Execute(const Deadline& deadline, std::string_view sql,
+                               const Params&... params) {
+    std::vector<internal::Param> bound;
+    bound.reserve(sizeof...(Params));
+    (internal::AddParam(bound, params), ...);
+    return ExecuteParams(deadline, nullptr, sql, bound);
+  }
+  // Execute on a connection the caller holds. REQUIRES: `lease` came from this pool and has no
+  // transaction open.
+  template <typename... Params>
+  absl::StatusOr<Rows> Execute(const Deadline& deadline, Lease& lease, std::string_view sql,
+                               const Params&... params) {
+    std::vector<internal::Param> bound;
+    bound.reserve(sizeof...(Params));
+    (internal::AddParam(bound, params), ...);
+    return ExecuteParams(deadline, &lease, sql, bound);
   }
 
   PoolStats Stats() const { return pool_->Stats(); }
   void RunMaintenance() { pool_->RunMaintenance(); }
-  void Shutdown() { pool_->Shutdown(); }
+  // Abandons connects and validations in flight at once, gives calls in flight until
+  // shutdown_timeout before cutting their connections, then shuts the generic pool down (waiters
+  // get CANCELLED, later Acquires FAILED_PRECONDITION). Returns within a few ms whatever the
+  // server does. Idempotent.
+  void Shutdown();
   const std::string& name() const { return options_.pool.name; }
-  // `postgres "<name>"`: how errors from this pool start.
+  // `postgres pool "<name>"`: how errors from this pool start.
   const std::string& component() const { return component_; }
+  const PoolOptions& options() const { return options_; }
   // The generic pool underneath (TryAcquire, options).
-  keel::Pool<pqxx::connection>& pool() { return *pool_; }
+  keel::Pool<Connection>& pool() { return *pool_; }
 
  private:
-  Pool(PoolOptions options, std::unique_ptr<keel::Pool<pqxx::connection>> pool);
+  Pool(PoolOptions options, std::unique_ptr<internal::Watchdog> watchdog);
+  Deadline Bound(const Deadline& d) const {
+    return d.IsInfinite() ? Deadline::After(options_.call_timeout) : d;
+  }
+  absl::StatusOr<Rows> ExecuteParams(const Deadline& deadline, Lease* lease, std::string_view sql,
+                                     const std::vector<internal::Param>& params);
 
   PoolOptions options_;
-  std::string component_;  // `postgres "<name>"`
-  std::unique_ptr<keel::Pool<pqxx::connection>> pool_;
+  std::string component_;  // `postgres pool "<name>"`
+  std::unique_ptr<internal::Watchdog> watchdog_;
+  std::unique_ptr<keel::Pool<Connection>> pool_;
 };
 
 namespace internal {
-// Opens a connection with connect_timeout taken from `deadline` (whole seconds, at least 2:
-// libpq's granularity), then runs `on_connect`. UNAVAILABLE on failure, with libpq's message.
-absl::StatusOr<std::unique_ptr<pqxx::connection>> Connect(
-    const std::string& conninfo, const Deadline& deadline,
-    const std::function<absl::Status(pqxx::connection&)>& on_connect);
-// `conninfo` with connect_timeout=`seconds` added (URL or key=value form).
-std::string WithConnectTimeout(const std::string& conninfo, int seconds);
+// Opens a connection by `deadline` (CANCELLED once `abort_fd` is readable), sets the session
+// timeouts of `options` and runs its on_connect under `watchdog`. UNAVAILABLE on failure, with
+// libpq's redacted message; DEADLINE_EXCEEDED when the deadline passed.
+absl::StatusOr<std::unique_ptr<Connection>> Connect(const PoolOptions& options,
+                                                    const Deadline& deadline, Watchdog& watchdog);
 }  // namespace internal
 
 }  // namespace keel::postgres

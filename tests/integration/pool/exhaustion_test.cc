@@ -40,8 +40,8 @@ TEST_CASE("pool exhaustion: max_size callers succeed, the rest time out explaini
       auto lease = pool->Acquire(Deadline::After(300ms));
       if (lease.ok()) {
         // Hold the connection well past the others' deadline.
-        absl::Status s = Run(*lease, Deadline::After(5s),
-                             [](pqxx::work& tx) { tx.exec("SELECT pg_sleep(0.8)"); });
+        absl::Status s = pool->Run(Deadline::After(5s), *lease,
+                                   [](pqxx::work& tx) { tx.exec("SELECT pg_sleep(0.8)"); });
         (s.ok() ? ok : other).fetch_add(1);
       } else if (lease.status().code() == absl::StatusCode::kDeadlineExceeded) {
         std::lock_guard<std::mutex> lock(mu);
@@ -55,11 +55,11 @@ TEST_CASE("pool exhaustion: max_size callers succeed, the rest time out explaini
   CHECK(ok.load() == 3);
   CHECK(other.load() == 0);
   REQUIRE(timeouts.size() == 5);
-  // Each message reads `pool "exhaust": no connection within Nms (3/3 in use, W waiting)`: N is
-  // what was left of the caller's 300 ms when it asked (a few ms less on a slow or sanitized
+  // Each message reads `postgres pool "exhaust": no connection within Nms (3/3 in use, W waiting)`:
+  // N is what was left of the caller's 300 ms when it asked (a few ms less on a slow or sanitized
   // build), W the waiters, 1 to 5. Checked by hand: <regex> trips GCC 12's maybe-uninitialized
   // under ASan.
-  const std::string head = "pool \"exhaust\": no connection within ";
+  const std::string head = "postgres pool \"exhaust\": no connection within ";
   const std::string tail = " waiting)";
   for (const std::string& m : timeouts) {
     INFO(m);

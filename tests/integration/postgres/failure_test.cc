@@ -28,7 +28,7 @@ std::unique_ptr<Pool> VictimPool(const test::PgServer& server, int max_size) {
   return Pool::Create(
              {.conninfo = server.url(),
               .on_connect =
-                  [](pqxx::connection& c) {
+                  [](pqxx::connection_base& c) {
                     pqxx::nontransaction(c).exec("SET application_name = 'keel-victim'");
                     return absl::OkStatus();
                   },
