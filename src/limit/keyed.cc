@@ -8,6 +8,7 @@ namespace keel::limit::internal {
 using keel::internal::StrCat;
 
 absl::Status ValidateKeyed(std::string_view name, std::string_view key, int64_t n) {
+  if (key.empty()) return absl::InvalidArgumentError(StrCat(name, ": the key must not be empty"));
   if (key.size() > kMaxKeyBytes) {
     return absl::InvalidArgumentError(
         StrCat(name, ": key of ", key.size(), " bytes exceeds the maximum of ", kMaxKeyBytes));
@@ -53,11 +54,14 @@ absl::Status RegisterKeyedMetrics(MetricsRegistry& metrics, const std::string& n
   KEEL_RETURN_IF_ERROR(keep(metrics.AddGaugeCallback(
       "keel_rate_limit_keys", "Keys held by a keyed rate limiter.", {{"name", name}},
       [stats] { return static_cast<double>(stats().keys); })));
-  const char* decisions = "Rate-limit decisions, by outcome (blocked: denied by a penalty).";
+  const char* decisions =
+      "Rate-limit decisions, by outcome (blocked: denied by a penalty; refused_full: a new key "
+      "denied because its shard held only blocked keys).";
   const std::pair<const char*, uint64_t KeyedStats::*> outcomes[] = {
       {"allowed", &KeyedStats::allowed},
       {"denied", &KeyedStats::denied},
       {"blocked", &KeyedStats::blocked_denials},
+      {"refused_full", &KeyedStats::refused_full},
   };
   for (const auto& [label, field] : outcomes) {
     KEEL_RETURN_IF_ERROR(keep(metrics.AddCounterCallback(
