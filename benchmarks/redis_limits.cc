@@ -7,7 +7,7 @@
 //   BM_RedisLimiter_ClientFloor/threads:N    keel's pooled client running `return 1` (what the
 //                                            limiter's client side cannot go below)
 //   BM_RedisLimiter_GcraTwoLimits            two GCRA limits on one key: one round trip
-//   BM_RedisLimiter_CheckMany100             100 keys per pipelined round trip (items/s)
+//   BM_RedisLimiter_TryAcquireMany100        100 keys per pipelined round trip (items/s)
 // The floor (baselines.cc: plain hiredis, `return 1`, one connection per thread) runs at 1 and 16
 // threads, the limiter's concurrencies. Reads KEEL_TEST_REDIS_URL; skips when it is absent.
 #include <benchmark/benchmark.h>
@@ -85,7 +85,7 @@ Shared& GetShared() {
     }
     s->two_limits = std::move(*two);
     // Load the script and open the connections outside the measurement.
-    if (auto d = s->limiter->Check("warm-up", 1, Deadline::After(1s)); !d.ok()) {
+    if (auto d = s->limiter->TryAcquire(Deadline::After(1s), "warm-up", 1); !d.ok()) {
       s->error = std::string(d.status().message());
     }
     return s;
@@ -101,7 +101,7 @@ void BM_RedisLimiter_Gcra(benchmark::State& state) {
   }
   const std::string key = "user:" + std::to_string(state.thread_index());
   for (auto _ : state) {
-    auto d = shared.limiter->Check(key, 1, Deadline::After(1s));
+    auto d = shared.limiter->TryAcquire(Deadline::After(1s), key, 1);
     if (!d.ok() || !d->allowed) {
       state.SkipWithError("check failed or denied");
       break;
@@ -136,7 +136,7 @@ void BM_RedisLimiter_GcraTwoLimits(benchmark::State& state) {
     return;
   }
   for (auto _ : state) {
-    auto d = shared.two_limits->Check("user:two", 1, Deadline::After(1s));
+    auto d = shared.two_limits->TryAcquire(Deadline::After(1s), "user:two", 1);
     if (!d.ok() || !d->allowed) {
       state.SkipWithError("check failed or denied");
       break;
@@ -196,7 +196,7 @@ void BM_RedisLimiter_GcraCallsOnly(benchmark::State& state) {
 }
 BENCHMARK(BM_RedisLimiter_GcraCallsOnly)->UseRealTime()->Threads(1)->Threads(kMaxThreads);
 
-void BM_RedisLimiter_CheckMany100(benchmark::State& state) {
+void BM_RedisLimiter_TryAcquireMany100(benchmark::State& state) {
   Shared& shared = GetShared();
   if (!shared.error.empty()) {
     state.SkipWithError(shared.error.c_str());
@@ -206,7 +206,7 @@ void BM_RedisLimiter_CheckMany100(benchmark::State& state) {
   for (int i = 0; i < 100; ++i) names.push_back("many:" + std::to_string(i));
   const std::vector<std::string_view> keys(names.begin(), names.end());
   for (auto _ : state) {
-    auto d = shared.limiter->CheckMany(keys, 1, Deadline::After(1s));
+    auto d = shared.limiter->TryAcquireMany(Deadline::After(1s), keys, 1);
     if (!d.ok()) {
       state.SkipWithError(std::string(d.status().message()).c_str());
       break;
@@ -215,6 +215,6 @@ void BM_RedisLimiter_CheckMany100(benchmark::State& state) {
   }
   state.SetItemsProcessed(state.iterations() * 100);
 }
-BENCHMARK(BM_RedisLimiter_CheckMany100)->UseRealTime();
+BENCHMARK(BM_RedisLimiter_TryAcquireMany100)->UseRealTime();
 
 }  // namespace

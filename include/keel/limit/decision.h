@@ -50,6 +50,11 @@ struct Decision {
   // Zero when allowed. When denied: the earliest time after which the same request would be
   // admitted if nothing else is admitted meanwhile, or `kNever` when it never can be.
   Duration retry_after = Duration::zero();
+  // True when the limiter's own backend did not decide: a Redis-backed limiter that failed open
+  // or fell back to a local limiter while Redis was unavailable. The figures above are then not
+  // the shared limit's (a fail-open decision knows none; a fallback's are its local share), so
+  // HttpHeaders sends none of them. Always false from the in-process limiters.
+  bool degraded = false;
 
   friend bool operator==(const Decision&, const Decision&) = default;
 };
