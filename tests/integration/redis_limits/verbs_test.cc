@@ -88,3 +88,33 @@ TEST_CASE("redis more_limits entry equal to the main limit counts once, as in-pr
   // One key for the one limit: the plan's layout without more_limits.
   CHECK(redis->RedisKeys("k").size() == 1);
 }
+
+TEST_CASE("redis blocked-key cache at its cap drops ended entries soonest first",
+          "[redis_limits]") {
+  auto client = keel::test::SharedRedisClient();
+  keel::ManualClock clock;
+  auto limiter =
+      RateLimiter::Create({.name = keel::test::UniqueName("cache-cap"),
+                           .algorithm = keel::limit::Gcra::Options{.count = 1, .period = 1h},
+                           .fail_mode = keel::redis::FailMode::kClosed,
+                           .blocked_cache_size = 2},
+                          *client, clock)
+          .value();
+  const auto deny = [&](const char* key) {
+    REQUIRE(limiter->TryAcquire(Deadline::After(1s), key, 1)->allowed);
+    REQUIRE_FALSE(limiter->TryAcquire(Deadline::After(1s), key, 1)->allowed);
+  };
+  deny("a");  // remembered until about 1h
+  clock.Advance(30min);
+  deny("b");             // until about 1h30m
+  clock.Advance(31min);  // "a" has ended in the cache's clock, "b" runs
+  deny("c");             // the cache is full: "a" makes room
+  const uint64_t hits = limiter->Stats().blocked_cache_hits_total;
+  CHECK_FALSE(limiter->TryAcquire(Deadline::After(1s), "b", 1)->allowed);
+  CHECK_FALSE(limiter->TryAcquire(Deadline::After(1s), "c", 1)->allowed);
+  CHECK(limiter->Stats().blocked_cache_hits_total == hits + 2);
+  // Full of running entries: a new denial is answered by Redis and not remembered.
+  deny("d");
+  CHECK_FALSE(limiter->TryAcquire(Deadline::After(1s), "d", 1)->allowed);
+  CHECK(limiter->Stats().blocked_cache_hits_total == hits + 2);
+}
