@@ -10,6 +10,8 @@
 #include "keel/limit/keyed.h"
 #include "keel/limit/token_bucket.h"
 #include "keel/redis/rate_limiter.h"
+#include "keel/resilience/pipeline.h"
+#include "keel/status.h"
 
 using keel::Deadline;
 using keel::limit::Decision;
@@ -117,4 +119,23 @@ TEST_CASE("redis blocked-key cache at its cap drops ended entries soonest first"
   deny("d");
   CHECK_FALSE(limiter->TryAcquire(Deadline::After(1s), "d", 1)->allowed);
   CHECK(limiter->Stats().blocked_cache_hits_total == hits + 2);
+}
+
+TEST_CASE("redis rate limiter as a pipeline stage rejects with RESOURCE_EXHAUSTED and retry-after",
+          "[redis_limits]") {
+  auto client = keel::test::SharedRedisClient();
+  auto limiter =
+      RateLimiter::Create({.name = keel::test::UniqueName("stage"), .algorithm = kFivePerMinute},
+                          *client)
+          .value();
+  auto pipeline = keel::Pipeline<int>::Builder()
+                      .AddRateLimiter(*limiter, {.name = "users-api", .key = "users-api"})
+                      .Build();
+  const auto call = [](const keel::CallContext&) -> absl::StatusOr<int> { return 1; };
+  for (int i = 0; i < 5; ++i) REQUIRE(pipeline.Execute(Deadline::After(1s), call).ok());
+  const absl::StatusOr<int> denied = pipeline.Execute(Deadline::After(1s), call);
+  REQUIRE(denied.status().code() == absl::StatusCode::kResourceExhausted);
+  REQUIRE(keel::RetryAfter(denied.status()).has_value());
+  CHECK(*keel::RetryAfter(denied.status()) > 11s);
+  CHECK(*keel::RetryAfter(denied.status()) <= 12s);
 }
