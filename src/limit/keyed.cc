@@ -54,9 +54,6 @@ absl::Status RegisterKeyedMetrics(MetricsRegistry& metrics, const std::string& n
   KEEL_RETURN_IF_ERROR(keep(metrics.AddGaugeCallback(
       "keel_rate_limit_keys", "Keys held by a keyed rate limiter.", {{"name", name}},
       [stats] { return static_cast<double>(stats().keys); })));
-  const char* decisions =
-      "Rate-limit decisions, by outcome (blocked: denied by a penalty; refused_full: a new key "
-      "denied because its shard held only blocked keys).";
   const std::pair<const char*, uint64_t KeyedStats::*> outcomes[] = {
       {"allowed", &KeyedStats::allowed},
       {"denied", &KeyedStats::denied},
@@ -65,7 +62,8 @@ absl::Status RegisterKeyedMetrics(MetricsRegistry& metrics, const std::string& n
   };
   for (const auto& [label, field] : outcomes) {
     KEEL_RETURN_IF_ERROR(keep(metrics.AddCounterCallback(
-        "keel_rate_limit_decisions_total", decisions, {{"name", name}, {"decision", label}},
+        kDecisionsFamily, kDecisionsHelp,
+        {{"name", name}, {"decision", label}, {"backend", "local"}},
         [stats, field = field] { return static_cast<double>(stats().*field); })));
   }
   const char* evictions =

@@ -97,36 +97,32 @@ RateLimiter::RateLimiter(Options options, Client& client, Clock& clock,
 RateLimiter::~RateLimiter() = default;
 
 absl::Status RateLimiter::RegisterMetrics(MetricsRegistry& metrics) {
-  const Labels labels = {{"limiter", name_}};
-  const struct {
-    const char* name;
-    const char* help;
-    const std::atomic<uint64_t>* value;
-  } series[] = {
-      {"keel_redis_rate_limiter_allowed_total", "Requests admitted by the shared limit.",
-       &allowed_},
-      {"keel_redis_rate_limiter_denied_total", "Requests denied by the shared limit.", &denied_},
-      {"keel_redis_rate_limiter_blocked_cache_hits_total",
-       "Denials answered by the local blocked-key cache without a Redis round trip.", &cache_hits_},
-      {"keel_redis_rate_limiter_fail_open_total",
-       "Requests admitted because Redis failed (fail_mode kOpen).", &fail_open_},
-      {"keel_redis_rate_limiter_fail_closed_total",
-       "Requests refused with UNAVAILABLE because Redis failed (fail_mode kClosed).",
-       &fail_closed_},
-      {"keel_redis_rate_limiter_fallback_allowed_total",
-       "Requests admitted by the local fallback limiter while Redis failed.", &fallback_allowed_},
-      {"keel_redis_rate_limiter_fallback_denied_total",
-       "Requests denied by the local fallback limiter while Redis failed.", &fallback_denied_},
-  };
-  for (const auto& s : series) {
-    const std::atomic<uint64_t>* value = s.value;
+  const auto add = [&](const char* family, const char* help, Labels labels,
+                       const std::atomic<uint64_t>* value) -> absl::Status {
     KEEL_ASSIGN_OR_RETURN(MetricsRegistry::Registration r,
-                          metrics.AddCounterCallback(s.name, s.help, labels, [value] {
+                          metrics.AddCounterCallback(family, help, std::move(labels), [value] {
                             return static_cast<double>(value->load(std::memory_order_relaxed));
                           }));
     registrations_.push_back(std::move(r));
+    return absl::OkStatus();
+  };
+  // The family the in-process limiters count in too, told apart by backend="redis".
+  const std::pair<const char*, const std::atomic<uint64_t>*> decisions[] = {
+      {"allowed", &allowed_},
+      {"denied", &denied_},
+      {"fail_open", &fail_open_},
+      {"fail_closed", &fail_closed_},
+      {"fallback_allowed", &fallback_allowed_},
+      {"fallback_denied", &fallback_denied_},
+  };
+  for (const auto& [decision, value] : decisions) {
+    KEEL_RETURN_IF_ERROR(add(limit::internal::kDecisionsFamily, limit::internal::kDecisionsHelp,
+                             {{"name", name_}, {"decision", decision}, {"backend", "redis"}},
+                             value));
   }
-  return absl::OkStatus();
+  return add("keel_redis_rate_limiter_blocked_cache_hits_total",
+             "Denials answered by the local blocked-key cache without a Redis round trip.",
+             {{"name", name_}}, &cache_hits_);
 }
 
 absl::Status RateLimiter::ValidateKey(std::string_view key, int64_t n) const {

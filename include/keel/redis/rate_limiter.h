@@ -142,7 +142,7 @@ class RateLimiter {
 
   struct Options {
     // Names the limit: the first part of every Redis key's hash tag (`{name:key}`), the
-    // `limiter` label of the metrics, and the component in errors. Two limiters with the same
+    // `name` label of the metrics, and the component in errors. Two limiters with the same
     // name and algorithm share their counters (that is how processes share a limit); give
     // different limits different names. Required: 1 to 128 bytes.
     std::string name;
@@ -202,7 +202,9 @@ class RateLimiter {
   // Validates `options` (INVALID_ARGUMENT naming the field). No I/O. `client` (and `clock`,
   // `metrics`) must outlive the limiter. `clock` times the blocked-key cache and the local
   // fallback only: decisions use the server's clock. With `metrics`, registers
-  // keel_redis_rate_limiter_*_total counters labelled limiter=<name>.
+  // keel_rate_limit_decisions_total{name, decision, backend="redis"} (decision: allowed, denied,
+  // fail_open, fail_closed, fallback_allowed, fallback_denied) and
+  // keel_redis_rate_limiter_blocked_cache_hits_total{name}.
   static absl::StatusOr<std::unique_ptr<RateLimiter>> Create(Options options, Client& client,
                                                              Clock& clock = SteadyClock(),
                                                              MetricsRegistry* metrics = nullptr);

@@ -93,9 +93,9 @@ TEST_CASE("redis local fallback holds each process to its share while Redis is d
   CHECK(stats.fallback_denied_total == 1);
   CHECK(stats.fail_closed_total == 0);
   CHECK(stats.fail_open_total == 0);
-  CHECK_THAT(
-      metrics.RenderPrometheus(),
-      Catch::Contains("keel_redis_rate_limiter_fallback_denied_total{limiter=\"insured\"} 1"));
+  CHECK_THAT(metrics.RenderPrometheus(),
+             Catch::Contains("keel_rate_limit_decisions_total{backend=\"redis\",decision="
+                             "\"fallback_denied\",name=\"insured\"} 1"));
   // The fallback's time is the injected clock.
   clock.Advance(12s);
   CHECK(limiter->TryAcquire(Deadline::After(1s), "k", 1)->allowed);

@@ -10,6 +10,7 @@
 #include "integration/redis/test_server.h"
 #include "integration/redis_limits/helpers.h"
 #include "keel/limit/gcra.h"
+#include "keel/limit/keyed.h"
 #include "keel/limit/token_bucket.h"
 
 using keel::Deadline;
@@ -377,11 +378,26 @@ TEST_CASE("redis rate limiter exports its stats as Prometheus counters", "[redis
   REQUIRE(limiter->TryAcquire(Deadline::After(1s), "k", 1)->allowed);
   REQUIRE_FALSE(limiter->TryAcquire(Deadline::After(1s), "k", 1)->allowed);
   REQUIRE_FALSE(limiter->TryAcquire(Deadline::After(1s), "k", 1)->allowed);  // from the cache
+  // An in-process limiter counts in the same family, told apart by backend.
+  auto local = keel::limit::Keyed<keel::limit::Gcra>::Create(
+                   {.name = "local-" + name}, {{.count = 1}}, keel::SteadyClock(), &registry)
+                   .value();
+  REQUIRE(local->TryAcquire("k").value().allowed);
   const std::string text = registry.RenderPrometheus();
-  const std::string label = "{limiter=\"" + name + "\"}";
-  CHECK_THAT(text, Catch::Contains("keel_redis_rate_limiter_allowed_total" + label + " 1"));
-  CHECK_THAT(text, Catch::Contains("keel_redis_rate_limiter_denied_total" + label + " 2"));
-  CHECK_THAT(text,
-             Catch::Contains("keel_redis_rate_limiter_blocked_cache_hits_total" + label + " 1"));
-  CHECK_THAT(text, Catch::Contains("keel_redis_rate_limiter_fail_open_total" + label + " 0"));
+  const auto series = [&](const char* backend, const char* decision, const std::string& n) {
+    return std::string("keel_rate_limit_decisions_total{backend=\"") + backend + "\",decision=\"" +
+           decision + "\",name=\"" + n + "\"}";
+  };
+  CHECK_THAT(text, Catch::Contains(series("redis", "allowed", name) + " 1"));
+  CHECK_THAT(text, Catch::Contains(series("redis", "denied", name) + " 2"));
+  CHECK_THAT(text, Catch::Contains(series("redis", "fail_open", name) + " 0"));
+  CHECK_THAT(text, Catch::Contains(series("redis", "fallback_allowed", name) + " 0"));
+  CHECK_THAT(text, Catch::Contains(series("local", "allowed", "local-" + name) + " 1"));
+  CHECK_THAT(text, Catch::Contains("keel_redis_rate_limiter_blocked_cache_hits_total{name=\"" +
+                                   name + "\"} 1"));
+  // One family, one HELP and TYPE line.
+  const std::string type_line = "# TYPE keel_rate_limit_decisions_total counter\n";
+  const size_t first = text.find(type_line);
+  REQUIRE(first != std::string::npos);
+  CHECK(text.find(type_line, first + 1) == std::string::npos);
 }

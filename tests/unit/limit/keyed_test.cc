@@ -160,12 +160,12 @@ TEST_CASE("keyed limiter counts its decisions and exports them as metrics") {
   CHECK(stats.blocked_denials == 1);
   const std::string text = metrics.RenderPrometheus();
   CHECK_THAT(text, Catch::Contains("keel_rate_limit_keys{name=\"login\"} 2\n"));
-  CHECK_THAT(text, Catch::Contains(
-                       "keel_rate_limit_decisions_total{decision=\"allowed\",name=\"login\"} 3\n"));
-  CHECK_THAT(text, Catch::Contains(
-                       "keel_rate_limit_decisions_total{decision=\"denied\",name=\"login\"} 1\n"));
-  CHECK_THAT(text, Catch::Contains(
-                       "keel_rate_limit_decisions_total{decision=\"blocked\",name=\"login\"} 1\n"));
+  CHECK_THAT(text, Catch::Contains("keel_rate_limit_decisions_total{backend=\"local\",decision="
+                                   "\"allowed\",name=\"login\"} 3\n"));
+  CHECK_THAT(text, Catch::Contains("keel_rate_limit_decisions_total{backend=\"local\",decision="
+                                   "\"denied\",name=\"login\"} 1\n"));
+  CHECK_THAT(text, Catch::Contains("keel_rate_limit_decisions_total{backend=\"local\",decision="
+                                   "\"blocked\",name=\"login\"} 1\n"));
   CHECK_THAT(
       text, Catch::Contains("keel_rate_limit_evictions_total{name=\"login\",reason=\"idle\"} 0\n"));
   // A second limiter under the same name would export the same series: refused, naming it.
