@@ -55,10 +55,10 @@ absl::Status RegisterKeyedMetrics(MetricsRegistry& metrics, const std::string& n
       "keel_rate_limit_keys", "Keys held by a keyed rate limiter.", {{"name", name}},
       [stats] { return static_cast<double>(stats().keys); })));
   const std::pair<const char*, uint64_t KeyedStats::*> outcomes[] = {
-      {"allowed", &KeyedStats::allowed},
-      {"denied", &KeyedStats::denied},
-      {"blocked", &KeyedStats::blocked_denials},
-      {"refused_full", &KeyedStats::refused_full},
+      {"allowed", &KeyedStats::allowed_total},
+      {"denied", &KeyedStats::denied_total},
+      {"blocked", &KeyedStats::blocked_denials_total},
+      {"refused_full", &KeyedStats::refused_full_total},
   };
   for (const auto& [label, field] : outcomes) {
     KEEL_RETURN_IF_ERROR(keep(metrics.AddCounterCallback(
@@ -70,8 +70,8 @@ absl::Status RegisterKeyedMetrics(MetricsRegistry& metrics, const std::string& n
       "Keys dropped by a keyed rate limiter: idle past idle_ttl, or to make "
       "room at max_keys.";
   const std::pair<const char*, uint64_t KeyedStats::*> reasons[] = {
-      {"idle", &KeyedStats::evicted_idle},
-      {"capacity", &KeyedStats::evicted_capacity},
+      {"idle", &KeyedStats::evicted_idle_total},
+      {"capacity", &KeyedStats::evicted_capacity_total},
   };
   for (const auto& [label, field] : reasons) {
     KEEL_RETURN_IF_ERROR(keep(metrics.AddCounterCallback(

@@ -73,13 +73,13 @@
 namespace keel::limit {
 
 struct KeyedStats {
-  size_t keys = 0;                // keys held now
-  uint64_t allowed = 0;           // requests admitted
-  uint64_t denied = 0;            // requests denied by the limits (not counting blocked ones)
-  uint64_t evicted_idle = 0;      // keys dropped after idle_ttl without use
-  uint64_t evicted_capacity = 0;  // keys dropped to make room for a new key at the cap
-  uint64_t blocked_denials = 0;   // requests denied by a penalty block
-  uint64_t refused_full = 0;      // new keys denied because every key of their shard was blocked
+  size_t keys = 0;                      // keys held now
+  uint64_t allowed_total = 0;           // requests admitted
+  uint64_t denied_total = 0;            // requests denied by the limits (not counting blocked ones)
+  uint64_t evicted_idle_total = 0;      // keys dropped after idle_ttl without use
+  uint64_t evicted_capacity_total = 0;  // keys dropped to make room for a new key at the cap
+  uint64_t blocked_denials_total = 0;   // requests denied by a penalty block
+  uint64_t refused_full_total = 0;  // new keys denied because every key of their shard was blocked
 };
 
 struct KeyedOptions {
@@ -248,12 +248,12 @@ class Keyed {
     for (const Shard& shard : shards_) {
       MutexLock lock(shard.mu);
       stats.keys += shard.set.size();
-      stats.allowed += shard.allowed;
-      stats.denied += shard.denied;
-      stats.blocked_denials += shard.blocked;
-      stats.evicted_idle += shard.evicted_idle;
-      stats.evicted_capacity += shard.evicted_capacity;
-      stats.refused_full += shard.refused;
+      stats.allowed_total += shard.allowed;
+      stats.denied_total += shard.denied;
+      stats.blocked_denials_total += shard.blocked;
+      stats.evicted_idle_total += shard.evicted_idle;
+      stats.evicted_capacity_total += shard.evicted_capacity;
+      stats.refused_full_total += shard.refused;
     }
     return stats;
   }

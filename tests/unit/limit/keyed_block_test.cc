@@ -32,11 +32,11 @@ TEST_CASE("keyed limiter keeps a penalty block through a flood of max_keys disti
     clock.Advance(1ms);
     REQUIRE(keyed->TryAcquire("ip-" + std::to_string(i)).value().allowed);
   }
-  CHECK(keyed->Stats().evicted_capacity > 0);
+  CHECK(keyed->Stats().evicted_capacity_total > 0);
   const Decision d = keyed->TryAcquire("alice").value();
   CHECK_FALSE(d.allowed);
   CHECK(d.retry_after == 15min - 64ms);
-  CHECK(keyed->Stats().blocked_denials == 1);
+  CHECK(keyed->Stats().blocked_denials_total == 1);
 }
 
 TEST_CASE("keyed limiter refuses a new key when every slot holds a block, and keeps the blocks") {
@@ -54,9 +54,9 @@ TEST_CASE("keyed limiter refuses a new key when every slot holds a block, and ke
   CHECK(refused.remaining == 0);
   CHECK(refused.retry_after == 15min - 4s);
   const keel::limit::KeyedStats stats = keyed->Stats();
-  CHECK(stats.refused_full == 1);
+  CHECK(stats.refused_full_total == 1);
   CHECK(stats.keys == 4);
-  CHECK(stats.evicted_capacity == 0);
+  CHECK(stats.evicted_capacity_total == 0);
   for (int i = 0; i < 4; ++i) {
     CHECK_FALSE(keyed->TryAcquire("user-" + std::to_string(i)).value().allowed);
   }

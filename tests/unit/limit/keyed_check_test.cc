@@ -31,15 +31,15 @@ TEST_CASE("keyed Check answers as TryAcquire would and changes nothing") {
   CHECK_FALSE(predicted.allowed);
   CHECK(predicted.retry_after == 10min);
   const keel::limit::KeyedStats before = keyed->Stats();
-  CHECK(before.denied == 0);
-  CHECK(before.allowed == 3);
+  CHECK(before.denied_total == 0);
+  CHECK(before.allowed_total == 3);
   clock.Advance(20s);  // one request's worth back: admitted, so no block was started
   CHECK(keyed->TryAcquire("k", 1).value().allowed);
   REQUIRE_FALSE(keyed->TryAcquire("k", 1).value().allowed);  // starts the block
   const Decision during = keyed->Check("k", 0).value();
   CHECK_FALSE(during.allowed);
   CHECK(during.retry_after == 10min);
-  CHECK(keyed->Stats().blocked_denials == 0);  // Check counts nothing
+  CHECK(keyed->Stats().blocked_denials_total == 0);  // Check counts nothing
 }
 
 TEST_CASE("keyed Check works for limiters whose peek tidies their state") {
