@@ -8,12 +8,15 @@ namespace keel::limit::internal {
 using keel::internal::StrCat;
 
 absl::Status ValidateKeyed(std::string_view name, std::string_view key, int64_t n) {
-  if (key.empty()) return absl::InvalidArgumentError(StrCat(name, ": the key must not be empty"));
-  if (key.size() > kMaxKeyBytes) {
-    return absl::InvalidArgumentError(
-        StrCat(name, ": key of ", key.size(), " bytes exceeds the maximum of ", kMaxKeyBytes));
+  // The same rules, in the same words, as keel::redis::RateLimiter.
+  if (key.empty() || key.size() > kMaxKeyBytes) {
+    return absl::InvalidArgumentError(StrCat("keyed rate limiter \"", name, "\": key must be 1 to ",
+                                             kMaxKeyBytes, " bytes, got ", key.size()));
   }
-  if (n < 0) return absl::InvalidArgumentError(StrCat(name, ".quantity must be >= 0, got ", n));
+  if (n < 0) {
+    return absl::InvalidArgumentError(
+        StrCat("keyed rate limiter \"", name, "\": quantity must be >= 0, got ", n));
+  }
   return absl::OkStatus();
 }
 
