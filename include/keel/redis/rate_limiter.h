@@ -167,8 +167,10 @@ class RateLimiter {
     // TIME, so when a paused Redis resumes, the checks queued for callers that already gave up
     // do not spend quota. The allowance covers the skew between this machine's clock and the
     // server's: set it above the skew NTP keeps (milliseconds) and below the outage you want
-    // covered. A late check within the allowance still charges. nullopt: every check charges,
-    // however late. Must be >= 0. Default: 1s.
+    // covered. A late check within the allowance still charges. A client clock behind the
+    // server's by more than deadline + allowance makes every check charge nothing: keep clocks
+    // synchronised, or use nullopt. nullopt: every check charges, however late. Must be >= 0.
+    // Default: 1s.
     std::optional<Duration> late_check_allowance = std::chrono::seconds(1);
 
     // How many denied keys are remembered locally until their retry_after, so repeated requests
