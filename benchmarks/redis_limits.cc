@@ -7,13 +7,19 @@
 //   BM_RedisLimiter_ClientFloor/threads:N    keel's pooled client running `return 1` (what the
 //                                            limiter's client side cannot go below)
 //   BM_RedisLimiter_GcraTwoLimits            two GCRA limits on one key: one round trip
-//   BM_RedisLimiter_CheckMany100             100 keys per pipelined round trip (items/s)
+//   BM_RedisLimiter_TryAcquireMany100        100 keys per pipelined round trip (items/s)
+//   BM_RedisLimiter_DenialAtFullCache/N      a denial from Redis while the blocked-key cache is
+//                                            full with N running entries: target flat in N (the
+//                                            cache is ordered by expiry, so making room does not
+//                                            scan it)
 // The floor (baselines.cc: plain hiredis, `return 1`, one connection per thread) runs at 1 and 16
 // threads, the limiter's concurrencies. Reads KEEL_TEST_REDIS_URL; skips when it is absent.
 #include <benchmark/benchmark.h>
 #include <hiredis/hiredis.h>
+#include <unistd.h>
 
 #include <chrono>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -85,7 +91,7 @@ Shared& GetShared() {
     }
     s->two_limits = std::move(*two);
     // Load the script and open the connections outside the measurement.
-    if (auto d = s->limiter->Check("warm-up", 1, Deadline::After(1s)); !d.ok()) {
+    if (auto d = s->limiter->TryAcquire(Deadline::After(1s), "warm-up", 1); !d.ok()) {
       s->error = std::string(d.status().message());
     }
     return s;
@@ -101,7 +107,7 @@ void BM_RedisLimiter_Gcra(benchmark::State& state) {
   }
   const std::string key = "user:" + std::to_string(state.thread_index());
   for (auto _ : state) {
-    auto d = shared.limiter->Check(key, 1, Deadline::After(1s));
+    auto d = shared.limiter->TryAcquire(Deadline::After(1s), key, 1);
     if (!d.ok() || !d->allowed) {
       state.SkipWithError("check failed or denied");
       break;
@@ -136,7 +142,7 @@ void BM_RedisLimiter_GcraTwoLimits(benchmark::State& state) {
     return;
   }
   for (auto _ : state) {
-    auto d = shared.two_limits->Check("user:two", 1, Deadline::After(1s));
+    auto d = shared.two_limits->TryAcquire(Deadline::After(1s), "user:two", 1);
     if (!d.ok() || !d->allowed) {
       state.SkipWithError("check failed or denied");
       break;
@@ -196,7 +202,7 @@ void BM_RedisLimiter_GcraCallsOnly(benchmark::State& state) {
 }
 BENCHMARK(BM_RedisLimiter_GcraCallsOnly)->UseRealTime()->Threads(1)->Threads(kMaxThreads);
 
-void BM_RedisLimiter_CheckMany100(benchmark::State& state) {
+void BM_RedisLimiter_TryAcquireMany100(benchmark::State& state) {
   Shared& shared = GetShared();
   if (!shared.error.empty()) {
     state.SkipWithError(shared.error.c_str());
@@ -206,7 +212,7 @@ void BM_RedisLimiter_CheckMany100(benchmark::State& state) {
   for (int i = 0; i < 100; ++i) names.push_back("many:" + std::to_string(i));
   const std::vector<std::string_view> keys(names.begin(), names.end());
   for (auto _ : state) {
-    auto d = shared.limiter->CheckMany(keys, 1, Deadline::After(1s));
+    auto d = shared.limiter->TryAcquireMany(Deadline::After(1s), keys, 1);
     if (!d.ok()) {
       state.SkipWithError(std::string(d.status().message()).c_str());
       break;
@@ -215,6 +221,71 @@ void BM_RedisLimiter_CheckMany100(benchmark::State& state) {
   }
   state.SetItemsProcessed(state.iterations() * 100);
 }
-BENCHMARK(BM_RedisLimiter_CheckMany100)->UseRealTime();
+BENCHMARK(BM_RedisLimiter_TryAcquireMany100)->UseRealTime();
+
+// A limiter (1 per hour per key) whose blocked-key cache holds `size` denials that run for the
+// hour, and a key Redis denies: built once per size, outside the measurement.
+keel::redis::RateLimiter* FullCache(Shared& shared, size_t size, std::string* error) {
+  static std::map<size_t, std::unique_ptr<keel::redis::RateLimiter>> built;
+  if (auto it = built.find(size); it != built.end()) return it->second.get();
+  auto limiter = keel::redis::RateLimiter::Create(
+      {.name = "bench-cache-" + std::to_string(::getpid()) + "-" + std::to_string(size),
+       .algorithm = keel::limit::Gcra::Options{.count = 1, .period = 1h},
+       .fail_mode = keel::redis::FailMode::kClosed,
+       .blocked_cache_size = size},
+      *shared.client);
+  if (!limiter.ok()) {
+    *error = std::string(limiter.status().message());
+    return nullptr;
+  }
+  std::vector<std::string> names;
+  for (size_t i = 0; i < size; ++i) names.push_back("fill:" + std::to_string(i));
+  for (size_t start = 0; start < size; start += 1000) {
+    const size_t end = std::min(size, start + 1000);
+    const std::vector<std::string_view> batch(names.begin() + start, names.begin() + end);
+    // The first pass admits each key, the second is denied and remembered.
+    for (int pass = 0; pass < 2; ++pass) {
+      if (auto d = (*limiter)->TryAcquireMany(Deadline::After(10s), batch, 1); !d.ok()) {
+        *error = std::string(d.status().message());
+        return nullptr;
+      }
+    }
+  }
+  if ((*limiter)->Stats().denied_total != size) {
+    *error = "the cache was not filled";
+    return nullptr;
+  }
+  if (auto d = (*limiter)->TryAcquire(Deadline::After(1s), "probe", 1); !d.ok() || !d->allowed) {
+    *error = "probe not admitted";
+    return nullptr;
+  }
+  return (built[size] = *std::move(limiter)).get();
+}
+
+void BM_RedisLimiter_DenialAtFullCache(benchmark::State& state) {
+  Shared& shared = GetShared();
+  if (!shared.error.empty()) {
+    state.SkipWithError(shared.error.c_str());
+    return;
+  }
+  std::string error;
+  keel::redis::RateLimiter* limiter =
+      FullCache(shared, static_cast<size_t>(state.range(0)), &error);
+  if (limiter == nullptr) {
+    state.SkipWithError(error.c_str());
+    return;
+  }
+  // Redis denies "probe" every time; the full cache cannot remember it, so every call is a
+  // round trip plus the cache's attempt to make room.
+  for (auto _ : state) {
+    auto d = limiter->TryAcquire(Deadline::After(1s), "probe", 1);
+    if (!d.ok() || d->allowed) {
+      state.SkipWithError("probe not denied by Redis");
+      break;
+    }
+    benchmark::DoNotOptimize(d);
+  }
+}
+BENCHMARK(BM_RedisLimiter_DenialAtFullCache)->UseRealTime()->Arg(1000)->Arg(10'000)->Arg(100'000);
 
 }  // namespace

@@ -20,9 +20,11 @@ std::optional<ConcurrencyLimiter::Permit> ConcurrencyLimiter::TryAcquire() {
   while (observed < max_) {
     if (in_flight_.compare_exchange_weak(observed, observed + 1, std::memory_order_acquire,
                                          std::memory_order_relaxed)) {
+      acquired_.fetch_add(1, std::memory_order_relaxed);
       return Permit(this);
     }
   }
+  rejected_.fetch_add(1, std::memory_order_relaxed);
   return std::nullopt;
 }
 

@@ -22,6 +22,7 @@ Decision Combine(const Decision* decisions, size_t count) {
   for (size_t i = 1; i < count; ++i) {
     const Decision& d = decisions[i];
     out.allowed = out.allowed && d.allowed;
+    out.degraded = out.degraded || d.degraded;
     if (d.remaining < out.remaining) {
       out.remaining = d.remaining;
       out.limit = d.limit;
@@ -38,7 +39,8 @@ Decision Combine(const Decision* decisions, size_t count) {
 std::string DebugString(const Decision& d) {
   return absl::StrCat(d.allowed ? "allowed" : "denied", " limit=", d.limit,
                       " remaining=", d.remaining, " reset_after=", FormatDuration(d.reset_after),
-                      " retry_after=", FormatDuration(d.retry_after));
+                      " retry_after=", FormatDuration(d.retry_after),
+                      d.degraded ? " degraded" : "");
 }
 
 }  // namespace keel::limit

@@ -39,10 +39,17 @@ std::vector<HttpHeader> HttpHeaders(const Decision& decision, const HttpPolicy& 
   headers.reserve(6);
   headers.push_back({"RateLimit-Policy",
                      absl::StrCat(name, ";q=", decision.limit, ";w=", CeilSeconds(policy.window))});
-  headers.push_back({"RateLimit", absl::StrCat(name, ";r=", remaining, ";t=", reset)});
-  headers.push_back({"RateLimit-Limit", absl::StrCat(decision.limit)});
-  headers.push_back({"RateLimit-Remaining", absl::StrCat(remaining)});
-  headers.push_back({"RateLimit-Reset", absl::StrCat(reset)});
+  if (decision.degraded) {
+    // The limiter's backend did not decide: what is left and when it resets are unknown (a
+    // fail-open decision) or only this process's share (a local fallback). Sending them would
+    // tell clients figures keel does not know; the policy and the limit are configuration.
+    headers.push_back({"RateLimit-Limit", absl::StrCat(decision.limit)});
+  } else {
+    headers.push_back({"RateLimit", absl::StrCat(name, ";r=", remaining, ";t=", reset)});
+    headers.push_back({"RateLimit-Limit", absl::StrCat(decision.limit)});
+    headers.push_back({"RateLimit-Remaining", absl::StrCat(remaining)});
+    headers.push_back({"RateLimit-Reset", absl::StrCat(reset)});
+  }
   if (!decision.allowed && decision.retry_after != kNever) {
     // At least 1: "Retry-After: 0" invites an immediate retry of a request just denied.
     const int64_t after = CeilSeconds(decision.retry_after);

@@ -8,11 +8,15 @@ namespace keel::limit::internal {
 using keel::internal::StrCat;
 
 absl::Status ValidateKeyed(std::string_view name, std::string_view key, int64_t n) {
-  if (key.size() > kMaxKeyBytes) {
-    return absl::InvalidArgumentError(
-        StrCat(name, ": key of ", key.size(), " bytes exceeds the maximum of ", kMaxKeyBytes));
+  // The same rules, in the same words, as keel::redis::RateLimiter.
+  if (key.empty() || key.size() > kMaxKeyBytes) {
+    return absl::InvalidArgumentError(StrCat("keyed rate limiter \"", name, "\": key must be 1 to ",
+                                             kMaxKeyBytes, " bytes, got ", key.size()));
   }
-  if (n < 0) return absl::InvalidArgumentError(StrCat(name, ".quantity must be >= 0, got ", n));
+  if (n < 0) {
+    return absl::InvalidArgumentError(
+        StrCat("keyed rate limiter \"", name, "\": quantity must be >= 0, got ", n));
+  }
   return absl::OkStatus();
 }
 
@@ -53,23 +57,24 @@ absl::Status RegisterKeyedMetrics(MetricsRegistry& metrics, const std::string& n
   KEEL_RETURN_IF_ERROR(keep(metrics.AddGaugeCallback(
       "keel_rate_limit_keys", "Keys held by a keyed rate limiter.", {{"name", name}},
       [stats] { return static_cast<double>(stats().keys); })));
-  const char* decisions = "Rate-limit decisions, by outcome (blocked: denied by a penalty).";
   const std::pair<const char*, uint64_t KeyedStats::*> outcomes[] = {
-      {"allowed", &KeyedStats::allowed},
-      {"denied", &KeyedStats::denied},
-      {"blocked", &KeyedStats::blocked_denials},
+      {"allowed", &KeyedStats::allowed_total},
+      {"denied", &KeyedStats::denied_total},
+      {"blocked", &KeyedStats::blocked_denials_total},
+      {"refused_full", &KeyedStats::refused_full_total},
   };
   for (const auto& [label, field] : outcomes) {
     KEEL_RETURN_IF_ERROR(keep(metrics.AddCounterCallback(
-        "keel_rate_limit_decisions_total", decisions, {{"name", name}, {"decision", label}},
+        kDecisionsFamily, kDecisionsHelp,
+        {{"name", name}, {"decision", label}, {"backend", "local"}},
         [stats, field = field] { return static_cast<double>(stats().*field); })));
   }
   const char* evictions =
       "Keys dropped by a keyed rate limiter: idle past idle_ttl, or to make "
       "room at max_keys.";
   const std::pair<const char*, uint64_t KeyedStats::*> reasons[] = {
-      {"idle", &KeyedStats::evicted_idle},
-      {"capacity", &KeyedStats::evicted_capacity},
+      {"idle", &KeyedStats::evicted_idle_total},
+      {"capacity", &KeyedStats::evicted_capacity_total},
   };
   for (const auto& [label, field] : reasons) {
     KEEL_RETURN_IF_ERROR(keep(metrics.AddCounterCallback(

@@ -93,9 +93,9 @@ KeyedConcurrencyStats KeyedConcurrencyLimiter::Stats() const {
     MutexLock lock(shard.mu);
     stats.keys += shard.in_flight.size();
     stats.in_flight += shard.held;
-    stats.acquired += shard.acquired;
-    stats.rejected += shard.rejected;
-    stats.rejected_capacity += shard.rejected_capacity;
+    stats.acquired_total += shard.acquired;
+    stats.rejected_total += shard.rejected;
+    stats.rejected_capacity_total += shard.rejected_capacity;
   }
   return stats;
 }
@@ -113,17 +113,17 @@ absl::Status KeyedConcurrencyLimiter::RegisterMetrics(MetricsRegistry& metrics) 
   KEEL_RETURN_IF_ERROR(keep(
       metrics.AddGaugeCallback("keel_concurrency_limit_in_flight", "Permits held, over all keys.",
                                name, [this] { return static_cast<double>(Stats().in_flight); })));
-  KEEL_RETURN_IF_ERROR(keep(
-      metrics.AddCounterCallback("keel_concurrency_limit_acquired_total", "Permits handed out.",
-                                 name, [this] { return static_cast<double>(Stats().acquired); })));
+  KEEL_RETURN_IF_ERROR(keep(metrics.AddCounterCallback(
+      "keel_concurrency_limit_acquired_total", "Permits handed out.", name,
+      [this] { return static_cast<double>(Stats().acquired_total); })));
   const char* help = "Permits refused: the key held max, or max_keys keys held permits.";
   KEEL_RETURN_IF_ERROR(keep(metrics.AddCounterCallback(
       "keel_concurrency_limit_rejected_total", help, {{"name", options_.name}, {"reason", "max"}},
-      [this] { return static_cast<double>(Stats().rejected); })));
+      [this] { return static_cast<double>(Stats().rejected_total); })));
   KEEL_RETURN_IF_ERROR(keep(metrics.AddCounterCallback(
       "keel_concurrency_limit_rejected_total", help,
       {{"name", options_.name}, {"reason", "capacity"}},
-      [this] { return static_cast<double>(Stats().rejected_capacity); })));
+      [this] { return static_cast<double>(Stats().rejected_capacity_total); })));
   return absl::OkStatus();
 }
 

@@ -65,23 +65,23 @@ std::string ConcurrencyLimiter::NewId() {
 }
 
 absl::StatusOr<std::optional<ConcurrencyLimiter::Permit>> ConcurrencyLimiter::TryAcquire(
-    std::string_view key, Deadline deadline) {
+    Deadline deadline, std::string_view key) {
   static const std::string kServerTime;
   return Acquire(key, kServerTime, deadline);
 }
 
 absl::StatusOr<std::optional<ConcurrencyLimiter::Permit>>
-ConcurrencyLimiter::TryAcquireAtForTesting(std::string_view key,
-                                           std::chrono::microseconds server_time,
-                                           Deadline deadline) {
+ConcurrencyLimiter::TryAcquireAtForTesting(Deadline deadline, std::string_view key,
+                                           std::chrono::microseconds server_time) {
   return Acquire(key, std::to_string(server_time.count()), deadline);
 }
 
 absl::StatusOr<std::optional<ConcurrencyLimiter::Permit>> ConcurrencyLimiter::Acquire(
     std::string_view key, const std::string& now, Deadline deadline) {
   if (key.empty() || key.size() > limit::kMaxKeyBytes) {
-    return absl::InvalidArgumentError(StrCat("redis_concurrency_limiter.key must be 1 to ",
-                                             limit::kMaxKeyBytes, " bytes, got ", key.size()));
+    return absl::InvalidArgumentError(StrCat("redis concurrency limiter \"", options_.name,
+                                             "\": key must be 1 to ", limit::kMaxKeyBytes,
+                                             " bytes, got ", key.size()));
   }
   std::string redis_key = RedisKey(key);
   std::string id = NewId();
@@ -97,15 +97,29 @@ absl::StatusOr<std::optional<ConcurrencyLimiter::Permit>> ConcurrencyLimiter::Ac
   }
   if (!reply.ok()) {
     if (options_.fail_mode == FailMode::kClosed) {
+      fail_closed_.fetch_add(1, std::memory_order_relaxed);
       return absl::UnavailableError(
           StrCat("redis concurrency limiter \"", options_.name,
-                 "\" unavailable (fail_mode kClosed): ", std::string(reply.status().message())));
+                 "\": unavailable (fail_mode kClosed): ", reply.status().message()));
     }
     fail_open_.fetch_add(1, std::memory_order_relaxed);
     return std::optional<Permit>(Permit(this, std::string(), std::string()));
   }
-  if (reply->elements()[0].integer() != 1) return std::optional<Permit>();
+  if (reply->elements()[0].integer() != 1) {
+    rejected_.fetch_add(1, std::memory_order_relaxed);
+    return std::optional<Permit>();
+  }
+  acquired_.fetch_add(1, std::memory_order_relaxed);
   return std::optional<Permit>(Permit(this, std::move(redis_key), std::move(id)));
+}
+
+ConcurrencyLimiterStats ConcurrencyLimiter::Stats() const {
+  return ConcurrencyLimiterStats{
+      .acquired_total = acquired_.load(std::memory_order_relaxed),
+      .rejected_total = rejected_.load(std::memory_order_relaxed),
+      .fail_open_total = fail_open_.load(std::memory_order_relaxed),
+      .fail_closed_total = fail_closed_.load(std::memory_order_relaxed),
+  };
 }
 
 ConcurrencyLimiter::Permit& ConcurrencyLimiter::Permit::operator=(Permit&& other) noexcept {

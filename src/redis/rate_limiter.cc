@@ -6,8 +6,10 @@
 #include <utility>
 
 #include "absl/container/inlined_vector.h"
+#include "keel/internal/format.h"
 #include "keel/internal/status_macros.h"
 #include "keel/internal/strings.h"
+#include "redis/rate_limiter_fallback.h"
 #include "redis/rate_limiter_plan.h"
 
 namespace keel::redis {
@@ -17,14 +19,14 @@ using keel::internal::StrCat;
 using keel::internal::ToAbsl;
 using limit::Decision;
 
-// The keys and arguments of one check, `<keys...>` and `<n> <now> <args...>`, for Script::RunArgv
-// and Script::AddTo, without allocating beyond one buffer for the key names (the hot path's only
-// allocation). <now> is "" for the server's clock, or left out when the plan says so (the
-// generated GCRA script).
+// The keys and arguments of one check, `<keys...>` and `<n> <now> <control> <args...>`, for
+// Script::RunArgv and Script::AddTo, without allocating beyond one buffer for the key names (the
+// hot path's only allocation). <now> is "" for the server's clock; the generated GCRA script
+// takes `<n> <control> [<now>]` (plan.compact_argv).
 class Argv {
  public:
   Argv(const internal::RateLimitPlan& plan, std::string_view name, std::string_view key, int64_t n,
-       std::string_view now) {
+       std::string_view now, std::string_view control) {
     const size_t prefix = name.size() + key.size() + 3;
     size_t total = 0;
     for (const std::string& s : plan.suffixes) total += prefix + s.size();
@@ -36,7 +38,13 @@ class Argv {
     }
     const auto [end, ec] = std::to_chars(quantity_, quantity_ + sizeof(quantity_), n);
     args_.push_back(std::string_view(quantity_, static_cast<size_t>(end - quantity_)));
-    if (!now.empty() || !plan.omit_server_time) args_.push_back(now);
+    if (plan.compact_argv) {
+      args_.push_back(control);
+      if (!now.empty()) args_.push_back(now);
+    } else {
+      args_.push_back(now);
+      args_.push_back(control);
+    }
     for (const std::string& a : plan.args) args_.push_back(a);
   }
   Argv(const Argv&) = delete;
@@ -59,9 +67,19 @@ absl::StatusOr<std::unique_ptr<RateLimiter>> RateLimiter::Create(Options options
                                                                  MetricsRegistry* metrics) {
   absl::StatusOr<internal::RateLimitPlan> plan = internal::MakePlan(options);
   if (!plan.ok()) return plan.status();
+  if (options.late_check_allowance && *options.late_check_allowance < Duration::zero()) {
+    return absl::InvalidArgumentError(
+        StrCat("redis rate limiter \"", options.name, "\": late_check_allowance must be >= 0, got ",
+               keel::internal::FormatDuration(*options.late_check_allowance)));
+  }
+  std::unique_ptr<internal::LocalFallback> fallback;
+  if (options.local_fallback) {
+    KEEL_ASSIGN_OR_RETURN(fallback, internal::LocalFallback::Create(options, clock));
+  }
   std::unique_ptr<RateLimiter> limiter(
       new RateLimiter(std::move(options), client, clock,
                       std::make_unique<const internal::RateLimitPlan>(*std::move(plan))));
+  limiter->fallback_ = std::move(fallback);
   if (metrics != nullptr) KEEL_RETURN_IF_ERROR(limiter->RegisterMetrics(*metrics));
   return limiter;
 }
@@ -71,6 +89,7 @@ RateLimiter::RateLimiter(Options options, Client& client, Clock& clock,
     : name_(std::move(options.name)),
       fail_mode_(options.fail_mode),
       cache_size_(options.blocked_cache_size),
+      late_allowance_(options.late_check_allowance),
       client_(client),
       clock_(clock),
       plan_(std::move(plan)) {}
@@ -78,43 +97,59 @@ RateLimiter::RateLimiter(Options options, Client& client, Clock& clock,
 RateLimiter::~RateLimiter() = default;
 
 absl::Status RateLimiter::RegisterMetrics(MetricsRegistry& metrics) {
-  const Labels labels = {{"limiter", name_}};
-  const struct {
-    const char* name;
-    const char* help;
-    const std::atomic<uint64_t>* value;
-  } series[] = {
-      {"keel_redis_rate_limiter_allowed_total", "Requests admitted by the shared limit.",
-       &allowed_},
-      {"keel_redis_rate_limiter_denied_total", "Requests denied by the shared limit.", &denied_},
-      {"keel_redis_rate_limiter_blocked_cache_hits_total",
-       "Denials answered by the local blocked-key cache without a Redis round trip.", &cache_hits_},
-      {"keel_redis_rate_limiter_fail_open_total",
-       "Requests admitted because Redis failed (fail_mode kOpen).", &fail_open_},
-      {"keel_redis_rate_limiter_fail_closed_total",
-       "Requests refused with UNAVAILABLE because Redis failed (fail_mode kClosed).",
-       &fail_closed_},
-  };
-  for (const auto& s : series) {
-    const std::atomic<uint64_t>* value = s.value;
+  const auto add = [&](const char* family, const char* help, Labels labels,
+                       const std::atomic<uint64_t>* value) -> absl::Status {
     KEEL_ASSIGN_OR_RETURN(MetricsRegistry::Registration r,
-                          metrics.AddCounterCallback(s.name, s.help, labels, [value] {
+                          metrics.AddCounterCallback(family, help, std::move(labels), [value] {
                             return static_cast<double>(value->load(std::memory_order_relaxed));
                           }));
     registrations_.push_back(std::move(r));
+    return absl::OkStatus();
+  };
+  // The family the in-process limiters count in too, told apart by backend="redis".
+  const std::pair<const char*, const std::atomic<uint64_t>*> decisions[] = {
+      {"allowed", &allowed_},
+      {"denied", &denied_},
+      {"fail_open", &fail_open_},
+      {"fail_closed", &fail_closed_},
+      {"fallback_allowed", &fallback_allowed_},
+      {"fallback_denied", &fallback_denied_},
+  };
+  for (const auto& [decision, value] : decisions) {
+    KEEL_RETURN_IF_ERROR(add(limit::internal::kDecisionsFamily, limit::internal::kDecisionsHelp,
+                             {{"name", name_}, {"decision", decision}, {"backend", "redis"}},
+                             value));
+  }
+  return add("keel_redis_rate_limiter_blocked_cache_hits_total",
+             "Denials answered by the local blocked-key cache without a Redis round trip.",
+             {{"name", name_}}, &cache_hits_);
+}
+
+absl::Status RateLimiter::ValidateKey(std::string_view key, int64_t n) const {
+  if (key.empty() || key.size() > limit::kMaxKeyBytes) {
+    return absl::InvalidArgumentError(StrCat("redis rate limiter \"", name_,
+                                             "\": key must be 1 to ", limit::kMaxKeyBytes,
+                                             " bytes, got ", key.size()));
+  }
+  if (n < 0) {
+    return absl::InvalidArgumentError(
+        StrCat("redis rate limiter \"", name_, "\": quantity must be >= 0, got ", n));
   }
   return absl::OkStatus();
 }
 
-absl::Status RateLimiter::ValidateKey(std::string_view key, int64_t n) {
-  if (key.empty() || key.size() > limit::kMaxKeyBytes) {
-    return absl::InvalidArgumentError(StrCat("redis_rate_limiter.key must be 1 to ",
-                                             limit::kMaxKeyBytes, " bytes, got ", key.size()));
-  }
-  if (n < 0) {
-    return absl::InvalidArgumentError(StrCat("redis_rate_limiter.quantity must be >= 0, got ", n));
-  }
-  return absl::OkStatus();
+std::string RateLimiter::Control(Mode mode, Deadline deadline) const {
+  if (mode == Mode::kDryRun || mode == Mode::kReplayDryRun) return "d";
+  if (mode == Mode::kReplay || !late_allowance_) return "";
+  // The latest server time at which the caller may still be waiting for this answer, on the
+  // wall clock the server's TIME reads: the steady deadline moved to this machine's wall clock,
+  // plus the allowance for the skew between the two machines' clocks.
+  const Duration remaining = deadline.IsInfinite()
+                                 ? client_.options().command_timeout
+                                 : std::max(Duration::zero(), deadline.Remaining());
+  const auto latest = std::chrono::system_clock::now() + remaining + *late_allowance_;
+  return std::to_string(
+      std::chrono::duration_cast<std::chrono::microseconds>(latest.time_since_epoch()).count());
 }
 
 int64_t RateLimiter::limit() const { return plan_->limit; }
@@ -127,39 +162,50 @@ std::vector<std::string> RateLimiter::RedisKeys(std::string_view key) const {
   return keys;
 }
 
-absl::StatusOr<Decision> RateLimiter::Check(std::string_view key, int64_t n, Deadline deadline) {
-  return Run(key, n, /*now=*/"", deadline, /*use_cache=*/true);
+absl::StatusOr<Decision> RateLimiter::TryAcquire(Deadline deadline, std::string_view key,
+                                                 int64_t n) {
+  return Run(deadline, key, n, /*now=*/"", Mode::kConsume);
 }
 
-absl::StatusOr<Decision> RateLimiter::CheckAtForTesting(std::string_view key, int64_t n,
-                                                        std::chrono::microseconds server_time,
-                                                        Deadline deadline) {
-  return Run(key, n, std::to_string(server_time.count()), deadline, /*use_cache=*/false);
+absl::StatusOr<Decision> RateLimiter::Check(Deadline deadline, std::string_view key, int64_t n) {
+  return Run(deadline, key, n, /*now=*/"", Mode::kDryRun);
 }
 
-absl::StatusOr<Decision> RateLimiter::Run(std::string_view key, int64_t n, std::string_view now,
-                                          Deadline deadline, bool use_cache) {
+absl::StatusOr<Decision> RateLimiter::TryAcquireAtForTesting(Deadline deadline,
+                                                             std::string_view key, int64_t n,
+                                                             std::chrono::microseconds server_time,
+                                                             bool dry_run) {
+  return Run(deadline, key, n, std::to_string(server_time.count()),
+             dry_run ? Mode::kReplayDryRun : Mode::kReplay);
+}
+
+absl::StatusOr<Decision> RateLimiter::Run(Deadline deadline, std::string_view key, int64_t n,
+                                          std::string_view now, Mode mode) {
   KEEL_RETURN_IF_ERROR(ValidateKey(key, n));
-  if (use_cache) {
+  // Only a consuming call uses the cache: a dry run and a replay must see Redis's answer.
+  if (mode == Mode::kConsume) {
     if (std::optional<Decision> d = CachedDenial(key, n)) return *d;
   }
   if (deadline.Expired()) {
-    return Fail(absl::DeadlineExceededError("the deadline passed before the call"), n);
+    return Fail(absl::DeadlineExceededError("the deadline passed before the call"), key, n, mode);
   }
-  const Argv argv(*plan_, name_, key, n, now);
+  const std::string control = Control(mode, deadline);
+  const Argv argv(*plan_, name_, key, n, now, control);
   // EVALSHA, falling back to EVAL on NOSCRIPT (first use on this server, after a restart, a
   // failover or SCRIPT FLUSH).
   absl::StatusOr<Reply> reply = plan_->script->RunArgv(client_, deadline, argv.keys(), argv.args());
-  if (!reply.ok()) return Fail(reply.status(), n);
+  if (!reply.ok()) return Fail(reply.status(), key, n, mode);
   std::optional<Decision> while_blocked;
   absl::StatusOr<Decision> d = internal::DecodeReply(*plan_, n, *reply, &while_blocked);
-  if (!d.ok()) return Fail(d.status(), n);
-  Record(key, n, *d, while_blocked, use_cache);
+  if (!d.ok()) return Fail(d.status(), key, n, mode);
+  if (mode == Mode::kConsume || mode == Mode::kReplay) {
+    Record(key, n, *d, while_blocked, /*use_cache=*/mode == Mode::kConsume);
+  }
   return *d;
 }
 
-absl::StatusOr<std::vector<Decision>> RateLimiter::CheckMany(std::span<const std::string_view> keys,
-                                                             int64_t n, Deadline deadline) {
+absl::StatusOr<std::vector<Decision>> RateLimiter::TryAcquireMany(
+    Deadline deadline, std::span<const std::string_view> keys, int64_t n) {
   for (std::string_view key : keys) KEEL_RETURN_IF_ERROR(ValidateKey(key, n));
   std::vector<std::optional<absl::StatusOr<Decision>>> results(keys.size());
   std::vector<size_t> pending;
@@ -175,19 +221,23 @@ absl::StatusOr<std::vector<Decision>> RateLimiter::CheckMany(std::span<const std
   const auto run_pending = [&](const std::vector<size_t>& which) -> std::vector<size_t> {
     std::vector<size_t> unknown_script;
     if (deadline.Expired()) {
-      for (size_t i : which) results[i] = Fail(absl::DeadlineExceededError("deadline passed"), n);
+      for (size_t i : which) {
+        results[i] =
+            Fail(absl::DeadlineExceededError("deadline passed"), keys[i], n, Mode::kConsume);
+      }
       return unknown_script;
     }
+    const std::string control = Control(Mode::kConsume, deadline);
     Pipeline pipeline;
     for (size_t i : which) {
-      const Argv argv(*plan_, name_, keys[i], n, /*now=*/"");
+      const Argv argv(*plan_, name_, keys[i], n, /*now=*/"", control);
       plan_->script->AddTo(pipeline, argv.keys(), argv.args());
     }
     absl::StatusOr<PipelineReplies> replies = client_.Run(deadline, pipeline);
     for (size_t j = 0; j < which.size(); ++j) {
       const size_t i = which[j];
       if (!replies.ok()) {
-        results[i] = Fail(replies.status(), n);
+        results[i] = Fail(replies.status(), keys[i], n, Mode::kConsume);
         continue;
       }
       const absl::StatusOr<Reply>& r = (*replies)[j];
@@ -195,7 +245,7 @@ absl::StatusOr<std::vector<Decision>> RateLimiter::CheckMany(std::span<const std
         if (IsServerError(r.status(), "NOSCRIPT")) {
           unknown_script.push_back(i);
         } else {
-          results[i] = Fail(r.status(), n);
+          results[i] = Fail(r.status(), keys[i], n, Mode::kConsume);
         }
         continue;
       }
@@ -205,7 +255,7 @@ absl::StatusOr<std::vector<Decision>> RateLimiter::CheckMany(std::span<const std
         Record(keys[i], n, *d, while_blocked, /*use_cache=*/true);
         results[i] = *d;
       } else {
-        results[i] = Fail(d.status(), n);
+        results[i] = Fail(d.status(), keys[i], n, Mode::kConsume);
       }
     }
     return unknown_script;
@@ -222,7 +272,8 @@ absl::StatusOr<std::vector<Decision>> RateLimiter::CheckMany(std::span<const std
       }
       for (size_t i : retry) {
         results[i] =
-            Fail(loaded.ok() ? absl::UnavailableError("script not loaded") : loaded.status(), n);
+            Fail(loaded.ok() ? absl::UnavailableError("script not loaded") : loaded.status(),
+                 keys[i], n, Mode::kConsume);
       }
     }
   }
@@ -235,19 +286,35 @@ absl::StatusOr<std::vector<Decision>> RateLimiter::CheckMany(std::span<const std
   return decisions;
 }
 
-absl::StatusOr<Decision> RateLimiter::Fail(const absl::Status& cause, int64_t n) {
-  if (fail_mode_ == FailMode::kClosed) {
-    fail_closed_.fetch_add(1, std::memory_order_relaxed);
-    return absl::UnavailableError(
-        StrCat("redis rate limiter \"", name_,
-               "\" unavailable (fail_mode kClosed): ", std::string(cause.message())));
+absl::StatusOr<Decision> RateLimiter::Fail(const absl::Status& cause, std::string_view key,
+                                           int64_t n, Mode mode) {
+  const bool dry_run = mode == Mode::kDryRun || mode == Mode::kReplayDryRun;
+  if (fallback_ != nullptr) {
+    Decision d = fallback_->Decide(key, n, dry_run);
+    // `limit` stays the configured limit (what RateLimit-Policy announces); the other figures
+    // are this process's share, and `degraded` says so.
+    d.limit = plan_->limit;
+    if (!dry_run)
+      (d.allowed ? fallback_allowed_ : fallback_denied_).fetch_add(1, std::memory_order_relaxed);
+    return d;
   }
-  fail_open_.fetch_add(1, std::memory_order_relaxed);
-  // Admitted as if the key were fresh: nothing better is known.
+  if (dry_run) {
+    // A dry run changes nothing, so it is not a fail-open or fail-closed decision to count.
+  } else if (fail_mode_ == FailMode::kClosed) {
+    fail_closed_.fetch_add(1, std::memory_order_relaxed);
+  } else {
+    fail_open_.fetch_add(1, std::memory_order_relaxed);
+  }
+  if (fail_mode_ == FailMode::kClosed) {
+    return absl::UnavailableError(StrCat("redis rate limiter \"", name_,
+                                         "\": unavailable (fail_mode kClosed): ", cause.message()));
+  }
+  // Admitted without knowing the key's state: `limit` is the configured one, the rest unknown
+  // (left at zero, and marked so that nobody reports them).
   Decision d;
   d.allowed = true;
   d.limit = plan_->limit;
-  d.remaining = std::max<int64_t>(0, plan_->limit - n);
+  d.degraded = true;
   return d;
 }
 
@@ -265,15 +332,29 @@ void RateLimiter::Record(std::string_view key, int64_t n, const Decision& d,
     return;
   }
   const TimePoint now = clock_.Now();
+  const Blocked entry{now + cached.retry_after, while_blocked ? 0 : n, cached};
   MutexLock lock(mu_);
-  if (blocked_.size() >= cache_size_) {
-    absl::erase_if(blocked_, [now](const auto& entry) { return entry.second.until <= now; });
+  auto it = blocked_.find(ToAbsl(key));
+  if (it != blocked_.end()) {
+    by_expiry_.erase({it->second.until, &it->first});
+  } else {
+    // At the cap, drop the entries that have ended, soonest first: O(log n) each, so a flood of
+    // distinct denied keys costs every denial the same whatever the cache holds.
+    while (blocked_.size() >= cache_size_ && !by_expiry_.empty() &&
+           by_expiry_.begin()->first <= now) {
+      const std::string* ended = by_expiry_.begin()->second;
+      by_expiry_.erase(by_expiry_.begin());
+      blocked_.erase(*ended);
+    }
     if (blocked_.size() >= cache_size_) {
+      // Every entry is still running: this denial is not remembered (Redis still answers it).
       cached_.store(blocked_.size(), std::memory_order_relaxed);
       return;
     }
+    it = blocked_.emplace(std::string(key), entry).first;
   }
-  blocked_[ToAbsl(key)] = Blocked{now + cached.retry_after, while_blocked ? 0 : n, cached};
+  it->second = entry;
+  by_expiry_.insert({entry.until, &it->first});
   cached_.store(blocked_.size(), std::memory_order_relaxed);
 }
 
@@ -288,6 +369,7 @@ std::optional<Decision> RateLimiter::CachedDenial(std::string_view key, int64_t 
     auto it = blocked_.find(ToAbsl(key));
     if (it == blocked_.end()) return std::nullopt;
     if (it->second.until <= now) {
+      by_expiry_.erase({it->second.until, &it->first});
       blocked_.erase(it);
       cached_.store(blocked_.size(), std::memory_order_relaxed);
       return std::nullopt;
@@ -312,6 +394,8 @@ RateLimiterStats RateLimiter::Stats() const {
       .blocked_cache_hits_total = cache_hits_.load(std::memory_order_relaxed),
       .fail_open_total = fail_open_.load(std::memory_order_relaxed),
       .fail_closed_total = fail_closed_.load(std::memory_order_relaxed),
+      .fallback_allowed_total = fallback_allowed_.load(std::memory_order_relaxed),
+      .fallback_denied_total = fallback_denied_.load(std::memory_order_relaxed),
   };
 }
 

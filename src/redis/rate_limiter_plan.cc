@@ -228,7 +228,11 @@ absl::StatusOr<RateLimitPlan> MakePlan(const RateLimiter::Options& options) {
     }
     absl::StatusOr<LimitPart> part = std::visit([](const auto& o) { return MakePart(o); }, a);
     if (!part.ok()) return part.status();
-    parts.push_back(*std::move(part));
+    // A limit listed twice is one limit, as in-process (where both copies decide alike and the
+    // Decision is the same): checking it twice here would charge its one Redis key twice.
+    const bool repeated = std::any_of(parts.begin(), parts.end(),
+                                      [&](const LimitPart& p) { return p.args == part->args; });
+    if (!repeated) parts.push_back(*std::move(part));
   }
 
   RateLimitPlan plan;
@@ -269,7 +273,7 @@ absl::StatusOr<RateLimitPlan> MakePlan(const RateLimiter::Options& options) {
     plan.own_script = std::make_unique<const Script>(std::move(source));
     plan.script = plan.own_script.get();
     plan.args.clear();
-    plan.omit_server_time = true;
+    plan.compact_argv = true;
   }
   if (options.block_for) plan.suffixes.push_back(":block");
   return plan;

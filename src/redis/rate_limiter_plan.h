@@ -36,8 +36,9 @@ struct RateLimitPlan {
   const Script* script = nullptr;
   // The script when it is generated for this limiter (one GCRA limit without a block), else null.
   std::unique_ptr<const Script> own_script;
-  // Whether ARGV[2] (the time) is left out when the server's clock is used, instead of "".
-  bool omit_server_time = false;
+  // The generated GCRA script's layout: ARGV = n, control[, time] (the time left out when the
+  // server's clock is used) instead of n, time, control.
+  bool compact_argv = false;
   ReplyShape shape = ReplyShape::kFiveTuple;
   // ARGV after the quantity and the time, in order.
   std::vector<std::string> args;

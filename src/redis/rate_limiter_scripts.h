@@ -3,6 +3,9 @@
 // Conventions shared by every rate-limit script:
 //   ARGV[1] quantity n (>= 0; 0 peeks and changes no counter)
 //   ARGV[2] the time in microseconds, or "" to read the server's clock with TIME (production)
+//   ARGV[3] what the call may write: "" consume; "d" a dry run (decide, write nothing, start no
+//           block); or a time in microseconds: consume only if the script runs at or before it,
+//           else behave as a dry run (a call whose caller already gave up charges nothing)
 //   then the parameters of each limit (integers in microseconds or counts), and the penalty
 //   block_for in microseconds (see each script for where). KEYS holds the state of each limit in
 //   order, then the penalty block's key when there is one.
@@ -30,25 +33,27 @@ namespace keel::redis::internal {
 // every redis.call, argument, Lua string and reply element shows in the cost of a call
 // (docs/redis-rate-limiting.md has the figures). It is generated per limiter with T and tau =
 // T * limit (us) written into the source in place of $T and $TAU, so a call carries only
-// ARGV[1] = n (and ARGV[2] = the time, when a test passes one). KEYS[1] = the TAT.
+// ARGV[1] = n, ARGV[2] = what it may write (as ARGV[3] above), and ARGV[3] = the time when a
+// test passes one. KEYS[1] = the TAT.
 // Reply: v = ttl >= 0 if admitted (ttl = new TAT - now), else -1 - ttl (ttl = TAT - now); the
 // client derives the Decision from v, n, T and tau (DecodeGcra in rate_limiter_plan.cc).
 inline constexpr char kGcraOneLimitTemplate[] = R"lua(
 local n = tonumber(ARGV[1])
 local now
 local min_ms = 1
-if #ARGV == 1 then
+if #ARGV == 2 then
   local t = redis.call('TIME')
   now = t[1] * 1000000 + t[2]
 else
-  now = tonumber(ARGV[2])
+  now = tonumber(ARGV[3])
   min_ms = 10000
 end
+local ctl = ARGV[2]
 local tat = tonumber(redis.call('GET', KEYS[1])) or now
 if tat < now then tat = now end
 local nxt = tat + n * $T
 if nxt - $TAU > now then return -1 - (tat - now) end
-if n > 0 then
+if n > 0 and (ctl == '' or (ctl ~= 'd' and now <= tonumber(ctl))) then
   local ms = math.ceil((nxt - now) / 1000)
   if ms < min_ms then ms = min_ms end
   redis.call('SET', KEYS[1], string.format('%d', nxt), 'PX', string.format('%d', ms))
@@ -56,8 +61,8 @@ end
 return nxt - now
 )lua";
 
-// GCRA with several limits and/or a penalty block. KEYS[i] = limit i's TAT. ARGV[3 + 2(i-1)] = T
-// (us), ARGV[4 + 2(i-1)] = tau (us); one more ARGV (an odd count) is block_for (us) with
+// GCRA with several limits and/or a penalty block. KEYS[i] = limit i's TAT. ARGV[4 + 2(i-1)] = T
+// (us), ARGV[5 + 2(i-1)] = tau (us); one more ARGV (an even count) is block_for (us) with
 // KEYS[K + 1] the block. All state is read with one MGET. Reply: an array of v per limit (as
 // above, each limit evaluated as if it alone decided), or while a block runs the K peeks (n = 0)
 // and the time left in the block (K + 1 values).
@@ -77,8 +82,10 @@ local function px(us)
   if ms < min_ms then ms = min_ms end
   return string.format('%d', ms)
 end
-local k = math.floor((#ARGV - 2) / 2)
-local block = #ARGV % 2 == 1
+local ctl = ARGV[3]
+local write = ctl == '' or (ctl ~= 'd' and now <= tonumber(ctl))
+local k = math.floor((#ARGV - 3) / 2)
+local block = #ARGV % 2 == 0
 local tats = redis.call('MGET', unpack(KEYS))
 local out = {}
 for i = 1, k do
@@ -96,8 +103,8 @@ if block then
 end
 local all, never = true, false
 for i = 1, k do
-  local tau = tonumber(ARGV[2 * i + 2])
-  local step = n * tonumber(ARGV[2 * i + 1])
+  local tau = tonumber(ARGV[2 * i + 3])
+  local step = n * tonumber(ARGV[2 * i + 2])
   local nxt = tats[i] + step
   if step > tau then never = true end
   if nxt - tau > now then
@@ -108,6 +115,7 @@ for i = 1, k do
     tats[i] = nxt
   end
 end
+if not write then return out end
 if all then
   if n > 0 then
     for i = 1, k do
@@ -122,7 +130,7 @@ return out
 )lua";
 
 // The other algorithms share a frame: the prelude reads n and the time; the algorithm defines NP
-// (parameters per limit, from ARGV[3] on; one more ARGV is block_for (us) when there is a block,
+// (parameters per limit, from ARGV[4] on; one more ARGV is block_for (us) when there is a block,
 // told apart by the count), NK (keys per
 // limit) and check(i, n, apply), which evaluates limit i as if it alone decided and returns allowed
 // (0/1), limit, remaining, reset_after_us, retry_after_us (-1: never), and with `apply` writes an
@@ -130,30 +138,32 @@ return out
 // applied: evaluating again under the script's atomicity gives the same answers) and the block.
 // Reply: 5 integers per limit, or while a block runs the 5 of limit 1 peeking then the time left
 // in the block (6 integers).
-#define KEEL_RL_PRELUDE                                       \
-  "local n = tonumber(ARGV[1])\n"                             \
-  "local now\n"                                               \
-  "local min_ms = 1\n"                                        \
-  "if ARGV[2] == '' then\n"                                   \
-  "  local t = redis.call('TIME')\n"                          \
-  "  now = t[1] * 1000000 + t[2]\n"                           \
-  "else\n"                                                    \
-  "  now = tonumber(ARGV[2])\n"                               \
-  "  min_ms = 10000\n"                                        \
-  "end\n"                                                     \
-  "local function fmt(x) return string.format('%d', x) end\n" \
-  "local function ms(us)\n"                                   \
-  "  local m = math.ceil(us / 1000)\n"                        \
-  "  if m < min_ms then m = min_ms end\n"                     \
-  "  return fmt(m)\n"                                         \
+#define KEEL_RL_PRELUDE                                                \
+  "local n = tonumber(ARGV[1])\n"                                      \
+  "local now\n"                                                        \
+  "local min_ms = 1\n"                                                 \
+  "if ARGV[2] == '' then\n"                                            \
+  "  local t = redis.call('TIME')\n"                                   \
+  "  now = t[1] * 1000000 + t[2]\n"                                    \
+  "else\n"                                                             \
+  "  now = tonumber(ARGV[2])\n"                                        \
+  "  min_ms = 10000\n"                                                 \
+  "end\n"                                                              \
+  "local ctl = ARGV[3]\n"                                              \
+  "local write = ctl == '' or (ctl ~= 'd' and now <= tonumber(ctl))\n" \
+  "local function fmt(x) return string.format('%d', x) end\n"          \
+  "local function ms(us)\n"                                            \
+  "  local m = math.ceil(us / 1000)\n"                                 \
+  "  if m < min_ms then m = min_ms end\n"                              \
+  "  return fmt(m)\n"                                                  \
   "end\n"
 
 #define KEEL_RL_EPILOGUE                                                             \
-  "local k = math.floor((#ARGV - 2) / NP)\n"                                         \
+  "local k = math.floor((#ARGV - 3) / NP)\n"                                         \
   "local block_for = 0\n"                                                            \
-  "if (#ARGV - 2) % NP == 1 then block_for = tonumber(ARGV[#ARGV]) end\n"            \
+  "if (#ARGV - 3) % NP == 1 then block_for = tonumber(ARGV[#ARGV]) end\n"            \
   "local block_key = KEYS[k * NK + 1]\n"                                             \
-  "if k == 1 and block_for == 0 then return {check(1, n, true)} end\n"               \
+  "if k == 1 and block_for == 0 then return {check(1, n, write)} end\n"              \
   "if block_for > 0 then\n"                                                          \
   "  local until_ = tonumber(redis.call('GET', block_key))\n"                        \
   "  if until_ and until_ > now then\n"                                              \
@@ -172,6 +182,7 @@ return out
   "  local j = #out\n"                                                               \
   "  out[j + 1], out[j + 2], out[j + 3], out[j + 4], out[j + 5] = a, l, r, re, rt\n" \
   "end\n"                                                                            \
+  "if not write then return out end\n"                                               \
   "if all then\n"                                                                    \
   "  if n > 0 then\n"                                                                \
   "    for i = 1, k do check(i, n, true) end\n"                                      \
@@ -192,8 +203,8 @@ local function fill(t, T, full)
   return remaining, reset
 end
 local function check(i, n, apply)
-  local T = tonumber(ARGV[1 + 2 * i])
-  local burst = tonumber(ARGV[2 + 2 * i])
+  local T = tonumber(ARGV[2 + 2 * i])
+  local burst = tonumber(ARGV[3 + 2 * i])
   local full = T * burst
   local start = now - full
   local e = tonumber(redis.call('GET', KEYS[i]))
@@ -219,13 +230,13 @@ inline constexpr char kFixedWindowScript[] = KEEL_RL_PRELUDE R"lua(
 local NP, NK = 3, 1
 local function check(i, n, apply)
   local key = KEYS[i]
-  local W = tonumber(ARGV[3 * i])
-  local limit = tonumber(ARGV[1 + 3 * i])
+  local W = tonumber(ARGV[1 + 3 * i])
+  local limit = tonumber(ARGV[2 + 3 * i])
   local st = redis.call('HMGET', key, 's', 'c')
   local ws = tonumber(st[1])
   local wc = tonumber(st[2]) or 0
   local start, count
-  if ARGV[2 + 3 * i] == '1' then
+  if ARGV[3 + 3 * i] == '1' then
     start = now - (now % W)
     if ws == start then count = wc else count = 0 end
   else
@@ -265,8 +276,8 @@ local NP, NK = 2, 2
 local function qty(member) return tonumber(string.match(member, ':(%d+)$')) end
 local function check(i, n, apply)
   local log, sum = KEYS[2 * i - 1], KEYS[2 * i]
-  local W = tonumber(ARGV[1 + 2 * i])
-  local limit = tonumber(ARGV[2 + 2 * i])
+  local W = tonumber(ARGV[2 + 2 * i])
+  local limit = tonumber(ARGV[3 + 2 * i])
   local counted = tonumber(redis.call('GET', sum) or 0)
   local function reset()
     local newest = redis.call('ZRANGE', log, -1, -1, 'WITHSCORES')
@@ -323,8 +334,8 @@ inline constexpr char kSlidingCounterScript[] = KEEL_RL_PRELUDE R"lua(
 local NP, NK = 2, 1
 local function check(i, n, apply)
   local key = KEYS[i]
-  local W = tonumber(ARGV[1 + 2 * i])
-  local limit = tonumber(ARGV[2 + 2 * i])
+  local W = tonumber(ARGV[2 + 2 * i])
+  local limit = tonumber(ARGV[3 + 2 * i])
   local start = now - (now % W)
   local st = redis.call('HMGET', key, 's', 'c', 'p')
   local ws = tonumber(st[1])

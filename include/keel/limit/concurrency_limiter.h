@@ -1,7 +1,7 @@
 // keel/limit/concurrency_limiter.h: at most `max` in flight at once ("5 concurrent chat messages
 // per user"), with move-only permits that give the slot back when they die.
 //
-// Defines `keel::limit::ConcurrencyLimiter` and its `Permit`.
+// Defines `keel::limit::ConcurrencyLimiter`, its `Permit` and `ConcurrencyLimiterStats`.
 //
 // Semantics (exact): TryAcquire() hands out a Permit while fewer than `max` are held, and nothing
 // otherwise (rejection is a value: an empty optional). It never waits: a limiter that queues is a
@@ -25,6 +25,12 @@
 #include "absl/status/statusor.h"
 
 namespace keel::limit {
+
+struct ConcurrencyLimiterStats {
+  int64_t in_flight = 0;        // permits held now
+  uint64_t acquired_total = 0;  // permits handed out
+  uint64_t rejected_total = 0;  // refused: `max` were held
+};
 
 class ConcurrencyLimiter {
  public:
@@ -67,6 +73,12 @@ class ConcurrencyLimiter {
 
   // Permits held right now (a snapshot).
   int64_t in_flight() const { return in_flight_.load(std::memory_order_relaxed); }
+  // A snapshot of the counters (relaxed loads: each exact, not taken together).
+  ConcurrencyLimiterStats Stats() const {
+    return {.in_flight = in_flight(),
+            .acquired_total = acquired_.load(std::memory_order_relaxed),
+            .rejected_total = rejected_.load(std::memory_order_relaxed)};
+  }
   int64_t max() const { return max_; }
 
  private:
@@ -74,6 +86,10 @@ class ConcurrencyLimiter {
 
   const int64_t max_;
   alignas(64) std::atomic<int64_t> in_flight_{0};
+  // Counted apart from in_flight_ (own cache line) so that the permit CAS does not share a line
+  // with them; relaxed, they order nothing.
+  alignas(64) std::atomic<uint64_t> acquired_{0};
+  std::atomic<uint64_t> rejected_{0};
 };
 
 }  // namespace keel::limit

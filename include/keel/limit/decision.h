@@ -50,6 +50,11 @@ struct Decision {
   // Zero when allowed. When denied: the earliest time after which the same request would be
   // admitted if nothing else is admitted meanwhile, or `kNever` when it never can be.
   Duration retry_after = Duration::zero();
+  // True when the limiter's own backend did not decide: a Redis-backed limiter that failed open
+  // or fell back to a local limiter while Redis was unavailable. The figures above are then not
+  // the shared limit's (a fail-open decision knows none; a fallback's are its local share), so
+  // HttpHeaders sends none of them. Always false from the in-process limiters.
+  bool degraded = false;
 
   friend bool operator==(const Decision&, const Decision&) = default;
 };
@@ -61,6 +66,14 @@ inline std::ostream& operator<<(std::ostream& os, const Decision& d) {
 }
 
 namespace internal {
+// The metric family every keel rate limiter counts its decisions in, in-process (Keyed,
+// backend="local") and Redis-backed (backend="redis") alike, labelled {name, decision, backend};
+// one help text, since a family has one.
+inline constexpr char kDecisionsFamily[] = "keel_rate_limit_decisions_total";
+inline constexpr char kDecisionsHelp[] =
+    "Rate-limit decisions by limiter (name), outcome (decision) and where they were made "
+    "(backend: local or redis).";
+
 // The decision of several limits checked together (Keyed's and redis::RateLimiter's
 // multi-limits): allowed only if all allow; the smallest `remaining` with its `limit`; the
 // longest `reset_after`; when denied the longest `retry_after`. REQUIRES: count >= 1.

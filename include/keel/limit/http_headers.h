@@ -14,6 +14,10 @@
 // A request that can never be admitted (retry_after == kNever) gets no Retry-After: no wait
 // helps it, and the status code (413 or 400) is the caller's to choose.
 //
+// A degraded Decision (a Redis-backed limiter that failed open or decided with its local
+// fallback, see Decision::degraded) gets only RateLimit-Policy, RateLimit-Limit and, when denied,
+// Retry-After: the remaining quota and the reset time are not known, and are not invented.
+//
 // Thread safety: pure functions.
 //
 //   auto d = limiter.TryAcquire(key).value();

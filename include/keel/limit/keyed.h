@@ -14,7 +14,10 @@
 //   of it (counted in evicted_capacity): one O(shard) pass per max_keys / (8 * shards) new keys,
 //   so a flood of distinct keys (spoofed IPs) costs amortised O(1) per request and memory stays
 //   bounded. The price: an evicted key that comes back starts fresh, so keep max_keys above the
-//   number of keys active within idle_ttl.
+//   number of keys active within idle_ttl. A key under a penalty block is never evicted (a flood
+//   of distinct keys must not lift a block); when every key of a shard is blocked, a new key in
+//   that shard is denied (retry_after: until the shard's earliest block ends; counted in
+//   refused_full) rather than a block dropped. Size max_keys above the blocks you expect.
 // - Idle eviction: a key untouched for idle_ttl is dropped (counted in evicted_idle) by a pass
 //   over its shard that runs at most every idle_ttl / 2 (on a call to that shard), so idle keys
 //   go within 1.5 * idle_ttl of their last use. By default idle_ttl is the longest limit's
@@ -70,12 +73,13 @@
 namespace keel::limit {
 
 struct KeyedStats {
-  size_t keys = 0;                // keys held now
-  uint64_t allowed = 0;           // requests admitted
-  uint64_t denied = 0;            // requests denied by the limits (not counting blocked ones)
-  uint64_t evicted_idle = 0;      // keys dropped after idle_ttl without use
-  uint64_t evicted_capacity = 0;  // keys dropped to make room for a new key at the cap
-  uint64_t blocked_denials = 0;   // requests denied by a penalty block
+  size_t keys = 0;                      // keys held now
+  uint64_t allowed_total = 0;           // requests admitted
+  uint64_t denied_total = 0;            // requests denied by the limits (not counting blocked ones)
+  uint64_t evicted_idle_total = 0;      // keys dropped after idle_ttl without use
+  uint64_t evicted_capacity_total = 0;  // keys dropped to make room for a new key at the cap
+  uint64_t blocked_denials_total = 0;   // requests denied by a penalty block
+  uint64_t refused_full_total = 0;  // new keys denied because every key of their shard was blocked
 };
 
 struct KeyedOptions {
@@ -181,7 +185,9 @@ class Keyed {
   }
 
   // Applies `n` to every limit of `key` (all or none) and returns the combined decision.
-  // n == 0 peeks. Errors: INVALID_ARGUMENT for n < 0 or a key over kMaxKeyBytes.
+  // n == 0 peeks. Errors: INVALID_ARGUMENT for n < 0, an empty key or a key over kMaxKeyBytes
+  // (the rules of keel::redis::RateLimiter: an empty key is almost always a missing identifier,
+  // and would pool every such request into one bucket).
   absl::StatusOr<Decision> TryAcquire(std::string_view key, int64_t n = 1) {
     return TryAcquire(key, n, clock_->Now());
   }
@@ -194,28 +200,47 @@ class Keyed {
     Shard& shard = shards_[static_cast<size_t>(static_cast<uint64_t>(hash) >> 40) % shards_.size()];
     MutexLock lock(shard.mu);
     if (now >= shard.next_sweep) Sweep(shard, now);
-    const Entry& entry = Touch(shard, k, hash, now);
+    const Entry* found = Touch(shard, k, hash, now);
+    if (found == nullptr) return RefuseNewKey(shard, now);
+    const Entry& entry = *found;
     if (entry.blocked_until > now) {
       ++shard.blocked;
-      Decision d = limiters_[0].Peek(entry.first, 0, now);
-      d.allowed = false;
-      d.remaining = 0;
-      d.retry_after = entry.blocked_until - now;
-      d.reset_after = std::max(d.reset_after, d.retry_after);
-      return d;
+      return DuringBlock(entry, now);
     }
-    Decision d = Decide(entry, n, now);
+    Decision d = Decide(entry, n, now, /*commit=*/true);
     if (d.allowed) {
       ++shard.allowed;
     } else {
       ++shard.denied;
       if (options_.block_for && d.retry_after != kNever) {
         entry.blocked_until = now + *options_.block_for;
-        d.retry_after = std::max(d.retry_after, *options_.block_for);
-        d.reset_after = std::max(d.reset_after, d.retry_after);
+        d = WithBlock(d);
       }
     }
     return d;
+  }
+
+  // Dry run: what TryAcquire(key, n, now) would answer, changing nothing (no counter, no block,
+  // no new entry; a key not held is answered as a fresh one) and counted in no Stats.
+  // Errors: as TryAcquire.
+  absl::StatusOr<Decision> Check(std::string_view key, int64_t n = 1) const {
+    return Check(key, n, clock_->Now());
+  }
+  absl::StatusOr<Decision> Check(std::string_view key, int64_t n, TimePoint now) const {
+    if (auto s = internal::ValidateKeyed(options_.name, key, n); !s.ok()) return s;
+    const absl::string_view k(key.data(), key.size());
+    const size_t hash = internal::KeyedHash{}(k);
+    const Shard& shard =
+        shards_[static_cast<size_t>(static_cast<uint64_t>(hash) >> 40) % shards_.size()];
+    MutexLock lock(shard.mu);
+    auto it = shard.set.find(k, hash);
+    if (it == shard.set.end()) {
+      Entry fresh;
+      if (limiters_.size() > 1) fresh.rest = std::make_unique<State[]>(limiters_.size() - 1);
+      return WithBlock(Decide(fresh, n, now, /*commit=*/false));
+    }
+    if (it->blocked_until > now) return DuringBlock(*it, now);
+    return WithBlock(Decide(*it, n, now, /*commit=*/false));
   }
 
   KeyedStats Stats() const {
@@ -223,17 +248,18 @@ class Keyed {
     for (const Shard& shard : shards_) {
       MutexLock lock(shard.mu);
       stats.keys += shard.set.size();
-      stats.allowed += shard.allowed;
-      stats.denied += shard.denied;
-      stats.blocked_denials += shard.blocked;
-      stats.evicted_idle += shard.evicted_idle;
-      stats.evicted_capacity += shard.evicted_capacity;
+      stats.allowed_total += shard.allowed;
+      stats.denied_total += shard.denied;
+      stats.blocked_denials_total += shard.blocked;
+      stats.evicted_idle_total += shard.evicted_idle;
+      stats.evicted_capacity_total += shard.evicted_capacity;
+      stats.refused_full_total += shard.refused;
     }
     return stats;
   }
 
   // Registers, labelled {name=options.name}: keel_rate_limit_keys (gauge),
-  // keel_rate_limit_decisions_total{decision=allowed|denied|blocked} and
+  // keel_rate_limit_decisions_total{decision=allowed|denied|blocked|refused_full} and
   // keel_rate_limit_evictions_total{reason=idle|capacity}. Called by Create when given a
   // registry. Errors: as MetricsRegistry's (e.g. ALREADY_EXISTS for a second limiter with the
   // same name).
@@ -257,6 +283,7 @@ class Keyed {
     uint64_t blocked ABSL_GUARDED_BY(mu) = 0;
     uint64_t evicted_idle ABSL_GUARDED_BY(mu) = 0;
     uint64_t evicted_capacity ABSL_GUARDED_BY(mu) = 0;
+    uint64_t refused ABSL_GUARDED_BY(mu) = 0;
   };
 
   Keyed(Options options, std::vector<Limiter> limiters, Clock& clock)
@@ -278,52 +305,102 @@ class Keyed {
     shard.next_sweep = now + *options_.idle_ttl / 2;
   }
 
+  static bool Blocked(const Entry& entry, TimePoint now) { return entry.blocked_until > now; }
+
   // Makes room for one key in a full shard: idle keys first, then the least recently used
-  // eighth, so the O(shard) pass is amortised over many insertions.
-  void MakeRoom(Shard& shard, TimePoint now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu) {
+  // eighth of the unblocked keys, so the O(shard) pass is amortised over many insertions. A key
+  // under a penalty block is never dropped: otherwise a flood of distinct keys would lift the
+  // block of the key it was meant to hold off. Returns false when every key is blocked.
+  bool MakeRoom(Shard& shard, TimePoint now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu) {
     Sweep(shard, now);
-    if (shard.set.size() < per_shard_) return;
+    if (shard.set.size() < per_shard_) return true;
     std::vector<TimePoint> ages;
     ages.reserve(shard.set.size());
-    for (const Entry& entry : shard.set) ages.push_back(entry.last_used);
-    const size_t drop = std::max<size_t>(1, per_shard_ / 8);
+    for (const Entry& entry : shard.set) {
+      if (!Blocked(entry, now)) ages.push_back(entry.last_used);
+    }
+    if (ages.empty()) return false;
+    const size_t drop = std::min(ages.size(), std::max<size_t>(1, per_shard_ / 8));
     std::nth_element(ages.begin(), ages.begin() + (drop - 1), ages.end());
     const TimePoint cutoff = ages[drop - 1];
     size_t dropped = 0;
     absl::erase_if(shard.set, [&](const Entry& entry) {
-      if (dropped < drop && entry.last_used <= cutoff) {
+      if (dropped < drop && entry.last_used <= cutoff && !Blocked(entry, now)) {
         ++dropped;
         return true;
       }
       return false;
     });
     shard.evicted_capacity += dropped;
+    return true;
   }
 
-  const Entry& Touch(Shard& shard, absl::string_view key, size_t hash, TimePoint now)
+  // A new key at a shard full of blocked keys: denied until the earliest block ends (then its
+  // slot can be reused), without an entry. Dropping a block instead would let an attacker who
+  // can make keys lift it.
+  Decision RefuseNewKey(Shard& shard, TimePoint now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu) {
+    ++shard.refused;
+    TimePoint earliest = TimePoint::max();
+    for (const Entry& entry : shard.set) earliest = std::min(earliest, entry.blocked_until);
+    State fresh;
+    Decision d = limiters_[0].Peek(fresh, 0, now);
+    d.allowed = false;
+    d.remaining = 0;
+    d.retry_after = earliest - now;
+    d.reset_after = std::max(d.reset_after, d.retry_after);
+    return d;
+  }
+
+  // The entry of `key`, inserted if new; nullptr when it is new and the shard is full of
+  // blocked keys.
+  const Entry* Touch(Shard& shard, absl::string_view key, size_t hash, TimePoint now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu) {
     // `hash` is the set's own hash of `key`: computed once.
     if (auto it = shard.set.find(key, hash); it != shard.set.end()) {
       it->last_used = std::max(it->last_used, now);
-      return *it;
+      return &*it;
     }
-    if (shard.set.size() >= per_shard_) MakeRoom(shard, now);
+    if (shard.set.size() >= per_shard_ && !MakeRoom(shard, now)) return nullptr;
     Entry entry;
     entry.key.assign(key.data(), key.size());
     entry.last_used = now;
     if (limiters_.size() > 1) entry.rest = std::make_unique<State[]>(limiters_.size() - 1);
-    return *shard.set.insert(std::move(entry)).first;
+    return &*shard.set.insert(std::move(entry)).first;
   }
 
-  Decision Decide(const Entry& entry, int64_t n, TimePoint now) const {
-    if (limiters_.size() == 1) return limiters_[0].Apply(entry.first, n, now);
+  // The answer to any request of a blocked key: the first limit's peek, denied, with the time
+  // left in the block.
+  Decision DuringBlock(const Entry& entry, TimePoint now) const {
+    Decision d = limiters_[0].Peek(entry.first, 0, now);
+    d.allowed = false;
+    d.remaining = 0;
+    d.retry_after = entry.blocked_until - now;
+    d.reset_after = std::max(d.reset_after, d.retry_after);
+    return d;
+  }
+
+  // A denial as TryAcquire reports it when it starts a block.
+  Decision WithBlock(Decision d) const {
+    if (!d.allowed && options_.block_for && d.retry_after != kNever) {
+      d.retry_after = std::max(d.retry_after, *options_.block_for);
+      d.reset_after = std::max(d.reset_after, d.retry_after);
+    }
+    return d;
+  }
+
+  // Every limit's decision on `n`, combined; with `commit`, applied to all of them if all admit.
+  Decision Decide(const Entry& entry, int64_t n, TimePoint now, bool commit) const {
+    if (limiters_.size() == 1) {
+      return commit ? limiters_[0].Apply(entry.first, n, now)
+                    : limiters_[0].Peek(entry.first, n, now);
+    }
     absl::InlinedVector<Decision, 4> decisions;
     bool all = true;
     for (size_t i = 0; i < limiters_.size(); ++i) {
       decisions.push_back(limiters_[i].Peek(entry.state(i), n, now));
       all = all && decisions.back().allowed;
     }
-    if (all && n > 0) {
+    if (commit && all && n > 0) {
       // Every limit admits it and nothing else can touch these states while the shard is
       // locked, so each Apply below admits too.
       for (size_t i = 0; i < limiters_.size(); ++i) {

@@ -43,11 +43,11 @@
 namespace keel::limit {
 
 struct KeyedConcurrencyStats {
-  size_t keys = 0;                 // keys holding permits now
-  int64_t in_flight = 0;           // permits held now, over all keys
-  uint64_t acquired = 0;           // permits handed out
-  uint64_t rejected = 0;           // refused: the key already held `max`
-  uint64_t rejected_capacity = 0;  // refused: a new key while max_keys keys held permits
+  size_t keys = 0;                       // keys holding permits now
+  int64_t in_flight = 0;                 // permits held now, over all keys
+  uint64_t acquired_total = 0;           // permits handed out
+  uint64_t rejected_total = 0;           // refused: the key already held `max`
+  uint64_t rejected_capacity_total = 0;  // refused: a new key while max_keys keys held permits
 };
 
 class KeyedConcurrencyLimiter {

@@ -1,7 +1,8 @@
 // keel/redis/concurrency_limiter.h: "at most N in flight" shared by every process through Redis,
 // with leases so that permits held by a process that died come back on their own.
 //
-// Defines `keel::redis::ConcurrencyLimiter` and its move-only `Permit`.
+// Defines `keel::redis::ConcurrencyLimiter`, its move-only `Permit` and
+// `keel::redis::ConcurrencyLimiterStats`.
 //
 // Semantics: the shared counterpart of keel::limit::ConcurrencyLimiter. For each key, a sorted set
 // `{<name>:<key>}:cc` holds the ids of the permits held, scored by when their lease expires
@@ -23,7 +24,7 @@
 //
 //   auto chats = keel::redis::ConcurrencyLimiter::Create(
 //       {.name = "chat", .max = 5, .lease = 2min}, *client).value();
-//   auto permit = chats->TryAcquire(user_id, Deadline::After(20ms));
+//   auto permit = chats->TryAcquire(Deadline::After(20ms), user_id);
 //   if (!permit.ok()) return permit.status();   // UNAVAILABLE (kClosed), INVALID_ARGUMENT
 //   if (!*permit) return TooManyRequests();
 //   Stream(reply);                                // released when `*permit` goes out of scope
@@ -44,6 +45,13 @@
 #include "keel/redis/rate_limiter.h"
 
 namespace keel::redis {
+
+struct ConcurrencyLimiterStats {
+  uint64_t acquired_total = 0;     // permits granted by Redis
+  uint64_t rejected_total = 0;     // refused by Redis: the key already held `max`
+  uint64_t fail_open_total = 0;    // unrecorded permits handed out because Redis failed (kOpen)
+  uint64_t fail_closed_total = 0;  // refused with UNAVAILABLE because Redis failed (kClosed)
+};
 
 class ConcurrencyLimiter {
  public:
@@ -96,20 +104,20 @@ class ConcurrencyLimiter {
 
   // A permit if fewer than `max` are held for `key` (after reclaiming expired leases), else
   // nullopt. Never waits for a slot.
+  // Returns within `deadline` (Infinite: the client's command_timeout).
   // Errors: INVALID_ARGUMENT for an empty key or one over limit::kMaxKeyBytes; UNAVAILABLE when
   // Redis failed and fail_mode is kClosed.
-  absl::StatusOr<std::optional<Permit>> TryAcquire(std::string_view key,
-                                                   Deadline deadline = Deadline::Infinite());
+  absl::StatusOr<std::optional<Permit>> TryAcquire(Deadline deadline, std::string_view key);
 
   // TryAcquire with the script's clock set to `server_time` (microseconds since the epoch)
   // instead of TIME. For tests of lease expiry.
   absl::StatusOr<std::optional<Permit>> TryAcquireAtForTesting(
-      std::string_view key, std::chrono::microseconds server_time,
-      Deadline deadline = Deadline::Infinite());
+      Deadline deadline, std::string_view key, std::chrono::microseconds server_time);
 
   // The Redis key holding `key`'s permits.
   std::string RedisKey(std::string_view key) const;
-  uint64_t fail_open_total() const { return fail_open_.load(std::memory_order_relaxed); }
+  // A snapshot of the counters (relaxed loads: each exact, not taken together).
+  ConcurrencyLimiterStats Stats() const;
 
  private:
   ConcurrencyLimiter(Options options, Client& client)
@@ -121,7 +129,11 @@ class ConcurrencyLimiter {
   const Options options_;
   Client& client_;
   std::atomic<uint64_t> sequence_{0};
+  // Relaxed counters: they order nothing.
+  std::atomic<uint64_t> acquired_{0};
+  std::atomic<uint64_t> rejected_{0};
   std::atomic<uint64_t> fail_open_{0};
+  std::atomic<uint64_t> fail_closed_{0};
   // Random, set in Create: permit ids never collide across processes.
   std::string instance_id_;
 };

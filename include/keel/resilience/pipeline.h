@@ -7,7 +7,8 @@
 //   Fallback        sees every failure below it, including rejections, and answers them
 //   Bulkhead        bounds concurrency of the whole call, retries included
 //   CircuitBreaker  one outcome per logical call, so retries do not count several times
-//   RateLimiter     (keel/limit) spends one permit per logical call
+//   RateLimiter     spends one permit per logical call (AddRateLimiter: any keel rate limiter,
+//                   in-process or Redis-backed; a denial is RESOURCE_EXHAUSTED with retry-after)
 //   Retry           tries again inside the limits above
 //   Timeout         bounds each attempt (the caller's deadline bounds the whole)
 //   call
@@ -26,6 +27,7 @@
 //                       .Add(fallback)          // keel::Fallback<User>
 //                       .Add(*bulkhead)         // keel::SemaphoreBulkhead, not owned
 //                       .Add(*breaker)          // keel::CircuitBreaker, not owned
+//                       .AddRateLimiter(*shared_limit, {.name = "users-api", .key = "users-api"})
 //                       .Add(retry)             // keel::Retry, copied
 //                       .Add(timeout)           // keel::Timeout, copied
 //                       .Build();
@@ -33,7 +35,10 @@
 //       [&](const keel::CallContext& ctx) { return users.Get(id, ctx.deadline); });
 #pragma once
 
+#include <cstdint>
 #include <memory>
+#include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -41,12 +46,16 @@
 #include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "keel/deadline.h"
+#include "keel/internal/format.h"
+#include "keel/internal/strings.h"
+#include "keel/limit/decision.h"
 #include "keel/resilience/bulkhead.h"
 #include "keel/resilience/call_context.h"
 #include "keel/resilience/circuit_breaker.h"
 #include "keel/resilience/fallback.h"
 #include "keel/resilience/retry.h"
 #include "keel/resilience/timeout.h"
+#include "keel/status.h"
 
 namespace keel {
 
@@ -131,6 +140,67 @@ class CircuitBreakerStage final : public Policy<T> {
 
 }  // namespace pipeline_internal
 
+// How a rate-limiter stage asks its limiter (Pipeline::Builder::AddRateLimiter).
+struct RateLimitStageOptions {
+  // Names the stage in the RESOURCE_EXHAUSTED message (`rate limiter "<name>": ...`).
+  // Default: "rate_limiter".
+  std::string name = "rate_limiter";
+  // The key asked of a keyed limiter (limit::Keyed, redis::RateLimiter): one limit per pipeline,
+  // e.g. the downstream it protects. Keyed limiters refuse an empty key (INVALID_ARGUMENT on the
+  // first call); a single limiter (TokenBucket, Gcra, ...) ignores it. Default: "".
+  std::string key;
+  // What one call through the pipeline consumes. Must be >= 1 (the limiter refuses < 0; 0 would
+  // only peek). Default: 1.
+  int64_t quantity = 1;
+};
+
+namespace pipeline_internal {
+
+// Asks any keel rate limiter for `n`: a Redis-backed one with the call's deadline first, a keyed
+// one for `key`, a single one as it is.
+template <typename Limiter>
+absl::StatusOr<limit::Decision> TryAcquireFrom(Limiter& limiter, const CallContext& ctx,
+                                               std::string_view key, int64_t n) {
+  if constexpr (requires { limiter.TryAcquire(ctx.deadline, key, n); }) {
+    return limiter.TryAcquire(ctx.deadline, key, n);
+  } else if constexpr (requires { limiter.TryAcquire(key, n); }) {
+    return limiter.TryAcquire(key, n);
+  } else {
+    return limiter.TryAcquire(n);
+  }
+}
+
+// One TryAcquire per call through this stage; a denial never reaches the stages inside.
+template <typename T, typename Limiter>
+class RateLimitStage final : public Policy<T> {
+ public:
+  RateLimitStage(Limiter& limiter, RateLimitStageOptions options)
+      : limiter_(&limiter), options_(std::move(options)) {}
+  absl::StatusOr<T> Apply(const CallContext& ctx, typename Policy<T>::Next next) const override {
+    absl::StatusOr<limit::Decision> d =
+        TryAcquireFrom(*limiter_, ctx, options_.key, options_.quantity);
+    if (!d.ok()) return std::move(d).status();  // INVALID_ARGUMENT, UNAVAILABLE (fail closed)
+    if (d->allowed) return next(ctx);
+    using keel::internal::StrCat;
+    if (d->retry_after == limit::kNever) {
+      // No wait helps a quantity above the limit: no retry-after hint to follow.
+      return absl::ResourceExhaustedError(StrCat("rate limiter \"", options_.name, "\": quantity ",
+                                                 options_.quantity, " exceeds the limit of ",
+                                                 d->limit));
+    }
+    return WithRetryAfter(absl::ResourceExhaustedError(StrCat(
+                              "rate limiter \"", options_.name, "\": rate limited, retry after ",
+                              keel::internal::FormatDuration(d->retry_after))),
+                          d->retry_after);
+  }
+
+ private:
+  Limiter* limiter_;
+  const RateLimitStageOptions options_;
+};
+
+}  // namespace pipeline_internal
+
 template <typename T>
 class Pipeline {
  public:
@@ -153,7 +223,19 @@ class Pipeline {
     Builder& Add(CircuitBreaker& breaker) {
       return Add(std::make_shared<pipeline_internal::CircuitBreakerStage<T>>(breaker));
     }
-    // A custom stage (a rate limiter, hedging, ...). REQUIRES: `policy` is not null.
+    // A rate-limiter stage: each call through it first asks `limiter` (any keel rate limiter:
+    // TokenBucket, Gcra, FixedWindow, the sliding windows; limit::Keyed; redis::RateLimiter,
+    // which gets the call's deadline) for `options.quantity` of
+    // `options.key`. Denied: RESOURCE_EXHAUSTED `rate limiter "<name>": rate limited, retry after
+    // <d>` with keel's retry-after payload (keel::RetryAfter), and the inner stages never run.
+    // The limiter's own errors pass through. `limiter` is shared, not copied: it must outlive
+    // the Pipeline.
+    template <typename Limiter>
+    Builder& AddRateLimiter(Limiter& limiter, RateLimitStageOptions options = {}) {
+      return Add(std::make_shared<pipeline_internal::RateLimitStage<T, Limiter>>(
+          limiter, std::move(options)));
+    }
+    // A custom stage (hedging, ...). REQUIRES: `policy` is not null.
     Builder& Add(std::shared_ptr<const Policy<T>> policy) {
       stages_.push_back(std::move(policy));
       return *this;

@@ -36,9 +36,9 @@ TEST_CASE("redis block starts on a denial and denies every request until it ends
   // 2 per second window, blocked 10 s after exceeding.
   auto l = Make(*client, keel::test::UniqueName("block"),
                 FixedWindow::Options{.limit = 2, .window = 1s}, 10s);
-  CHECK(l->CheckAtForTesting("k", 1, At(0ms))->allowed);
-  CHECK(l->CheckAtForTesting("k", 1, At(0ms))->allowed);
-  const auto denied = l->CheckAtForTesting("k", 1, At(0ms));
+  CHECK(l->TryAcquireAtForTesting(Deadline::Infinite(), "k", 1, At(0ms))->allowed);
+  CHECK(l->TryAcquireAtForTesting(Deadline::Infinite(), "k", 1, At(0ms))->allowed);
+  const auto denied = l->TryAcquireAtForTesting(Deadline::Infinite(), "k", 1, At(0ms));
   REQUIRE(denied.ok());
   CHECK_FALSE(denied->allowed);
   CHECK(denied->retry_after == 10s);  // the block, longer than the window's 1 s
@@ -46,18 +46,18 @@ TEST_CASE("redis block starts on a denial and denies every request until it ends
   // The window has long reset, but the block holds: any quantity, peeks included.
   for (int64_t n : {1, 0, 5}) {
     INFO("n " << n);
-    const auto d = l->CheckAtForTesting("k", n, At(4s));
+    const auto d = l->TryAcquireAtForTesting(Deadline::Infinite(), "k", n, At(4s));
     REQUIRE(d.ok());
     CHECK_FALSE(d->allowed);
     CHECK(d->remaining == 0);
     CHECK(d->retry_after == 6s);
   }
   // The block's requests touched no counter: at its end the window admits the full limit.
-  CHECK_FALSE(l->CheckAtForTesting("k", 1, At(10s) - 1us)->allowed);
-  CHECK(l->CheckAtForTesting("k", 1, At(10s))->allowed);
-  CHECK(l->CheckAtForTesting("k", 1, At(10s))->allowed);
+  CHECK_FALSE(l->TryAcquireAtForTesting(Deadline::Infinite(), "k", 1, At(10s) - 1us)->allowed);
+  CHECK(l->TryAcquireAtForTesting(Deadline::Infinite(), "k", 1, At(10s))->allowed);
+  CHECK(l->TryAcquireAtForTesting(Deadline::Infinite(), "k", 1, At(10s))->allowed);
   // Another key was never blocked.
-  CHECK(l->CheckAtForTesting("other", 1, At(4s))->allowed);
+  CHECK(l->TryAcquireAtForTesting(Deadline::Infinite(), "other", 1, At(4s))->allowed);
 }
 
 TEST_CASE("redis block is seen by another limiter instance with its own client") {
@@ -67,14 +67,14 @@ TEST_CASE("redis block is seen by another limiter instance with its own client")
   const Gcra::Options gcra{.count = 1, .period = 1h, .max_burst = 0};
   auto a = Make(*client_a, name, gcra, 30s);
   auto b = Make(*client_b, name, gcra, 30s);
-  REQUIRE(a->Check("user", 1, Deadline::After(1s))->allowed);
-  const auto started = a->Check("user", 1, Deadline::After(1s));
+  REQUIRE(a->TryAcquire(Deadline::After(1s), "user", 1)->allowed);
+  const auto started = a->TryAcquire(Deadline::After(1s), "user", 1);
   REQUIRE(started.ok());
   CHECK_FALSE(started->allowed);
   // The GCRA alone would say "retry in an hour"; the block is shorter, so the longer wins.
   CHECK(started->retry_after > 59min);
   // b has never seen the key: its answer comes from Redis, and it is the block.
-  const auto peek = b->Check("user", 0, Deadline::After(1s));
+  const auto peek = b->TryAcquire(Deadline::After(1s), "user", 0);
   REQUIRE(peek.ok());
   CHECK_FALSE(peek->allowed);
   CHECK(peek->retry_after > 29s);
@@ -95,11 +95,11 @@ TEST_CASE("redis block feeds the local cache: the blocked key costs no round tri
   auto client = keel::test::SharedRedisClient();
   auto l = Make(*client, keel::test::UniqueName("block-cache"),
                 Gcra::Options{.count = 1, .period = 1h, .max_burst = 0}, 30s);
-  REQUIRE(l->Check("user", 1, Deadline::After(1s))->allowed);
-  REQUIRE_FALSE(l->Check("user", 1, Deadline::After(1s))->allowed);  // starts the block
+  REQUIRE(l->TryAcquire(Deadline::After(1s), "user", 1)->allowed);
+  REQUIRE_FALSE(l->TryAcquire(Deadline::After(1s), "user", 1)->allowed);  // starts the block
   // Every quantity, peeks included, is answered locally while the block runs.
   for (int64_t n : {1, 0}) {
-    const auto d = l->Check("user", n, Deadline::After(1s));
+    const auto d = l->TryAcquire(Deadline::After(1s), "user", n);
     REQUIRE(d.ok());
     CHECK_FALSE(d->allowed);
     CHECK(d->retry_after <= 30s);
@@ -112,11 +112,11 @@ TEST_CASE("redis request that can never fit does not start a block") {
   auto client = keel::test::SharedRedisClient();
   auto l = Make(*client, keel::test::UniqueName("block-never"),
                 FixedWindow::Options{.limit = 3, .window = 1s}, 10s);
-  const auto never = l->CheckAtForTesting("k", 4, At(0ms));
+  const auto never = l->TryAcquireAtForTesting(Deadline::Infinite(), "k", 4, At(0ms));
   REQUIRE(never.ok());
   CHECK_FALSE(never->allowed);
   CHECK(never->retry_after == keel::limit::kNever);
-  const auto next = l->CheckAtForTesting("k", 3, At(0ms));
+  const auto next = l->TryAcquireAtForTesting(Deadline::Infinite(), "k", 3, At(0ms));
   REQUIRE(next.ok());
   CHECK(next->allowed);
   auto exists = client->Command(Deadline::After(1s), "EXISTS", l->RedisKeys("k").back());

@@ -1,7 +1,7 @@
 // Several limits on one key and penalty blocks (RateLimiter::Options::more_limits, block_for)
 // against keel::limit::Keyed with the same limits and block_for, decision by decision.
 //
-// As in scenario_test.cc, every check passes the time explicitly (CheckAtForTesting), so both
+// As in scenario_test.cc, every check passes the time explicitly (TryAcquireAtForTesting), so both
 // implementations see the same instants; the Redis limiter's durations are the in-process ones
 // rounded up to the microsecond (the documented difference; every other field must be equal).
 #include <catch2/catch.hpp>
@@ -85,10 +85,9 @@ std::vector<std::string> Compare(keel::redis::Client& client,
     const Step& step = steps[i];
     clock.Set(keel::ManualClock::kDefaultStart + step.at);
     const auto want = (*keyed)->TryAcquire(step.key, step.quantity, clock.Now());
-    const auto got = (*redis)->CheckAtForTesting(
-        step.key, step.quantity,
-        keel::test::kTestEpoch + std::chrono::duration_cast<std::chrono::microseconds>(step.at),
-        Deadline::After(2s));
+    const auto got = (*redis)->TryAcquireAtForTesting(
+        Deadline::After(2s), step.key, step.quantity,
+        keel::test::kTestEpoch + std::chrono::duration_cast<std::chrono::microseconds>(step.at));
     std::ostringstream line;
     line << "step " << i << " (at " << step.at.count() << "ns, key " << step.key << ", n "
          << step.quantity << "): ";
@@ -178,21 +177,21 @@ TEST_CASE("redis multi-limit check is all-or-none: a denial by one limit consume
   };
   auto& l = **limiter;
   CHECK(l.limit() == 2);
-  CHECK(l.CheckAtForTesting("k", 1, at(0ms))->allowed);
-  CHECK(l.CheckAtForTesting("k", 1, at(0ms))->allowed);
+  CHECK(l.TryAcquireAtForTesting(Deadline::Infinite(), "k", 1, at(0ms))->allowed);
+  CHECK(l.TryAcquireAtForTesting(Deadline::Infinite(), "k", 1, at(0ms))->allowed);
   // The per-second limit denies: the per-minute one must not be charged.
-  const auto denied = l.CheckAtForTesting("k", 1, at(0ms));
+  const auto denied = l.TryAcquireAtForTesting(Deadline::Infinite(), "k", 1, at(0ms));
   REQUIRE(denied.ok());
   CHECK_FALSE(denied->allowed);
   CHECK(denied->retry_after == 1s);  // the longest wait: the per-second window's end
   CHECK(denied->reset_after == 60s);
   // Next second: the per-minute limit has exactly one left (2 + 1 = 3), not zero.
-  const auto third = l.CheckAtForTesting("k", 1, at(1s));
+  const auto third = l.TryAcquireAtForTesting(Deadline::Infinite(), "k", 1, at(1s));
   REQUIRE(third.ok());
   CHECK(third->allowed);
   CHECK(third->remaining == 0);
   CHECK(third->limit == 3);  // the limit with the smallest remaining is reported
-  const auto fourth = l.CheckAtForTesting("k", 1, at(1s));
+  const auto fourth = l.TryAcquireAtForTesting(Deadline::Infinite(), "k", 1, at(1s));
   REQUIRE(fourth.ok());
   CHECK_FALSE(fourth->allowed);
   CHECK(fourth->retry_after == 59s);

@@ -326,7 +326,7 @@ TEST_CASE("redis limits multi-process worker", "[.redis_limits_worker]") {
   REQUIRE(!out.empty());
   auto client = keel::test::MakeRedisClient(url, kThreads);
   const auto limiters = MakeLimiters(Algorithms(), prefix, *client);
-  REQUIRE(limiters[0]->Check("warm-up", 0, Deadline::After(1s)).ok());
+  REQUIRE(limiters[0]->TryAcquire(Deadline::After(1s), "warm-up", 0).ok());
   std::vector<std::atomic<int64_t>> admitted(limiters.size());
   std::atomic<int64_t> errors{0};
   const Schedule schedule = ReadyThenAwaitGo(out);
@@ -336,7 +336,7 @@ TEST_CASE("redis limits multi-process worker", "[.redis_limits_worker]") {
     threads.emplace_back([&, t] {
       for (size_t i = t; UnixMicros() < schedule.stop; ++i) {
         const size_t which = i % limiters.size();
-        auto d = limiters[which]->Check("hot", 1, Deadline::After(1s));
+        auto d = limiters[which]->TryAcquire(Deadline::After(1s), "hot", 1);
         if (!d.ok()) {
           errors.fetch_add(1);
         } else if (d->allowed) {
@@ -410,7 +410,7 @@ TEST_CASE("redis limits multi-process boundary worker", "[.redis_limits_boundary
   REQUIRE(!out.empty());
   auto client = keel::test::MakeRedisClient(url, kThreads);
   const auto limiters = MakeLimiters(BoundaryAlgorithms(), prefix, *client);
-  REQUIRE(limiters[0]->Check("warm-up", 0, Deadline::After(1s)).ok());
+  REQUIRE(limiters[0]->TryAcquire(Deadline::After(1s), "warm-up", 0).ok());
   std::atomic<int64_t> errors{0};
   std::vector<std::vector<Record>> records(kThreads);
   const Schedule schedule = ReadyThenAwaitGo(out);
@@ -421,7 +421,7 @@ TEST_CASE("redis limits multi-process boundary worker", "[.redis_limits_boundary
       for (size_t i = t; UnixMicros() < schedule.stop; ++i) {
         Record r{.which = i % limiters.size()};
         r.local_before = UnixMicros();
-        auto d = limiters[r.which]->Check("hot", 1, Deadline::After(1s));
+        auto d = limiters[r.which]->TryAcquire(Deadline::After(1s), "hot", 1);
         r.local_after = UnixMicros();
         if (!d.ok()) {
           errors.fetch_add(1);

@@ -1,5 +1,5 @@
 // redis::RateLimiter against a real Redis: each algorithm's script, key layout and expiry,
-// validation, CheckMany, the blocked-key cache and fail modes.
+// validation, TryAcquireMany, the blocked-key cache and fail modes.
 #include "keel/redis/rate_limiter.h"
 
 #include <catch2/catch.hpp>
@@ -10,6 +10,7 @@
 #include "integration/redis/test_server.h"
 #include "integration/redis_limits/helpers.h"
 #include "keel/limit/gcra.h"
+#include "keel/limit/keyed.h"
 #include "keel/limit/token_bucket.h"
 
 using keel::Deadline;
@@ -42,13 +43,13 @@ TEST_CASE("redis gcra admits the burst then paces at the rate, using the server 
                                     .algorithm = keel::limit::Gcra::Options{
                                         .count = 10, .period = 10s, .max_burst = 2}});
   for (int i = 0; i < 3; ++i) {
-    auto d = gcra->Check("user:1", 1, Deadline::After(1s));
+    auto d = gcra->TryAcquire(Deadline::After(1s), "user:1", 1);
     REQUIRE(d.ok());
     CHECK(d->allowed);
     CHECK(d->limit == 3);
     CHECK(d->remaining == 2 - i);
   }
-  auto denied = gcra->Check("user:1", 1, Deadline::After(1s));
+  auto denied = gcra->TryAcquire(Deadline::After(1s), "user:1", 1);
   REQUIRE(denied.ok());
   CHECK_FALSE(denied->allowed);
   CHECK(denied->retry_after > 900ms);  // one emission interval (1 s), less the test's own time
@@ -56,7 +57,7 @@ TEST_CASE("redis gcra admits the burst then paces at the rate, using the server 
   CHECK(denied->reset_after > 2s);
   CHECK(denied->reset_after <= 3s);
   // Another key is independent.
-  CHECK(gcra->Check("user:2", 1, Deadline::After(1s))->allowed);
+  CHECK(gcra->TryAcquire(Deadline::After(1s), "user:2", 1)->allowed);
   // The state expires when it is back to fresh: at most tau = 3 s from now.
   const auto keys = gcra->RedisKeys("user:1");
   REQUIRE(keys.size() == 1);
@@ -80,9 +81,9 @@ TEST_CASE("redis gcra matches the in-process gcra at explicit times, including p
     const int64_t n = quantities[step % 12];
     at += std::chrono::milliseconds((step * 37) % 230);
     const Decision expect = local.TryAcquire(n, keel::ManualClock::kDefaultStart + at).value();
-    const auto got = redis_gcra->CheckAtForTesting(
-        "k", n, keel::test::kTestEpoch + std::chrono::duration_cast<std::chrono::microseconds>(at),
-        Deadline::After(1s));
+    const auto got = redis_gcra->TryAcquireAtForTesting(
+        Deadline::After(1s), "k", n,
+        keel::test::kTestEpoch + std::chrono::duration_cast<std::chrono::microseconds>(at));
     REQUIRE(got.ok());
     INFO("step " << step << " n=" << n);
     CHECK(*got == expect);
@@ -96,15 +97,16 @@ TEST_CASE("redis token bucket admits the burst, denies with the time to the next
       *client, {.name = keel::test::UniqueName("tb"),
                 .algorithm = keel::limit::TokenBucket::Options{.rate = 10, .burst = 3}});
   const auto t0 = keel::test::kTestEpoch;
-  CHECK(bucket->CheckAtForTesting("k", 3, t0)->allowed);
-  const auto denied = bucket->CheckAtForTesting("k", 1, t0);
+  CHECK(bucket->TryAcquireAtForTesting(Deadline::Infinite(), "k", 3, t0)->allowed);
+  const auto denied = bucket->TryAcquireAtForTesting(Deadline::Infinite(), "k", 1, t0);
   REQUIRE(denied.ok());
   CHECK_FALSE(denied->allowed);
   CHECK(denied->retry_after == 100ms);
-  CHECK(bucket->CheckAtForTesting("k", 4, t0)->retry_after == keel::limit::kNever);
-  CHECK(bucket->CheckAtForTesting("k", 1, t0 + 100ms)->allowed);
+  CHECK(bucket->TryAcquireAtForTesting(Deadline::Infinite(), "k", 4, t0)->retry_after ==
+        keel::limit::kNever);
+  CHECK(bucket->TryAcquireAtForTesting(Deadline::Infinite(), "k", 1, t0 + 100ms)->allowed);
   // With the server's clock: full again 300 ms after being emptied, so the key lives no longer.
-  for (int i = 0; i < 3; ++i) REQUIRE(bucket->Check("real", 1, Deadline::After(1s)).ok());
+  for (int i = 0; i < 3; ++i) REQUIRE(bucket->TryAcquire(Deadline::After(1s), "real", 1).ok());
   const int64_t ttl = Pttl(*client, bucket->RedisKeys("real")[0]);
   CHECK(ttl > 0);
   CHECK(ttl <= 300);
@@ -137,7 +139,7 @@ TEST_CASE("redis fixed window, sliding log and sliding counter hold the limit pe
       const int64_t before = window_of_now();
       int admitted = 0;
       for (int i = 0; i < 10; ++i) {
-        auto d = limiter->Check("k", 1, Deadline::After(1s));
+        auto d = limiter->TryAcquire(Deadline::After(1s), "k", 1);
         REQUIRE(d.ok());
         admitted += d->allowed ? 1 : 0;
         if (!d->allowed) {
@@ -163,14 +165,14 @@ TEST_CASE("redis sliding log counts each admission for exactly one window", "[re
       *client, {.name = keel::test::UniqueName("log"),
                 .algorithm = keel::redis::SlidingWindowLogOptions{{.limit = 3, .window = 1s}}});
   const auto t0 = keel::test::kTestEpoch;
-  CHECK(log->CheckAtForTesting("k", 1, t0)->allowed);
-  CHECK(log->CheckAtForTesting("k", 2, t0 + 500ms)->allowed);
-  const auto denied = log->CheckAtForTesting("k", 1, t0 + 999ms).value();
+  CHECK(log->TryAcquireAtForTesting(Deadline::Infinite(), "k", 1, t0)->allowed);
+  CHECK(log->TryAcquireAtForTesting(Deadline::Infinite(), "k", 2, t0 + 500ms)->allowed);
+  const auto denied = log->TryAcquireAtForTesting(Deadline::Infinite(), "k", 1, t0 + 999ms).value();
   CHECK_FALSE(denied.allowed);
   CHECK(denied.retry_after == 1ms);
-  CHECK(log->CheckAtForTesting("k", 1, t0 + 1000ms)->allowed);
-  CHECK_FALSE(log->CheckAtForTesting("k", 1, t0 + 1499ms)->allowed);
-  CHECK(log->CheckAtForTesting("k", 2, t0 + 1500ms)->allowed);
+  CHECK(log->TryAcquireAtForTesting(Deadline::Infinite(), "k", 1, t0 + 1000ms)->allowed);
+  CHECK_FALSE(log->TryAcquireAtForTesting(Deadline::Infinite(), "k", 1, t0 + 1499ms)->allowed);
+  CHECK(log->TryAcquireAtForTesting(Deadline::Infinite(), "k", 2, t0 + 1500ms)->allowed);
 }
 
 TEST_CASE("redis rate limiter rejects bad options naming the field", "[redis_limits]") {
@@ -209,14 +211,16 @@ TEST_CASE("redis rate limiter rejects keys over 1 KiB and negative quantities", 
   auto gcra = MakeLimiter(*client, {.name = keel::test::UniqueName("keys"),
                                     .algorithm = keel::limit::Gcra::Options{.count = 10}});
   const std::string longest(keel::limit::kMaxKeyBytes, 'k');
-  CHECK(gcra->Check(longest, 1, Deadline::After(1s)).ok());
-  const auto too_long = gcra->Check(longest + "k", 1, Deadline::After(1s));
+  CHECK(gcra->TryAcquire(Deadline::After(1s), longest, 1).ok());
+  const auto too_long = gcra->TryAcquire(Deadline::After(1s), longest + "k", 1);
   CHECK(too_long.status().code() == absl::StatusCode::kInvalidArgument);
-  CHECK(gcra->Check("", 1).status().code() == absl::StatusCode::kInvalidArgument);
-  CHECK(gcra->Check("k", -1).status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK(gcra->TryAcquire(Deadline::Infinite(), "", 1).status().code() ==
+        absl::StatusCode::kInvalidArgument);
+  CHECK(gcra->TryAcquire(Deadline::Infinite(), "k", -1).status().code() ==
+        absl::StatusCode::kInvalidArgument);
 }
 
-TEST_CASE("redis CheckMany decides each key in one round trip", "[redis_limits]") {
+TEST_CASE("redis TryAcquireMany decides each key in one round trip", "[redis_limits]") {
   auto client = keel::test::SharedRedisClient();
   auto limiter = MakeLimiter(
       *client, {.name = keel::test::UniqueName("many"),
@@ -224,22 +228,24 @@ TEST_CASE("redis CheckMany decides each key in one round trip", "[redis_limits]"
   std::vector<std::string> names;
   for (int i = 0; i < 100; ++i) names.push_back("key:" + std::to_string(i));
   std::vector<std::string_view> keys(names.begin(), names.end());
-  REQUIRE(limiter->Check("key:7", 1, Deadline::After(1s))->allowed);  // key:7 is now full
-  auto decisions = limiter->CheckMany(keys, 1, Deadline::After(1s));
+  REQUIRE(limiter->TryAcquire(Deadline::After(1s), "key:7", 1)->allowed);  // key:7 is now full
+  auto decisions = limiter->TryAcquireMany(Deadline::After(1s), keys, 1);
   REQUIRE(decisions.ok());
   REQUIRE(decisions->size() == 100);
   for (int i = 0; i < 100; ++i) CHECK((*decisions)[i].allowed == (i != 7));
-  auto again = limiter->CheckMany(keys, 1, Deadline::After(1s));
+  auto again = limiter->TryAcquireMany(Deadline::After(1s), keys, 1);
   REQUIRE(again.ok());
   for (const Decision& d : *again) CHECK_FALSE(d.allowed);
   CHECK(limiter->Stats().allowed_total == 100);
 
   const std::string huge(keel::limit::kMaxKeyBytes + 1, 'x');
   const std::vector<std::string_view> bad = {"fine", huge};
-  CHECK(limiter->CheckMany(bad).status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK(limiter->TryAcquireMany(Deadline::Infinite(), bad, 1).status().code() ==
+        absl::StatusCode::kInvalidArgument);
 }
 
-TEST_CASE("redis CheckMany loads its script on a server that does not know it", "[redis_limits]") {
+TEST_CASE("redis TryAcquireMany loads its script on a server that does not know it",
+          "[redis_limits]") {
   keel::test::RedisServer server;  // a new server has no scripts: every entry gets NOSCRIPT
   auto client = keel::test::MakeRedisClient(server.url());
   auto limiter = MakeLimiter(
@@ -247,7 +253,7 @@ TEST_CASE("redis CheckMany loads its script on a server that does not know it", 
                 .algorithm = keel::limit::FixedWindow::Options{.limit = 2, .window = 60s},
                 .fail_mode = FailMode::kClosed});
   const std::vector<std::string_view> keys = {"a", "b", "a", "a"};
-  auto decisions = limiter->CheckMany(keys, 1, Deadline::After(1s));
+  auto decisions = limiter->TryAcquireMany(Deadline::After(1s), keys, 1);
   REQUIRE(decisions.ok());
   // Each entry ran exactly once, in order: a, b, a admitted; the third a denied.
   CHECK((*decisions)[0].allowed);
@@ -269,25 +275,25 @@ TEST_CASE("redis blocked-key cache answers repeated denials without a round trip
                       .fail_mode = FailMode::kClosed},
                      *client, clock)
                      .value();
-  REQUIRE(limiter->Check("k", 1, Deadline::After(1s))->allowed);
-  const auto first = limiter->Check("k", 1, Deadline::After(1s)).value();
+  REQUIRE(limiter->TryAcquire(Deadline::After(1s), "k", 1)->allowed);
+  const auto first = limiter->TryAcquire(Deadline::After(1s), "k", 1).value();
   REQUIRE_FALSE(first.allowed);
   CHECK(limiter->Stats().blocked_cache_hits_total == 0);
   // With Redis gone, a blocked key is still denied (from the cache), not failed closed.
   server.Kill();
   clock.Advance(1s);
-  const auto cached = limiter->Check("k", 1, Deadline::After(1s));
+  const auto cached = limiter->TryAcquire(Deadline::After(1s), "k", 1);
   REQUIRE(cached.ok());
   CHECK_FALSE(cached->allowed);
   CHECK(cached->retry_after == first.retry_after - 1s);
   CHECK(limiter->Stats().blocked_cache_hits_total == 1);
   // A larger quantity is blocked too; a peek (smaller) must ask Redis, which is down.
-  CHECK_FALSE(limiter->Check("k", 1, Deadline::After(1s))->allowed);
-  CHECK(limiter->Check("k", 0, Deadline::After(1s)).status().code() ==
+  CHECK_FALSE(limiter->TryAcquire(Deadline::After(1s), "k", 1)->allowed);
+  CHECK(limiter->TryAcquire(Deadline::After(1s), "k", 0).status().code() ==
         absl::StatusCode::kUnavailable);
   // Once retry_after has passed, the cache no longer answers.
   clock.Advance(first.retry_after);
-  CHECK(limiter->Check("k", 1, Deadline::After(1s)).status().code() ==
+  CHECK(limiter->TryAcquire(Deadline::After(1s), "k", 1).status().code() ==
         absl::StatusCode::kUnavailable);
   CHECK(limiter->Stats().blocked_cache_hits_total == 2);
 }
@@ -306,23 +312,23 @@ TEST_CASE("redis rate limiter fails open or closed when Redis is down, counted i
                                      .fail_mode = FailMode::kClosed},
                                     *client)
                     .value();
-  REQUIRE(open->Check("k", 1, Deadline::After(1s))->allowed);
-  REQUIRE(closed->Check("k", 1, Deadline::After(1s))->allowed);
+  REQUIRE(open->TryAcquire(Deadline::After(1s), "k", 1)->allowed);
+  REQUIRE(closed->TryAcquire(Deadline::After(1s), "k", 1)->allowed);
   server.Kill();
   for (int i = 0; i < 3; ++i) {
-    const auto o = open->Check("k", 1, Deadline::After(1s));
+    const auto o = open->TryAcquire(Deadline::After(1s), "k", 1);
     REQUIRE(o.ok());
     CHECK(o->allowed);
-    const auto c = closed->Check("k", 1, Deadline::After(1s));
+    const auto c = closed->TryAcquire(Deadline::After(1s), "k", 1);
     CHECK(c.status().code() == absl::StatusCode::kUnavailable);
     CHECK_THAT(std::string(c.status().message()), Catch::Contains("\"closed\""));
   }
   const std::vector<std::string_view> keys = {"a", "b"};
-  const auto many_open = open->CheckMany(keys, 1, Deadline::After(1s));
+  const auto many_open = open->TryAcquireMany(Deadline::After(1s), keys, 1);
   REQUIRE(many_open.ok());
   CHECK((*many_open)[0].allowed);
   CHECK((*many_open)[1].allowed);
-  CHECK(closed->CheckMany(keys, 1, Deadline::After(1s)).status().code() ==
+  CHECK(closed->TryAcquireMany(Deadline::After(1s), keys, 1).status().code() ==
         absl::StatusCode::kUnavailable);
   CHECK(open->Stats().fail_open_total == 5);
   CHECK(closed->Stats().fail_closed_total == 5);
@@ -331,7 +337,7 @@ TEST_CASE("redis rate limiter fails open or closed when Redis is down, counted i
   REQUIRE(server.Start());
   bool recovered = false;
   for (int i = 0; i < 50 && !recovered; ++i) {
-    auto c = closed->Check("fresh", 1, Deadline::After(1s));
+    auto c = closed->TryAcquire(Deadline::After(1s), "fresh", 1);
     recovered = c.ok() && c->allowed;
   }
   CHECK(recovered);
@@ -346,10 +352,10 @@ TEST_CASE("redis rate limiter never waits past the caller's deadline on a stalle
                                    .fail_mode = FailMode::kOpen},
                                   *client)
                   .value();
-  REQUIRE(open->Check("warm", 1, Deadline::After(1s)).ok());
+  REQUIRE(open->TryAcquire(Deadline::After(1s), "warm", 1).ok());
   server.Stop();  // SIGSTOP: connections stay open, nothing answers
   const auto start = std::chrono::steady_clock::now();
-  const auto d = open->Check("k", 1, Deadline::After(100ms));
+  const auto d = open->TryAcquire(Deadline::After(100ms), "k", 1);
   const auto took = std::chrono::steady_clock::now() - start;
   server.Continue();
   REQUIRE(d.ok());
@@ -357,7 +363,7 @@ TEST_CASE("redis rate limiter never waits past the caller's deadline on a stalle
   CHECK(open->Stats().fail_open_total == 1);
   CHECK(took < 400ms);
   // An already expired deadline fails without touching Redis.
-  CHECK(open->Check("k", 1, Deadline::After(0ms))->allowed);
+  CHECK(open->TryAcquire(Deadline::After(0ms), "k", 1)->allowed);
   CHECK(open->Stats().fail_open_total == 2);
 }
 
@@ -369,14 +375,29 @@ TEST_CASE("redis rate limiter exports its stats as Prometheus counters", "[redis
       RateLimiter::Create({.name = name, .algorithm = keel::limit::Gcra::Options{.count = 1}},
                           *client, keel::SteadyClock(), &registry)
           .value();
-  REQUIRE(limiter->Check("k", 1, Deadline::After(1s))->allowed);
-  REQUIRE_FALSE(limiter->Check("k", 1, Deadline::After(1s))->allowed);
-  REQUIRE_FALSE(limiter->Check("k", 1, Deadline::After(1s))->allowed);  // from the cache
+  REQUIRE(limiter->TryAcquire(Deadline::After(1s), "k", 1)->allowed);
+  REQUIRE_FALSE(limiter->TryAcquire(Deadline::After(1s), "k", 1)->allowed);
+  REQUIRE_FALSE(limiter->TryAcquire(Deadline::After(1s), "k", 1)->allowed);  // from the cache
+  // An in-process limiter counts in the same family, told apart by backend.
+  auto local = keel::limit::Keyed<keel::limit::Gcra>::Create(
+                   {.name = "local-" + name}, {{.count = 1}}, keel::SteadyClock(), &registry)
+                   .value();
+  REQUIRE(local->TryAcquire("k").value().allowed);
   const std::string text = registry.RenderPrometheus();
-  const std::string label = "{limiter=\"" + name + "\"}";
-  CHECK_THAT(text, Catch::Contains("keel_redis_rate_limiter_allowed_total" + label + " 1"));
-  CHECK_THAT(text, Catch::Contains("keel_redis_rate_limiter_denied_total" + label + " 2"));
-  CHECK_THAT(text,
-             Catch::Contains("keel_redis_rate_limiter_blocked_cache_hits_total" + label + " 1"));
-  CHECK_THAT(text, Catch::Contains("keel_redis_rate_limiter_fail_open_total" + label + " 0"));
+  const auto series = [&](const char* backend, const char* decision, const std::string& n) {
+    return std::string("keel_rate_limit_decisions_total{backend=\"") + backend + "\",decision=\"" +
+           decision + "\",name=\"" + n + "\"}";
+  };
+  CHECK_THAT(text, Catch::Contains(series("redis", "allowed", name) + " 1"));
+  CHECK_THAT(text, Catch::Contains(series("redis", "denied", name) + " 2"));
+  CHECK_THAT(text, Catch::Contains(series("redis", "fail_open", name) + " 0"));
+  CHECK_THAT(text, Catch::Contains(series("redis", "fallback_allowed", name) + " 0"));
+  CHECK_THAT(text, Catch::Contains(series("local", "allowed", "local-" + name) + " 1"));
+  CHECK_THAT(text, Catch::Contains("keel_redis_rate_limiter_blocked_cache_hits_total{name=\"" +
+                                   name + "\"} 1"));
+  // One family, one HELP and TYPE line.
+  const std::string type_line = "# TYPE keel_rate_limit_decisions_total counter\n";
+  const size_t first = text.find(type_line);
+  REQUIRE(first != std::string::npos);
+  CHECK(text.find(type_line, first + 1) == std::string::npos);
 }

@@ -2,7 +2,7 @@
 // and against the in-process limiters, compared decision by decision.
 //
 // Time: Redis normally reads TIME; here every check passes the scenario's time explicitly
-// (RateLimiter::CheckAtForTesting), so both implementations see exactly the same instants. The
+// (RateLimiter::TryAcquireAtForTesting), so both implementations see exactly the same instants. The
 // Redis limiter keeps microseconds, so its durations are the in-process ones rounded up to the
 // microsecond (the only documented difference; every other field must be equal).
 #include <catch2/catch.hpp>
@@ -60,12 +60,11 @@ std::vector<std::string> Compare(keel::redis::Client& client, const scenarios::S
   for (size_t i = 0; i < steps.size(); ++i) {
     const scenarios::Step& step = steps[i];
     const auto in_process = (*local)->Decide(step.key, step.quantity, step.at);
-    const auto shared =
-        (*redis_limiter)
-            ->CheckAtForTesting(step.key, step.quantity,
+    const auto shared = (*redis_limiter)
+                            ->TryAcquireAtForTesting(
+                                Deadline::After(2s), step.key, step.quantity,
                                 keel::test::kTestEpoch +
-                                    std::chrono::duration_cast<std::chrono::microseconds>(step.at),
-                                Deadline::After(2s));
+                                    std::chrono::duration_cast<std::chrono::microseconds>(step.at));
     std::ostringstream line;
     line << "step " << i << " (at " << step.at.count() << "ns, key " << step.key << ", n "
          << step.quantity << "): ";

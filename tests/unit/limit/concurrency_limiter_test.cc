@@ -52,3 +52,18 @@ TEST_CASE("concurrency limiter rejects a max below one naming the field") {
   REQUIRE_FALSE(bad.ok());
   CHECK(std::string(bad.status().message()).find("concurrency_limiter.max") != std::string::npos);
 }
+
+TEST_CASE("concurrency limiter counts acquisitions and rejections in Stats") {
+  auto limiter = ConcurrencyLimiter::Create({.max = 1}).value();
+  {
+    auto a = limiter->TryAcquire();
+    REQUIRE(a.has_value());
+    CHECK_FALSE(limiter->TryAcquire().has_value());
+    CHECK(limiter->Stats().in_flight == 1);
+  }
+  REQUIRE(limiter->TryAcquire().has_value());
+  const keel::limit::ConcurrencyLimiterStats stats = limiter->Stats();
+  CHECK(stats.acquired_total == 2);
+  CHECK(stats.rejected_total == 1);
+  CHECK(stats.in_flight == 0);
+}

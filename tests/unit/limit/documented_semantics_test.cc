@@ -23,7 +23,7 @@ TEST_CASE("keyed penalty is not started by a request that can never fit") {
   CHECK_FALSE(never.allowed);
   CHECK(never.retry_after == keel::limit::kNever);
   CHECK(keyed->TryAcquire("k", 5).value().allowed);  // no block: the full burst is there
-  CHECK(keyed->Stats().blocked_denials == 0);
+  CHECK(keyed->Stats().blocked_denials_total == 0);
 }
 
 TEST_CASE("keyed limiter keeps a blocked key through idle eviction until its block ends") {
@@ -41,7 +41,7 @@ TEST_CASE("keyed limiter keeps a blocked key through idle eviction until its blo
   CHECK(blocked.retry_after == 50min);
   clock.Advance(50min + 2s);
   REQUIRE(keyed->TryAcquire("other").value().allowed);  // sweeps again: the block is over
-  CHECK(keyed->Stats().evicted_idle >= 1);
+  CHECK(keyed->Stats().evicted_idle_total >= 1);
   CHECK(keyed->TryAcquire("attacker").value().allowed);
 }
 

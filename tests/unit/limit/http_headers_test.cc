@@ -40,3 +40,24 @@ TEST_CASE("http headers escape the policy name so it cannot break the header") {
   const auto headers = HttpHeaders(d, {.name = "a\"b\\c\r\nX: y", .window = 1s});
   CHECK(headers[0].value == "\"a\\\"b\\\\c??X: y\";q=1;w=1");
 }
+
+TEST_CASE("rate-limit headers of a degraded decision carry no remaining quota or reset") {
+  keel::limit::Decision d;
+  d.allowed = true;
+  d.limit = 100;
+  d.remaining = 0;  // unknown: a fail-open decision leaves it at zero
+  d.degraded = true;
+  const auto headers =
+      keel::limit::HttpHeaders(d, {.name = "api", .window = std::chrono::minutes(1)});
+  REQUIRE(headers.size() == 2);
+  CHECK(headers[0] == keel::limit::HttpHeader{"RateLimit-Policy", "\"api\";q=100;w=60"});
+  CHECK(headers[1] == keel::limit::HttpHeader{"RateLimit-Limit", "100"});
+  // Denied by a local fallback: the wait it computed is real for this process, so Retry-After
+  // stays.
+  d.allowed = false;
+  d.retry_after = std::chrono::milliseconds(2500);
+  const auto denied =
+      keel::limit::HttpHeaders(d, {.name = "api", .window = std::chrono::minutes(1)});
+  REQUIRE(denied.size() == 3);
+  CHECK(denied[2] == keel::limit::HttpHeader{"Retry-After", "3"});
+}

@@ -29,8 +29,8 @@ TEST_CASE("keyed concurrency limiter allows max in flight per key, independently
   CHECK(limiter->InFlight("alice") == 1);
   CHECK(Acquire(*limiter, "alice"));
   const keel::limit::KeyedConcurrencyStats stats = limiter->Stats();
-  CHECK(stats.acquired == 4);
-  CHECK(stats.rejected == 1);
+  CHECK(stats.acquired_total == 4);
+  CHECK(stats.rejected_total == 1);
 }
 
 TEST_CASE("keyed concurrency limiter forgets a key when its last permit is released") {
@@ -58,7 +58,7 @@ TEST_CASE("keyed concurrency limiter refuses a new key when max_keys keys hold p
   REQUIRE(b);
   CHECK_FALSE(Acquire(*limiter, "c"));  // memory stays bounded: no third key
   CHECK(Acquire(*limiter, "a"));        // known keys still get their slots
-  CHECK(limiter->Stats().rejected_capacity == 1);
+  CHECK(limiter->Stats().rejected_capacity_total == 1);
   b.reset();
   CHECK(Acquire(*limiter, "c"));  // room again once "b" is gone
 }

@@ -64,7 +64,7 @@ TEST_CASE("keyed limiter blocks a key for block_for after a denial without count
   const Decision blocked = keyed->TryAcquire("login:alice").value();
   CHECK_FALSE(blocked.allowed);
   CHECK(blocked.retry_after == 14min);
-  CHECK(keyed->Stats().blocked_denials == 1);
+  CHECK(keyed->Stats().blocked_denials_total == 1);
   clock.Advance(14min);
   // The block ended and the attempts during it were not counted: a full window is available.
   for (int i = 0; i < 3; ++i) CHECK(keyed->TryAcquire("login:alice").value().allowed);
@@ -82,7 +82,7 @@ TEST_CASE("keyed limiter evicts keys idle for idle_ttl and counts them") {
   clock.Advance(5s);
   REQUIRE(keyed->TryAcquire("c").value().allowed);  // "a" is 10s idle: dropped
   CHECK(keyed->Stats().keys == 2);
-  CHECK(keyed->Stats().evicted_idle == 1);
+  CHECK(keyed->Stats().evicted_idle_total == 1);
 }
 
 TEST_CASE("keyed limiter idle_ttl defaults to the longest limit's horizon") {
@@ -102,7 +102,7 @@ TEST_CASE("keyed limiter holds at most max_keys under a flood of distinct keys")
   }
   const keel::limit::KeyedStats stats = keyed->Stats();
   CHECK(stats.keys <= 64);
-  CHECK(stats.keys + stats.evicted_capacity == 10'000);
+  CHECK(stats.keys + stats.evicted_capacity_total == 10'000);
 }
 
 TEST_CASE("keyed limiter evicts the least recently used key at the cap") {
@@ -120,7 +120,7 @@ TEST_CASE("keyed limiter evicts the least recently used key at the cap") {
   clock.Advance(1ms);
   CHECK_FALSE(keyed->TryAcquire("a").value().allowed);  // "a" kept its state
   CHECK(keyed->TryAcquire("b").value().allowed);        // "b" starts fresh
-  CHECK(keyed->Stats().evicted_capacity == 2);
+  CHECK(keyed->Stats().evicted_capacity_total == 2);
 }
 
 TEST_CASE("keyed limiter rejects long keys, negative quantities and bad options") {
@@ -155,17 +155,17 @@ TEST_CASE("keyed limiter counts its decisions and exports them as metrics") {
   CHECK_FALSE(keyed->TryAcquire("alice").value().allowed);  // blocked
   CHECK(keyed->TryAcquire("bob").value().allowed);
   const keel::limit::KeyedStats stats = keyed->Stats();
-  CHECK(stats.allowed == 3);
-  CHECK(stats.denied == 1);
-  CHECK(stats.blocked_denials == 1);
+  CHECK(stats.allowed_total == 3);
+  CHECK(stats.denied_total == 1);
+  CHECK(stats.blocked_denials_total == 1);
   const std::string text = metrics.RenderPrometheus();
   CHECK_THAT(text, Catch::Contains("keel_rate_limit_keys{name=\"login\"} 2\n"));
-  CHECK_THAT(text, Catch::Contains(
-                       "keel_rate_limit_decisions_total{decision=\"allowed\",name=\"login\"} 3\n"));
-  CHECK_THAT(text, Catch::Contains(
-                       "keel_rate_limit_decisions_total{decision=\"denied\",name=\"login\"} 1\n"));
-  CHECK_THAT(text, Catch::Contains(
-                       "keel_rate_limit_decisions_total{decision=\"blocked\",name=\"login\"} 1\n"));
+  CHECK_THAT(text, Catch::Contains("keel_rate_limit_decisions_total{backend=\"local\",decision="
+                                   "\"allowed\",name=\"login\"} 3\n"));
+  CHECK_THAT(text, Catch::Contains("keel_rate_limit_decisions_total{backend=\"local\",decision="
+                                   "\"denied\",name=\"login\"} 1\n"));
+  CHECK_THAT(text, Catch::Contains("keel_rate_limit_decisions_total{backend=\"local\",decision="
+                                   "\"blocked\",name=\"login\"} 1\n"));
   CHECK_THAT(
       text, Catch::Contains("keel_rate_limit_evictions_total{name=\"login\",reason=\"idle\"} 0\n"));
   // A second limiter under the same name would export the same series: refused, naming it.
