@@ -13,6 +13,7 @@
 #include "keel/internal/redact.h"
 #include "keel/internal/status_macros.h"
 #include "keel/internal/strings.h"
+#include "redis/reply_convert.h"
 
 namespace keel::redis {
 namespace {
@@ -44,27 +45,6 @@ timeval ToTimeval(Duration d) {
   tv.tv_sec = static_cast<time_t>(us / 1000000);
   tv.tv_usec = static_cast<suseconds_t>(us % 1000000);
   return tv;
-}
-
-Reply Convert(const redisReply* r) {
-  switch (r->type) {
-    case REDIS_REPLY_STRING:
-      return Reply::String(std::string(r->str, r->len));
-    case REDIS_REPLY_STATUS:
-      return Reply::Status(std::string(r->str, r->len));
-    case REDIS_REPLY_ERROR:
-      return Reply::Error(std::string(r->str, r->len));
-    case REDIS_REPLY_INTEGER:
-      return Reply::Integer(r->integer);
-    case REDIS_REPLY_ARRAY: {
-      std::vector<Reply> elements;
-      elements.reserve(r->elements);
-      for (size_t i = 0; i < r->elements; ++i) elements.push_back(Convert(r->element[i]));
-      return Reply::Array(std::move(elements));
-    }
-    default:
-      return Reply::Nil();
-  }
 }
 
 struct ReplyDeleter {
@@ -216,7 +196,7 @@ absl::Status Connection::ReadReply(Deadline deadline, Reply& out, uint64_t unrea
     return Owe(deadline, unread);
   }
   ReplyPtr reply(raw);
-  out = Convert(static_cast<const redisReply*>(raw));
+  out = internal::ConvertReply(static_cast<const redisReply*>(raw));
   return absl::OkStatus();
 }
 
@@ -347,7 +327,7 @@ absl::StatusOr<std::optional<Reply>> Connection::Receive(Deadline deadline, int 
     if (redisGetReplyFromReader(context_, &raw) != REDIS_OK) return Fail(deadline, errno);
     if (raw != nullptr) {
       ReplyPtr reply(raw);
-      return std::optional<Reply>(Convert(static_cast<const redisReply*>(raw)));
+      return std::optional<Reply>(internal::ConvertReply(static_cast<const redisReply*>(raw)));
     }
     const Duration left = deadline.Remaining();
     if (left <= Duration::zero()) return std::optional<Reply>();
