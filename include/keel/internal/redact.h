@@ -22,10 +22,21 @@ inline constexpr std::string_view kRedacted = "***";
 // `text` with every credential replaced by kRedacted:
 //   - the password of every URL's userinfo (`scheme://user:PASSWORD@host`), up to the last '@'
 //     before the end of the authority, so a password containing '@' or ':' is removed whole;
-//   - the value of every `password=` / `pass=` / `requirepass=` key (any case), written bare,
-//     single-quoted with backslash escapes (libpq's conninfo quoting), or as a URL query
-//     parameter (`?password=...&`).
+//   - the value of every `password=` / `pass=` / `passwd=` / `requirepass=` key (any case):
+//     bare up to white space (as libpq reads a conninfo), single-quoted with backslash escapes
+//     (libpq's conninfo quoting), or as a URL query parameter (`?password=...`, up to '&' or '#').
 // Text without credentials is returned unchanged. Never fails; linear in the input.
 std::string RedactCredentials(std::string_view text);
+
+// Pieces of a password at least this long are removed by the two-argument form.
+inline constexpr size_t kMinPieceLength = 3;
+
+// RedactCredentials(text), and then every password that RedactCredentials would find in
+// `source` (the URL or conninfo the message is about) removed from `text` wherever it stands,
+// when it has at least kMinPieceLength characters,
+// whole and in pieces of at least kMinPieceLength characters between URL delimiters. For messages
+// from libpq and hiredis about a connection string: a parser that misreads a password quotes it
+// (or a piece of it) bare, as a port, a host or an escape, where no pattern can recognise it.
+std::string RedactCredentials(std::string_view text, std::string_view source);
 
 }  // namespace keel::internal

@@ -149,7 +149,11 @@ TEST_CASE("redis checks that run after their callers gave up charge nothing", "[
     CHECK_FALSE(d.degraded);
     CHECK(d.allowed);  // the whole burst is still there
   }
+  // Without the rule, the late checks that reached Redis charged the burst. How many reached it
+  // depends on the client: a connection still owing a late reply sends nothing new until it has
+  // drained it, so at least the first timed-out check of each connection did.
   const Decision charged = unguarded->TryAcquire(Deadline::After(1s), "k", 1).value();
+  INFO("unguarded after the pause: " << charged);
   CHECK_FALSE(charged.degraded);
-  CHECK_FALSE(charged.allowed);  // without the rule, the late checks spent the burst
+  CHECK(charged.remaining < kFivePerMinute.count - 1);
 }

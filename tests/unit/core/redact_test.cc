@@ -37,11 +37,41 @@ TEST_CASE("redaction removes password= values in conninfo and query strings") {
   CHECK(RedactCredentials("postgresql://db/x?user=a&password=s3cret&sslmode=disable") ==
         "postgresql://db/x?user=a&password=***&sslmode=disable");
   CHECK(RedactCredentials("PASSWORD=x") == "PASSWORD=***");
-  CHECK(RedactCredentials("requirepass=x;") == "requirepass=***;");
+  CHECK(RedactCredentials("requirepass=x;") == "requirepass=***");
   // Only whole keys: a key that merely ends in "password" is not one of them.
   CHECK(RedactCredentials("mypassword=x") == "mypassword=x");
   CHECK(RedactCredentials("password") == "password");
   CHECK(RedactCredentials("password='unterminated") == "password=***");
+  // libpq ends a bare conninfo value only at white space; a URL query value ends at '&'.
+  CHECK(RedactCredentials("password=ab;cd&e,f\"g x") == "password=*** x");
+  CHECK(RedactCredentials("\"password=x\" y") == "\"password=*** y");
+  CHECK(RedactCredentials("pass=s3&cret") == "pass=***");
+  CHECK(RedactCredentials("db/x?password=s3,c;ret#f") == "db/x?password=***#f");
+}
+
+TEST_CASE("redaction takes linear time on text made of scheme separators") {
+  for (std::string unit : {"a://", "x://y@?"}) {
+    std::string text;
+    for (int i = 0; i < 200000; ++i) text += unit;
+    text += " z://u:p@h";
+    // Quadratic scanning would take minutes here; the result shows the whole text was read.
+    const std::string out = RedactCredentials(text);
+    CHECK(out.size() == text.size() + 2);
+    CHECK(out.ends_with(" z://u:***@h"));
+  }
+}
+
+TEST_CASE("redaction against a source removes the source's passwords wherever they stand") {
+  const std::string url = "postgresql://app:hunter22/x@db/app";
+  // libpq misreads the password as a port and quotes it bare.
+  CHECK(RedactCredentials("invalid integer value \"hunter22/x@db\" for option \"port\"", url) ==
+        "invalid integer value \"***@db\" for option \"port\"");
+  CHECK(RedactCredentials("invalid percent-encoded token: \"s3cr%zzet\"",
+                          "postgresql://db/app?password=s3cr%zzet") ==
+        "invalid percent-encoded token: \"***\"");
+  // Pieces shorter than kMinPieceLength stay: they would erase ordinary words.
+  CHECK(RedactCredentials("a message about x", "redis://:x@h") == "a message about x");
+  CHECK(RedactCredentials("nothing secret", "host=db") == "nothing secret");
 }
 
 TEST_CASE("durations print one way") {
