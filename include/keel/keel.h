@@ -1,17 +1,22 @@
-// keel/keel.h: the umbrella header, including every public keel header.
+// keel/keel.h: the umbrella header, including every public keel header this keel build has.
 //
 // Convenient for examples and small programs; larger code bases should include the headers of the
 // building blocks they use, which keeps builds fast and dependencies visible (a user of
-// keel/resilience/ needs only keel::core, never hiredis or libpqxx).
+// keel/resilience/ needs only keel::core, never hiredis or libpqxx). The keel::redis and
+// keel::postgres headers are included when keel was built with them (keel/config.h says which).
 //
 // Thread safety: see each included header.
 //
 //   #include "keel/keel.h"
 //   keel::MetricsRegistry registry;
 //   auto deadline = keel::Deadline::After(std::chrono::milliseconds(200));
+//   #if KEEL_WITH_REDIS  // keel::redis was built: its headers are here too
+//   auto options = keel::redis::Options::FromUrl("redis://127.0.0.1:6379");
+//   #endif
 #pragma once
 
 #include "keel/clock.h"
+#include "keel/config.h"
 #include "keel/deadline.h"
 #include "keel/limit/concurrency_limiter.h"
 #include "keel/limit/decision.h"
@@ -25,15 +30,6 @@
 #include "keel/limit/token_bucket.h"
 #include "keel/metrics.h"
 #include "keel/pool/pool.h"
-#include "keel/postgres/pool.h"
-#include "keel/postgres/router.h"
-#include "keel/redis/client.h"
-#include "keel/redis/command.h"
-#include "keel/redis/connection.h"
-#include "keel/redis/options.h"
-#include "keel/redis/reply.h"
-#include "keel/redis/script.h"
-#include "keel/redis/subscriber.h"
 #include "keel/resilience/backoff.h"
 #include "keel/resilience/bulkhead.h"
 #include "keel/resilience/call_context.h"
@@ -50,3 +46,22 @@
 #include "keel/status.h"
 #include "keel/sync.h"
 #include "keel/version.h"
+
+#if KEEL_WITH_REDIS
+#include "keel/redis/client.h"
+#include "keel/redis/command.h"
+#include "keel/redis/concurrency_limiter.h"
+#include "keel/redis/connection.h"
+#include "keel/redis/options.h"
+#include "keel/redis/rate_limiter.h"
+#include "keel/redis/reply.h"
+#include "keel/redis/script.h"
+#include "keel/redis/subscriber.h"
+#include "keel/redis/version.h"
+#endif  // KEEL_WITH_REDIS
+
+#if KEEL_WITH_POSTGRES
+#include "keel/postgres/pool.h"
+#include "keel/postgres/router.h"
+#include "keel/postgres/version.h"
+#endif  // KEEL_WITH_POSTGRES

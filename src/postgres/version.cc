@@ -1,4 +1,4 @@
-#include "keel/version.h"
+#include "keel/postgres/version.h"
 
 #include <pqxx/version>
 #include <string>

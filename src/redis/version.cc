@@ -1,4 +1,4 @@
-#include "keel/version.h"
+#include "keel/redis/version.h"
 
 #include <hiredis/hiredis.h>
 

@@ -7,9 +7,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
+#include <mutex>
 #include <random>
+#include <set>
 #include <stdexcept>
 #include <thread>
 
@@ -84,18 +87,45 @@ bool Accepts(int port) {
 }  // namespace
 
 int FreeLoopbackPort() {
-  // Ask the kernel for an ephemeral port, then release it; a server started right after almost
-  // always gets it (tests retry on a bind failure where that matters).
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
+  // A random port outside the kernel's ephemeral range (ip_local_port_range, 32768-60999 by
+  // default): asking the kernel for port 0 returns an ephemeral port, which any outgoing
+  // connection may take before the server binds it. Candidates are 10000 up to the range and
+  // above it; each must bind now (SO_REUSEADDR, as servers set it, so TIME_WAIT does not count),
+  // and a port is handed out once per process, so a test server that is killed and restarted on
+  // its port never finds it given to another.
+  static std::mutex mu;
+  static std::set<int> handed_out;
+  static std::mt19937 random{std::random_device{}()};
+  int lo = 32768, hi = 60999;
+  if (std::FILE* f = std::fopen("/proc/sys/net/ipv4/ip_local_port_range", "r")) {
+    if (std::fscanf(f, "%d %d", &lo, &hi) != 2) {
+      lo = 32768;
+      hi = 60999;
+    }
+    std::fclose(f);
+  }
+  const int below = std::max(0, lo - 10000), above = std::max(0, 65535 - hi);
+  if (below + above == 0) throw std::runtime_error("no loopback port outside the ephemeral range");
+  std::lock_guard<std::mutex> lock(mu);
+  for (int attempt = 0; attempt < 1000; ++attempt) {
+    const int n = std::uniform_int_distribution<int>(0, below + above - 1)(random);
+    const int port = n < below ? 10000 + n : hi + 1 + (n - below);
+    if (handed_out.count(port) != 0) continue;
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) continue;
+    const int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    const bool free = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+    close(fd);
+    if (!free) continue;
+    handed_out.insert(port);
+    return port;
+  }
+  throw std::runtime_error("no free loopback port outside the ephemeral range");
 }
 
 bool WaitForPort(int port, std::chrono::milliseconds timeout) {

@@ -38,7 +38,9 @@ class Subprocess {
   pid_t pid_ = -1;
 };
 
-// A loopback TCP port nothing listens on right now.
+// A loopback TCP port nothing listens on right now, outside the kernel's ephemeral port range
+// (so no outgoing connection takes it before a server binds it), never returned twice in one
+// process.
 int FreeLoopbackPort();
 
 // Polls until something accepts TCP connections on 127.0.0.1:`port`; false after `timeout`.

@@ -55,7 +55,8 @@ class Core {
     if (!options_.on_leak) options_.on_leak = &WriteLeakReportToStderr;
   }
 
-  void StartMaintainer() {
+  void StartMaintainer() ABSL_LOCKS_EXCLUDED(join_mu_) {
+    MutexLock lock(join_mu_);
     if (options_.background_maintenance) maintainer_ = std::thread([this] { MaintainerLoop(); });
   }
 
@@ -424,10 +425,10 @@ absl::StatusOr<Lease<T>> Core<T>::Acquire(Deadline caller_deadline, bool wait) {
       mu_.Unlock();
       return CreateFailedError(options_, cause);
     }
-    if (!limit.clock().WaitUntil(mu_, self.cv, limit.time(),
-                                 [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-                                   return self.entry != nullptr || self.cancelled || CanCreate();
-                                 })) {
+    if (!limit.clock().WaitUntil(mu_, self.cv, limit.time(), [&] {
+          mu_.AssertHeld();  // WaitUntil calls pred with its `mu` (this mu_) held
+          return self.entry != nullptr || self.cancelled || CanCreate();
+        })) {
       now = clock_.Now();
       Snapshot snap = SnapshotLocked(now);
       waiters_.erase(position);
@@ -578,7 +579,8 @@ void Core<T>::MaintainerLoop() {
     {
       MutexLock lock(mu_);
       const TimePoint next = AddSaturating(clock_.Now(), options_.maintenance_interval);
-      clock_.WaitUntil(mu_, maintainer_cv_, next, [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      clock_.WaitUntil(mu_, maintainer_cv_, next, [&] {
+        mu_.AssertHeld();  // WaitUntil calls pred with its `mu` (this mu_) held
         return shutdown_ || fill_requested_;
       });
       if (shutdown_) return;
