@@ -78,24 +78,15 @@ for name, scheme, user, pw, rest in [
 #   connect timeout: bool URL prefix, seconds 2..2^30, rest = conninfo.
 #   redaction: prefix (32), form 0..2, then per form (see the target), rest.
 t = "postgres_conninfo_fuzzer"
-for name, url, secs, info in [
-    ("url", True, 5, "app:secret@db:5432/diary?sslmode=disable"),
-    ("url_timeout", True, 30, "db/x?connect_timeout=30"),
-    ("keyvalue", False, 2, "host=db port=5432 dbname=diary user=app"),
-    ("quoted", False, 7, "host=db password='a b\\'c' application_name='x y'"),
-    ("empty", False, 3, ""),
-]:
-    write(t, "timeout_" + name, Input().boolean(True).boolean(url).integer(secs, 2, 1 << 30)
-          .rest(info))
-write(t, "redact_url", Input().boolean(False).string('invalid URI "', 32).integer(0, 0, 2)
+write(t, "redact_url", Input().string('invalid URI "', 32).integer(0, 0, 2)
       .integer(0, 0, 3).string("app", 16).string("s3cr:et@x/y", 32).rest("db:5432/diary\""))
-write(t, "redact_bare", Input().boolean(False).string("connect failed:", 32).integer(1, 0, 2)
+write(t, "redact_bare", Input().string("connect failed:", 32).integer(1, 0, 2)
       .integer(0, 0, 4).integer(1, 0, 2).integer(0, 0, 2).string("hunter2!", 32).boolean(False)
       .rest("host=db"))
-write(t, "redact_quoted", Input().boolean(False).string("", 32).integer(1, 0, 2)
+write(t, "redact_quoted", Input().string("", 32).integer(1, 0, 2)
       .integer(3, 0, 4).integer(0, 0, 2).integer(1, 0, 2).string("a b'c\\d", 32).boolean(True)
       .rest("user=app"))
-write(t, "redact_query", Input().boolean(False).string("url:", 32).integer(2, 0, 2)
+write(t, "redact_query", Input().string("url:", 32).integer(2, 0, 2)
       .string("p%40ss", 32).rest("application_name=x"))
 
 # http_headers_fuzzer: allowed, limit, remaining, reset_after, retry_after, window (each: kind
@@ -130,16 +121,13 @@ t = "postgres_conninfo_fuzzer"
 
 
 def bare(key, value, rest):
-    return (Input().boolean(False).string("", 32).integer(1, 0, 2).integer(key, 0, 4)
+    return (Input().string("", 32).integer(1, 0, 2).integer(key, 0, 4)
             .integer(0, 0, 2).integer(0, 0, 2).string(value, 32).boolean(False).rest(rest))
 
 
 def query(value):
-    return Input().boolean(False).string("", 32).integer(2, 0, 2).string(value, 32).rest("")
+    return Input().string("", 32).integer(2, 0, 2).string(value, 32).rest("")
 
-
-def timeout(url, info):
-    return Input().boolean(True).boolean(url).integer(5, 2, 1 << 30).rest(info)
 
 
 write(t, "f2-semicolon-in-bare-value", bare(0, "ab;cd", "host=db"), R)
@@ -147,12 +135,8 @@ write(t, "f2-ampersand-in-bare-value", bare(2, "s3&cret", "host=db"), R)
 write(t, "f2-comma-in-query-value", query("s3,cret"), R)
 write(t, "f4-libpq-invalid-percent-token", query("s3cr%zzet"), R)
 write(t, "f4-libpq-forbidden-percent-00", query("s3cr%00et"), R)
-write(t, "f4-libpq-uri-query-parameter", Input().boolean(False).string("", 32).integer(0, 0, 2)
+write(t, "f4-libpq-uri-query-parameter", Input().string("", 32).integer(0, 0, 2)
       .integer(0, 0, 3).string("a?b", 16).string("hunter22/x", 32).rest(""), R)
-write(t, "f6-url-ending-in-question-mark", timeout(True, "db/app?"), R)
-write(t, "f7-empty-last-value", timeout(False, "host=db application_name="), R)
-write(t, "f7-trailing-backslash", timeout(False, "host=db\\"), R)
-write(t, "f8-question-mark-in-password", timeout(True, "app:pa?ss@db/app"), R)
 t = "http_headers_fuzzer"
 
 

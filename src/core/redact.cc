@@ -118,8 +118,10 @@ std::string RedactKeys(std::string_view text, std::vector<std::string>* secrets)
 }
 
 bool IsDelimiter(char c) {
-  return c == '/' || c == ':' || c == '@' || c == '?' || c == '#' || c == '&' || c == '%' ||
-         c == '=' || c == '\'' || c == '\\' || IsSpace(c);
+  // URL and conninfo structure only: '%' escapes and backslashes stand inside the tokens a parser
+  // quotes ("invalid percent-encoded token: "ec%t"").
+  return c == '/' || c == ':' || c == '@' || c == '?' || c == '#' || c == '&' || c == '=' ||
+         c == '\'' || IsSpace(c);
 }
 
 // Replaces every occurrence of `secret` in `text` by kRedacted.
@@ -138,8 +140,11 @@ std::string RedactCredentials(std::string_view text) {
 }
 
 std::string RedactCredentials(std::string_view text, std::string_view source) {
+  // Each pattern reads the source as given: a URL's userinfo read too widely must not hide a
+  // password= value inside it from the key pattern.
   std::vector<std::string> secrets;
-  RedactKeys(RedactUrls(source, &secrets), &secrets);
+  RedactUrls(source, &secrets);
+  RedactKeys(source, &secrets);
   std::string out = RedactCredentials(text);
   for (const std::string& secret : secrets) {
     if (secret.size() >= kMinPieceLength) Erase(out, secret);

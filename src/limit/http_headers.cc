@@ -23,6 +23,13 @@ std::string SfString(const std::string& s) {
   return out;
 }
 
+// RFC 8941 sf-integers are 0..999,999,999,999,999 here (at most 15 digits; a quota is never
+// negative): a Decision outside that range is clamped rather than rendered as a malformed field.
+int64_t SfCount(int64_t v) {
+  constexpr int64_t kMaxSfInteger = 999'999'999'999'999;
+  return v < 0 ? 0 : (v > kMaxSfInteger ? kMaxSfInteger : v);
+}
+
 }  // namespace
 
 int64_t CeilSeconds(Duration d) {
@@ -34,19 +41,20 @@ int64_t CeilSeconds(Duration d) {
 std::vector<HttpHeader> HttpHeaders(const Decision& decision, const HttpPolicy& policy) {
   const std::string name = SfString(policy.name);
   const int64_t reset = CeilSeconds(decision.reset_after);
-  const int64_t remaining = decision.remaining < 0 ? 0 : decision.remaining;
+  const int64_t remaining = SfCount(decision.remaining);
+  const int64_t limit = SfCount(decision.limit);
   std::vector<HttpHeader> headers;
   headers.reserve(6);
-  headers.push_back({"RateLimit-Policy",
-                     absl::StrCat(name, ";q=", decision.limit, ";w=", CeilSeconds(policy.window))});
+  headers.push_back(
+      {"RateLimit-Policy", absl::StrCat(name, ";q=", limit, ";w=", CeilSeconds(policy.window))});
   if (decision.degraded) {
     // The limiter's backend did not decide: what is left and when it resets are unknown (a
     // fail-open decision) or only this process's share (a local fallback). Sending them would
     // tell clients figures keel does not know; the policy and the limit are configuration.
-    headers.push_back({"RateLimit-Limit", absl::StrCat(decision.limit)});
+    headers.push_back({"RateLimit-Limit", absl::StrCat(limit)});
   } else {
     headers.push_back({"RateLimit", absl::StrCat(name, ";r=", remaining, ";t=", reset)});
-    headers.push_back({"RateLimit-Limit", absl::StrCat(decision.limit)});
+    headers.push_back({"RateLimit-Limit", absl::StrCat(limit)});
     headers.push_back({"RateLimit-Remaining", absl::StrCat(remaining)});
     headers.push_back({"RateLimit-Reset", absl::StrCat(reset)});
   }

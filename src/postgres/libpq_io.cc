@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <chrono>
 
+#include "keel/internal/redact.h"
 #include "keel/internal/strings.h"
 
 namespace keel::postgres::internal {
@@ -41,6 +42,14 @@ std::string LibpqMessage(PGconn* conn) {
   return CleanLibpqMessage(conn != nullptr ? PQerrorMessage(conn) : "out of memory");
 }
 
+// libpq's message about connecting with `conninfo`. A parser that misreads a password quotes it
+// bare ("invalid integer value "hunter22" for connection option "port"", "invalid
+// percent-encoded token: "s3cr%zzet""), where no pattern finds it: every password keel finds in
+// `conninfo` is removed from the message wherever it stands.
+std::string ConnectMessage(PGconn* conn, const std::string& conninfo) {
+  return keel::internal::RedactCredentials(LibpqMessage(conn), conninfo);
+}
+
 absl::Status TimedOut(std::string_view component, std::string_view what) {
   return absl::DeadlineExceededError(
       StrCat(component, ": ", what, " by the deadline; the connection is discarded"));
@@ -52,12 +61,14 @@ absl::StatusOr<PgConnPtr> ConnectBounded(const std::string& conninfo, const Dead
                                          int abort_fd) {
   PgConnPtr conn(PQconnectStart(conninfo.c_str()));
   if (conn == nullptr || PQstatus(conn.get()) == CONNECTION_BAD) {
-    return absl::UnavailableError(LibpqMessage(conn.get()));
+    return absl::UnavailableError(ConnectMessage(conn.get(), conninfo));
   }
   PostgresPollingStatusType state = PGRES_POLLING_WRITING;
   for (;;) {
     if (state == PGRES_POLLING_OK) return conn;
-    if (state == PGRES_POLLING_FAILED) return absl::UnavailableError(LibpqMessage(conn.get()));
+    if (state == PGRES_POLLING_FAILED) {
+      return absl::UnavailableError(ConnectMessage(conn.get(), conninfo));
+    }
     // The socket may change between polls (libpq moves on to the next host or address).
     const short events = state == PGRES_POLLING_READING ? POLLIN : POLLOUT;
     switch (PollFor(PQsocket(conn.get()), events, deadline, abort_fd)) {

@@ -89,7 +89,8 @@ inline bool CancellationToken::SleepUntil(Clock& clock, TimePoint t) const {
   }
   internal::CancellationState& s = *state_;
   MutexLock lock(s.mu);
-  return !clock.WaitUntil(s.mu, s.cv, t, [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu) {
+  return !clock.WaitUntil(s.mu, s.cv, t, [&] {
+    s.mu.AssertHeld();  // WaitUntil calls pred with its `mu` (this s.mu) held
     return s.cancelled.load(std::memory_order_acquire);
   });
 }

@@ -306,6 +306,20 @@ TEST_CASE("postgres pool errors never contain the password", "[postgres]") {
     CHECK(lease.status().code() == absl::StatusCode::kUnavailable);
     CHECK(lease.status().message().find(secret) == absl::string_view::npos);
   }
+  SECTION("a password libpq misreads and quotes bare") {
+    for (const std::string& conninfo :
+         {"postgresql://app:" + secret +
+              "/x@127.0.0.1/db",  // read as host "app", port "s3cr3t-pw/x"
+          "postgresql://127.0.0.1/db?password=" + secret + "%zz"}) {  // a bad percent escape
+      auto pool = Pool::Create({.conninfo = conninfo,
+                                .pool = {.name = "pg-misread", .background_maintenance = false}})
+                      .value();
+      auto lease = pool->Acquire(Deadline::After(2s));
+      INFO(conninfo << " -> " << lease.status().message());
+      CHECK(lease.status().code() == absl::StatusCode::kUnavailable);
+      CHECK(lease.status().message().find("s3cr3t") == absl::string_view::npos);
+    }
+  }
   SECTION("a refused connection") {
     const int port = test::FreeLoopbackPort();
     auto pool = Pool::Create({.conninfo = "postgresql://app:" + secret +

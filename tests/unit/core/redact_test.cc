@@ -69,6 +69,13 @@ TEST_CASE("redaction against a source removes the source's passwords wherever th
   CHECK(RedactCredentials("invalid percent-encoded token: \"s3cr%zzet\"",
                           "postgresql://db/app?password=s3cr%zzet") ==
         "invalid percent-encoded token: \"***\"");
+  // A query value the URL pattern reads into a wide userinfo is still found by the key pattern.
+  CHECK(RedactCredentials("invalid percent-encoded token: \"p%:0s\"",
+                          "postgresql://db/app?sslmode=disable&password=p%:0s&,?xa@ame%x") ==
+        "invalid percent-encoded token: \"***\"");
+  // The userinfo read up to a second '@': the piece before it is what libpq quotes.
+  CHECK(RedactCredentials("invalid percent-encoded token: \"ec%t\"", "postgres://zoc:ec%t@@h") ==
+        "invalid percent-encoded token: \"***\"");
   // Pieces shorter than kMinPieceLength stay: they would erase ordinary words.
   CHECK(RedactCredentials("a message about x", "redis://:x@h") == "a message about x");
   CHECK(RedactCredentials("nothing secret", "host=db") == "nothing secret");

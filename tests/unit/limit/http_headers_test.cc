@@ -61,3 +61,17 @@ TEST_CASE("rate-limit headers of a degraded decision carry no remaining quota or
   REQUIRE(denied.size() == 3);
   CHECK(denied[2] == keel::limit::HttpHeader{"Retry-After", "3"});
 }
+
+TEST_CASE("rate-limit headers clamp counts to RFC 8941's sf-integer range") {
+  keel::limit::Decision d;
+  d.allowed = true;
+  d.limit = -5;
+  d.remaining = int64_t{1} << 62;
+  const auto headers =
+      keel::limit::HttpHeaders(d, {.name = "api", .window = std::chrono::seconds(1)});
+  REQUIRE(headers.size() == 5);
+  CHECK(headers[0] == keel::limit::HttpHeader{"RateLimit-Policy", "\"api\";q=0;w=1"});
+  CHECK(headers[1] == keel::limit::HttpHeader{"RateLimit", "\"api\";r=999999999999999;t=0"});
+  CHECK(headers[2] == keel::limit::HttpHeader{"RateLimit-Limit", "0"});
+  CHECK(headers[3] == keel::limit::HttpHeader{"RateLimit-Remaining", "999999999999999"});
+}
