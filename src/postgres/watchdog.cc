@@ -1,5 +1,6 @@
-// The watchdog that ends blocked libpq calls at their deadline (see keel/postgres/watchdog.h).
-#include "keel/postgres/watchdog.h"
+// The watchdog that ends blocked libpq calls at their deadline (see
+// keel/postgres/internal/watchdog.h).
+#include "keel/postgres/internal/watchdog.h"
 
 #include <sys/eventfd.h>
 #include <sys/socket.h>

@@ -68,7 +68,7 @@
 #include "keel/metrics.h"
 #include "keel/pool/pool.h"
 #include "keel/postgres/connection.h"
-#include "keel/postgres/watchdog.h"
+#include "keel/postgres/internal/watchdog.h"
 
 namespace keel::postgres {
 

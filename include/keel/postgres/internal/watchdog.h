@@ -1,5 +1,5 @@
-// keel/postgres/watchdog.h: ends blocked libpq calls at their deadline. Not part of keel's API
-// (included by keel/postgres/pool.h).
+// keel/postgres/internal/watchdog.h: ends blocked libpq calls at their deadline. Not part of
+// keel's API (included by keel/postgres/pool.h).
 //
 // Defines `keel::postgres::internal::Watchdog` (one thread per postgres::Pool) and `Watch` (one
 // armed deadline for one call on one socket).
