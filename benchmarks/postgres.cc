@@ -3,9 +3,11 @@
 //                             the deadline, release. Target: <= 1.2x BM_Baseline_PgSelect1 (one
 //                             round trip on a held connection).
 //   BM_Pg_HeldExecuteSelect1  Execute on a held lease: the same without acquire and release.
-//   BM_Pg_PooledTransaction3  Run() with three statements: acquire, BEGIN, 3 x SELECT 1, COMMIT
-//                             (k + 2 round trips; libpqxx sends BEGIN and COMMIT on their own).
-//                             Floor: BM_Baseline_Pg3RoundTrips; the ideal ratio is 5/3.
+//   BM_Pg_PooledTransaction3  Transact() with three statements: acquire, BEGIN + SELECT 1 in one
+//                             round trip, 2 x SELECT 1, COMMIT (k + 1 round trips).
+//                             Floor: BM_Baseline_Pg3RoundTrips; the ideal ratio is 4/3.
+//   BM_Pg_PooledRun3          Run() (libpqxx) with the same three statements: k + 2 round trips
+//                             (libpqxx sends BEGIN on its own); the ideal ratio is 5/3.
 //   BM_Pg_PooledRunSelect1    Run() with one statement (3 round trips), for comparison.
 //   BM_Pg_ConnectPerCall      a fresh libpqxx connection per SELECT 1: what pooling saves.
 // Needs KEEL_TEST_POSTGRES_URL (scripts/bench sets it); skipped with an error otherwise.
@@ -94,8 +96,31 @@ void PooledRun(benchmark::State& state) {
   }
 }
 
-void BM_Pg_PooledTransaction3(benchmark::State& state) { PooledRun<3>(state); }
+void BM_Pg_PooledTransaction3(benchmark::State& state) {
+  auto pool = MakePool(state);
+  if (!pool) return;
+  for (auto _ : state) {
+    absl::StatusOr<int> sum =
+        pool->Transact(keel::Deadline::After(5s), [](keel::postgres::Transaction& tx) {
+          int total = 0;
+          for (int i = 0; i < 3; ++i) {
+            absl::StatusOr<keel::postgres::Rows> one = tx.Execute("SELECT 1");
+            if (!one.ok()) return absl::StatusOr<int>(one.status());
+            total += one->Text(0, 0).size();
+          }
+          return absl::StatusOr<int>(total);
+        });
+    if (!sum.ok()) {
+      state.SkipWithError(std::string(sum.status().message()).c_str());
+      break;
+    }
+    benchmark::DoNotOptimize(*sum);
+  }
+}
 BENCHMARK(BM_Pg_PooledTransaction3)->UseRealTime();
+
+void BM_Pg_PooledRun3(benchmark::State& state) { PooledRun<3>(state); }
+BENCHMARK(BM_Pg_PooledRun3)->UseRealTime();
 
 void BM_Pg_PooledRunSelect1(benchmark::State& state) { PooledRun<1>(state); }
 BENCHMARK(BM_Pg_PooledRunSelect1)->UseRealTime();

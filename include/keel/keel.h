@@ -64,5 +64,6 @@
 #include "keel/postgres/connection.h"
 #include "keel/postgres/pool.h"
 #include "keel/postgres/router.h"
+#include "keel/postgres/transaction.h"
 #include "keel/postgres/version.h"
 #endif  // KEEL_WITH_POSTGRES

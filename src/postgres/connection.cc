@@ -67,6 +67,12 @@ int64_t Rows::affected_rows() const {
   return n != nullptr && *n != '\0' ? std::strtoll(n, nullptr, 10) : 0;
 }
 
+std::string_view Rows::command_tag() const {
+  if (!result_) return "";
+  const char* tag = PQcmdStatus(result_.get());
+  return tag != nullptr ? tag : "";
+}
+
 std::string_view Rows::column_name(int col) const {
   const char* name = PQfname(result_.get(), col);
   return name != nullptr ? name : "";

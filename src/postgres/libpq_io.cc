@@ -8,6 +8,7 @@
 #include <chrono>
 
 #include "keel/internal/redact.h"
+#include "keel/internal/status_macros.h"
 #include "keel/internal/strings.h"
 
 namespace keel::postgres::internal {
@@ -83,101 +84,215 @@ absl::StatusOr<PgConnPtr> ConnectBounded(const std::string& conninfo, const Dead
   }
 }
 
-absl::StatusOr<Rows> ExecBounded(PGconn* conn, std::string_view component, std::string_view sql,
-                                 const std::vector<Param>& params, const Deadline& deadline,
-                                 int abort_fd, bool* broken) {
-  if (conn == nullptr || PQstatus(conn) != CONNECTION_OK) {
-    *broken = true;
-    return absl::UnavailableError(StrCat(component, ": connection closed"));
-  }
-  // libpq takes NUL-terminated strings: a NUL inside would silently cut the text.
-  if (sql.find('\0') != std::string_view::npos) {
+namespace {
+
+// A NUL byte inside the SQL or a text parameter would silently cut the text libpq sends.
+absl::Status CheckNoNul(std::string_view component, const Statement& st) {
+  if (st.sql.find('\0') != std::string_view::npos) {
     return absl::InvalidArgumentError(
-        StrCat(component, ": SQL text contains a NUL byte at offset ", sql.find('\0')));
+        StrCat(component, ": SQL text contains a NUL byte at offset ", st.sql.find('\0')));
   }
-  std::vector<const char*> values(params.size());
-  std::vector<int> lengths(params.size());
-  std::vector<int> formats(params.size());
-  for (size_t i = 0; i < params.size(); ++i) {
-    const Param& p = params[i];
+  for (size_t i = 0; i < st.params.size(); ++i) {
+    const Param& p = st.params[i];
+    if (!p.null && !p.binary && p.text.find('\0') != std::string::npos) {
+      return absl::InvalidArgumentError(
+          StrCat(component, ": text parameter $", i + 1, " contains a NUL byte at offset ",
+                 p.text.find('\0'), "; bind binary data as keel::postgres::Bytes (bytea)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Queues one statement in libpq's output buffer (nothing is flushed yet in non-blocking mode).
+// The extended protocol (PQsendQueryParams) unless `simple`, which allows several statements in
+// one string and is not allowed in pipeline mode.
+bool SendOne(PGconn* conn, const Statement& st, bool simple) {
+  const std::string text(st.sql);
+  if (simple) return PQsendQuery(conn, text.c_str()) != 0;
+  const size_t n = st.params.size();
+  std::vector<const char*> values(n);
+  std::vector<int> lengths(n);
+  std::vector<int> formats(n);
+  for (size_t i = 0; i < n; ++i) {
+    const Param& p = st.params[i];
     if (p.null) continue;
     if (p.binary) {
       values[i] = p.bytes.data();
       lengths[i] = static_cast<int>(p.bytes.size());
       formats[i] = 1;
     } else {
-      if (p.text.find('\0') != std::string::npos) {
-        return absl::InvalidArgumentError(
-            StrCat(component, ": text parameter $", i + 1, " contains a NUL byte at offset ",
-                   p.text.find('\0'), "; bind binary data as keel::postgres::Bytes (bytea)"));
-      }
       values[i] = p.text.c_str();
     }
   }
-  const std::string text(sql);
-  // Non-blocking while keel waits, so that even sending cannot block past the deadline; libpqxx
-  // expects blocking mode, restored before returning.
-  PQsetnonblocking(conn, 1);
-  struct RestoreBlocking {
-    PGconn* c;
-    ~RestoreBlocking() { PQsetnonblocking(c, 0); }
-  } restore{conn};
-  const int sent =
-      params.empty()
-          ? PQsendQuery(conn, text.c_str())
-          : PQsendQueryParams(conn, text.c_str(), static_cast<int>(params.size()), nullptr,
-                              values.data(), lengths.data(), formats.data(), /*resultFormat=*/0);
-  if (!sent) {
-    *broken = PQstatus(conn) != CONNECTION_OK;
-    return absl::UnavailableError(StrCat(component, ": ", LibpqMessage(conn)));
+  return PQsendQueryParams(conn, text.c_str(), static_cast<int>(n), nullptr, values.data(),
+                           lengths.data(), formats.data(), /*resultFormat=*/0) != 0;
+}
+
+// The bounded conversation on one connection: flushing what libpq queued and reading results,
+// every wait ending by the deadline (or the abort descriptor), with `*broken` set when the
+// connection can no longer be used.
+class Exchange {
+ public:
+  Exchange(PGconn* conn, std::string_view component, const Deadline& deadline, int abort_fd,
+           bool* broken)
+      : conn_(conn),
+        component_(component),
+        deadline_(deadline),
+        abort_fd_(abort_fd),
+        broken_(broken) {}
+
+  absl::Status Lost() {
+    *broken_ = true;
+    return absl::UnavailableError(StrCat(component_, ": ", LibpqMessage(conn_)));
   }
-  auto wait = [&](short events) -> absl::Status {
-    switch (PollFor(PQsocket(conn), events, deadline, abort_fd)) {
+  // Writes everything libpq holds for the server.
+  absl::Status Flush() {
+    for (int flushed; (flushed = PQflush(conn_)) != 0;) {
+      if (flushed < 0) return Lost();
+      KEEL_RETURN_IF_ERROR(Await(POLLIN | POLLOUT));
+      if (!PQconsumeInput(conn_)) return Lost();
+    }
+    return absl::OkStatus();
+  }
+  // PQgetResult once it will not block.
+  absl::StatusOr<PGresult*> Next() {
+    while (PQisBusy(conn_)) {
+      KEEL_RETURN_IF_ERROR(Await(POLLIN));
+      if (!PQconsumeInput(conn_)) return Lost();
+    }
+    return PQgetResult(conn_);
+  }
+  // The statement's outcome from its result `r` (taken over); the first error of a statement
+  // goes to `*error` unless one is there already.
+  void Take(PGresult* r, Rows* rows, absl::Status* error) {
+    const ExecStatusType st = PQresultStatus(r);
+    if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK || st == PGRES_EMPTY_QUERY) {
+      *rows = Rows(r);
+      return;
+    }
+    if (error->ok()) {
+      *error = st == PGRES_PIPELINE_ABORTED
+                   ? absl::AbortedError(StrCat(component_,
+                                               ": not run: an earlier statement of the "
+                                               "pipeline failed"))
+                   : StatusFromResult(component_, r, conn_, broken_);
+    }
+    PQclear(r);
+  }
+
+ private:
+  absl::Status Await(short events) {
+    switch (PollFor(PQsocket(conn_), events, deadline_, abort_fd_)) {
       case Wait::kTimeout:
-        *broken = true;
-        return TimedOut(component, "no reply");
+        *broken_ = true;
+        return TimedOut(component_, "no reply");
       case Wait::kAborted:
-        *broken = true;
-        return absl::CancelledError(StrCat(component, ": abandoned: the pool is shutting down"));
+        *broken_ = true;
+        return absl::CancelledError(StrCat(component_, ": abandoned: the pool is shutting down"));
       case Wait::kReady:
         return absl::OkStatus();
     }
     return absl::OkStatus();
-  };
-  for (int flushed; (flushed = PQflush(conn)) != 0;) {
-    if (flushed < 0) {
-      *broken = true;
-      return absl::UnavailableError(StrCat(component, ": ", LibpqMessage(conn)));
-    }
-    if (absl::Status s = wait(POLLIN | POLLOUT); !s.ok()) return s;
-    if (!PQconsumeInput(conn)) {
-      *broken = true;
-      return absl::UnavailableError(StrCat(component, ": ", LibpqMessage(conn)));
-    }
   }
+
+  PGconn* conn_;
+  std::string_view component_;
+  const Deadline& deadline_;
+  int abort_fd_;
+  bool* broken_;
+};
+
+absl::Status CheckOpen(PGconn* conn, std::string_view component, bool* broken) {
+  if (conn == nullptr || PQstatus(conn) != CONNECTION_OK) {
+    *broken = true;
+    return absl::UnavailableError(StrCat(component, ": connection closed"));
+  }
+  return absl::OkStatus();
+}
+
+// Non-blocking while keel waits, so that even sending cannot block past the deadline; libpqxx
+// expects blocking mode, restored on destruction.
+struct NonBlocking {
+  explicit NonBlocking(PGconn* c) : conn(c) { PQsetnonblocking(conn, 1); }
+  ~NonBlocking() { PQsetnonblocking(conn, 0); }
+  PGconn* conn;
+};
+
+}  // namespace
+
+absl::StatusOr<Rows> ExecBounded(PGconn* conn, std::string_view component, std::string_view sql,
+                                 const std::vector<Param>& params, const Deadline& deadline,
+                                 int abort_fd, bool* broken) {
+  KEEL_RETURN_IF_ERROR(CheckOpen(conn, component, broken));
+  const Statement st{sql, params};
+  KEEL_RETURN_IF_ERROR(CheckNoNul(component, st));
+  NonBlocking nb(conn);
+  Exchange x(conn, component, deadline, abort_fd, broken);
+  if (!SendOne(conn, st, /*simple=*/params.empty())) {
+    if (PQstatus(conn) != CONNECTION_OK) return x.Lost();
+    return absl::UnavailableError(StrCat(component, ": ", LibpqMessage(conn)));
+  }
+  KEEL_RETURN_IF_ERROR(x.Flush());
   // Every result is read, so the connection is idle again afterwards; the first error wins.
   absl::Status error;
   Rows last;
   for (;;) {
-    while (PQisBusy(conn)) {
-      if (absl::Status s = wait(POLLIN); !s.ok()) return s;
-      if (!PQconsumeInput(conn)) {
-        *broken = true;
-        return absl::UnavailableError(StrCat(component, ": ", LibpqMessage(conn)));
-      }
-    }
-    PGresult* r = PQgetResult(conn);
+    KEEL_ASSIGN_OR_RETURN(PGresult * r, x.Next());
     if (r == nullptr) break;
-    const ExecStatusType st = PQresultStatus(r);
-    if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK || st == PGRES_EMPTY_QUERY) {
-      last = Rows(r);
-    } else {
-      if (error.ok()) error = StatusFromResult(component, r, conn, broken);
-      PQclear(r);
-    }
+    x.Take(r, &last, &error);
   }
   if (!error.ok()) return error;
   return last;
+}
+
+absl::StatusOr<std::vector<absl::StatusOr<Rows>>> ExecPipeline(
+    PGconn* conn, std::string_view component, std::span<const Statement> statements,
+    const Deadline& deadline, int abort_fd, bool* broken) {
+  KEEL_RETURN_IF_ERROR(CheckOpen(conn, component, broken));
+  for (const Statement& st : statements) KEEL_RETURN_IF_ERROR(CheckNoNul(component, st));
+  std::vector<absl::StatusOr<Rows>> out;
+  if (statements.empty()) return out;
+  NonBlocking nb(conn);
+  Exchange x(conn, component, deadline, abort_fd, broken);
+  if (!PQenterPipelineMode(conn)) {
+    return absl::InternalError(
+        StrCat(component, ": cannot enter pipeline mode: ", LibpqMessage(conn)));
+  }
+  // Leaves pipeline mode on every path that keeps the connection (PQexitPipelineMode fails, and
+  // does nothing, while results are still owed: such a connection is broken anyway).
+  struct Exit {
+    PGconn* c;
+    ~Exit() { PQexitPipelineMode(c); }
+  } exit{conn};
+  for (const Statement& st : statements) {
+    if (!SendOne(conn, st, /*simple=*/false)) return x.Lost();
+  }
+  if (!PQpipelineSync(conn)) return x.Lost();
+  KEEL_RETURN_IF_ERROR(x.Flush());
+  out.reserve(statements.size());
+  // Per statement: its result, then nullptr; after the last, the PGRES_PIPELINE_SYNC result.
+  for (size_t i = 0; i < statements.size(); ++i) {
+    Rows rows;
+    absl::Status error;
+    for (;;) {
+      KEEL_ASSIGN_OR_RETURN(PGresult * r, x.Next());
+      if (r == nullptr) break;
+      x.Take(r, &rows, &error);
+    }
+    if (error.ok()) {
+      out.emplace_back(std::move(rows));
+    } else {
+      out.emplace_back(std::move(error));
+    }
+  }
+  KEEL_ASSIGN_OR_RETURN(PGresult * sync, x.Next());
+  const bool synced = sync != nullptr && PQresultStatus(sync) == PGRES_PIPELINE_SYNC;
+  PQclear(sync);
+  if (!synced) {
+    *broken = true;
+    return absl::InternalError(StrCat(component, ": pipeline out of step with the server"));
+  }
+  return out;
 }
 
 }  // namespace keel::postgres::internal

@@ -6,6 +6,7 @@
 #include <libpq-fe.h>
 
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -37,6 +38,22 @@ absl::StatusOr<PgConnPtr> ConnectBounded(const std::string& conninfo, const Dead
 absl::StatusOr<Rows> ExecBounded(PGconn* conn, std::string_view component, std::string_view sql,
                                  const std::vector<Param>& params, const Deadline& deadline,
                                  int abort_fd, bool* broken);
+
+// One statement of a pipeline: `sql` with `params` bound as $1..$n.
+struct Statement {
+  std::string_view sql;
+  const std::vector<Param>& params;
+};
+
+// Sends `statements` in one round trip in libpq's pipeline mode (the extended protocol, one Sync
+// after the last; so each `sql` holds exactly one statement) and returns each one's result in
+// order. A failed statement makes the server skip the rest until the Sync: their entries are
+// ABORTED. The outer status fails as ExecBounded's does (DEADLINE_EXCEEDED, CANCELLED,
+// UNAVAILABLE, INVALID_ARGUMENT for a NUL byte before anything is sent). REQUIRES: no
+// transaction or pipeline left open by libpqxx on `conn`.
+absl::StatusOr<std::vector<absl::StatusOr<Rows>>> ExecPipeline(
+    PGconn* conn, std::string_view component, std::span<const Statement> statements,
+    const Deadline& deadline, int abort_fd, bool* broken);
 
 // A libpq message on one line, without trailing newlines or doubled spaces, and redacted (libpq
 // quotes a malformed conninfo whole, password included).

@@ -99,6 +99,8 @@ class Rows {
   bool empty() const { return size() == 0; }
   // Rows inserted, updated or deleted by the statement (0 for other statements).
   int64_t affected_rows() const;
+  // The server's command tag ("SELECT 1", "INSERT 0 3", "COMMIT", "ROLLBACK"); "" when empty.
+  std::string_view command_tag() const;
   // The name of column `col`. REQUIRES: 0 <= col < columns().
   std::string_view column_name(int col) const;
 

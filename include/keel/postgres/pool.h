@@ -69,6 +69,7 @@
 #include "keel/pool/pool.h"
 #include "keel/postgres/connection.h"
 #include "keel/postgres/internal/watchdog.h"
+#include "keel/postgres/transaction.h"
 
 namespace keel::postgres {
 
@@ -140,6 +141,10 @@ struct RunResult<absl::StatusOr<U>> {
 };
 template <typename Fn>
 using RunResultT = typename RunResult<std::decay_t<std::invoke_result_t<Fn&, pqxx::work&>>>::type;
+// Result type of Transact, by the same rules.
+template <typename Fn>
+using TransactResultT =
+    typename RunResult<std::decay_t<std::invoke_result_t<Fn&, Transaction&>>>::type;
 
 namespace internal {
 // The Status for the exception being handled (call only inside a catch block); sets `*broken`
@@ -219,7 +224,7 @@ class Pool {
   // absl::Status or absl::StatusOr: a non-OK status from `fn` rolls the transaction back and is
   // returned as is. Every exception is caught and mapped (see the banner); when the connection
   // broke, `lease` is invalidated and becomes empty. Costs k + 2 round trips for k statements
-  // (libpqxx sends BEGIN and COMMIT on their own); use Execute for a single statement.
+  // (libpqxx sends BEGIN and COMMIT on their own): Transact costs k + 1, Execute one.
   // REQUIRES: `lease` came from this pool and has no transaction open.
   template <typename Fn>
   RunResultT<Fn> Run(const Deadline& deadline, Lease& lease, Fn&& fn) {
@@ -235,6 +240,65 @@ class Pool {
     if (broken) lease.Invalidate();
     if (!cut.ok()) return cut;
     return result;
+  }
+
+  // Runs `fn(keel::postgres::Transaction&)` in one transaction and commits it, in k + 1 round
+  // trips for k statements (see keel/postgres/transaction.h), all by `deadline` (Infinite():
+  // call_timeout), acquiring a connection first. `fn` may return what Run's may; a non-OK status
+  // from `fn`, an exception (INTERNAL) or a failed statement rolls the transaction back.
+  // Errors: as Run: a statement's error (the banner's table), UNKNOWN when COMMIT's reply was
+  // lost, ABORTED when the server rolled back at COMMIT (40001 and the like: retryable);
+  // DEADLINE_EXCEEDED when the deadline cut the transaction before COMMIT was sent (the
+  // connection is discarded, so the server rolls it back).
+  template <typename Fn>
+  TransactResultT<Fn> Transact(const Deadline& deadline, Fn&& fn) {
+    return Transact(deadline, TransactionOptions{}, fn);
+  }
+  template <typename Fn>
+  TransactResultT<Fn> Transact(const Deadline& deadline, const TransactionOptions& options,
+                               Fn&& fn) {
+    const Deadline bounded = Bound(deadline);
+    absl::StatusOr<Lease> lease = Acquire(bounded);
+    if (!lease.ok()) return lease.status();
+    return Transact(bounded, *lease, options, fn);
+  }
+  // Transact on a connection the caller holds; when the connection broke, `lease` is
+  // invalidated. REQUIRES: `lease` came from this pool and has no transaction open.
+  template <typename Fn>
+  TransactResultT<Fn> Transact(const Deadline& deadline, Lease& lease, Fn&& fn) {
+    return Transact(deadline, lease, TransactionOptions{}, fn);
+  }
+  template <typename Fn>
+  TransactResultT<Fn> Transact(const Deadline& deadline, Lease& lease,
+                               const TransactionOptions& options, Fn&& fn) {
+    using R = std::decay_t<std::invoke_result_t<Fn&, Transaction&>>;
+    if (!lease) return internal::EmptyLeaseError(component_);
+    const Deadline bounded = Bound(deadline);
+    if (bounded.Expired()) return internal::ExpiredError(component_);
+    const Duration budget = internal::RoundedBudget(bounded);
+    // The watch only matters at Shutdown (its cap); every wait ends by the deadline itself.
+    internal::Watch watch(*watchdog_, lease->sock(), bounded);
+    Transaction tx(lease->raw(), component_, bounded, options);
+    std::optional<TransactResultT<Fn>> result;
+    try {
+      if constexpr (std::is_void_v<R>) {
+        fn(tx);
+        result.emplace(absl::OkStatus());
+      } else {
+        result.emplace(fn(tx));
+      }
+    } catch (...) {
+      bool ignored = false;
+      result.emplace(internal::StatusFromCurrentException(component_, &ignored));
+    }
+    absl::Status end = tx.Finish(keel::internal::StatusOf(*result).ok());
+    bool broken = tx.broken();
+    absl::Status cut = internal::Settle(
+        watch, component_, budget, end.ok() ? keel::internal::StatusOf(*result) : end, &broken);
+    if (broken) lease.Invalidate();
+    if (!cut.ok()) return cut;
+    if (!end.ok()) return end;
+    return *std::move(result);
   }
 
   // Runs one statement in autocommit, in one round trip (PQsendQueryParams on libpq, bounded by

@@ -104,8 +104,9 @@ struct RouterStats {
   uint64_t writes_total = 0;
 };
 
-// A lease and the pool it came from: run on it with `pool->Run(deadline, lease, fn)` or
-// `pool->Execute(deadline, lease, sql, ...)` so calls stay bounded.
+// A lease and the pool it came from: run on it with `pool->Run(deadline, lease, fn)`,
+// `pool->Transact(deadline, lease, fn)` or `pool->Execute(deadline, lease, sql, ...)` so calls
+// stay bounded.
 struct RoutedLease {
   Pool* pool = nullptr;
   Lease lease;
@@ -136,6 +137,17 @@ class Router {
   RunResultT<Fn> RunWrite(const Deadline& deadline, Fn&& fn) {
     writes_.fetch_add(1, std::memory_order_relaxed);
     return primary_->Run(deadline, fn);
+  }
+  // Pool::Transact on the primary (k + 1 round trips for k statements).
+  template <typename Fn>
+  TransactResultT<Fn> TransactWrite(const Deadline& deadline, const TransactionOptions& options,
+                                    Fn&& fn) {
+    writes_.fetch_add(1, std::memory_order_relaxed);
+    return primary_->Transact(deadline, options, fn);
+  }
+  template <typename Fn>
+  TransactResultT<Fn> TransactWrite(const Deadline& deadline, Fn&& fn) {
+    return TransactWrite(deadline, TransactionOptions{}, fn);
   }
 
   // Pool::Run on the node chosen for reading; see the banner for attempts and deadlines. `fn`

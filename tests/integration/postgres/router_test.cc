@@ -105,6 +105,14 @@ TEST_CASE("router reads from the replica, writes to the primary, falls back and 
   });
   CHECK(wrong.status().code() == absl::StatusCode::kFailedPrecondition);
   CHECK(wrong.status().message().find("read-only transaction") != absl::string_view::npos);
+  // TransactWrite goes to the primary and counts as a write.
+  const uint64_t writes = router->Stats().writes_total;
+  CHECK(router
+            ->TransactWrite(
+                Deadline::After(5s),
+                [](Transaction& tx) { return tx.Execute("INSERT INTO diary VALUES (3)").status(); })
+            .ok());
+  CHECK(router->Stats().writes_total == writes + 1);
 
   // Replica down: reads succeed on the primary (at most the one read on a stale connection is
   // retried there by RunRead).
