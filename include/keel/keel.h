@@ -15,6 +15,9 @@
 //   #endif
 #pragma once
 
+#include "keel/async/executor.h"
+#include "keel/async/future.h"
+#include "keel/async/task.h"
 #include "keel/clock.h"
 #include "keel/config.h"
 #include "keel/deadline.h"
@@ -37,7 +40,6 @@
 #include "keel/resilience/circuit_breaker.h"
 #include "keel/resilience/executor_timeout.h"
 #include "keel/resilience/fallback.h"
-#include "keel/resilience/future.h"
 #include "keel/resilience/pipeline.h"
 #include "keel/resilience/retry.h"
 #include "keel/resilience/retry_budget.h"

@@ -39,7 +39,7 @@
 #include "absl/status/statusor.h"
 #include "keel/clock.h"
 #include "keel/metrics.h"
-#include "keel/resilience/future.h"
+#include "keel/async/future.h"
 #include "keel/sync.h"
 
 namespace keel {
