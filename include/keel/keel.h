@@ -18,6 +18,7 @@
 #include "keel/async/executor.h"
 #include "keel/async/future.h"
 #include "keel/async/task.h"
+#include "keel/async/timer.h"
 #include "keel/clock.h"
 #include "keel/config.h"
 #include "keel/deadline.h"

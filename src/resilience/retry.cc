@@ -96,15 +96,9 @@ absl::StatusOr<Retry> Retry::CreateImpl(Options options, Clock& clock,
 absl::Status Retry::Run(const CallContext& ctx,
                         absl::FunctionRef<absl::Status(const CallContext&)> attempt) const {
   RetryBudgetPolicy* const budget = options_.budget;
-  if (budget != nullptr) budget->OnCallStarted();
   // Ends the call for the budget on every way out, an exception from `attempt` included, so a
   // concurrency budget never counts a call that is gone.
-  struct CallEnd {
-    RetryBudgetPolicy* budget;
-    ~CallEnd() {
-      if (budget != nullptr) budget->OnCallFinished();
-    }
-  } call_end{budget};
+  CallScope scope(budget);
   CallContext inner = ctx;
   inner.attempt = 1;
   absl::Status status = attempt(inner);
@@ -112,90 +106,112 @@ absl::Status Retry::Run(const CallContext& ctx,
     if (budget != nullptr) budget->OnAttemptSucceeded(1);
     return status;
   }
-  return RetryLoop(std::move(inner), std::move(status), attempt);
+  Loop loop(*this, std::move(inner), std::move(status));
+  for (;;) {
+    absl::StatusOr<Duration> delay = loop.Next();
+    if (!delay.ok()) return std::move(delay).status();
+    // The backoff ends early when the call is cancelled: nobody waits for its result any more.
+    if (*delay > Duration::zero() &&
+        !loop.context().cancellation.SleepUntil(*clock_, AddSaturating(clock_->Now(), *delay))) {
+      return loop.Cancelled();
+    }
+    if (loop.Finish(attempt(loop.Begin()))) return absl::OkStatus();
+  }
 }
 
-absl::Status Retry::RetryLoop(CallContext ctx, absl::Status status,
-                              absl::FunctionRef<absl::Status(const CallContext&)> attempt) const {
-  thread_local absl::InsecureBitGen thread_gen;
-  absl::BitGenRef gen = gen_.has_value() ? *gen_ : absl::BitGenRef(thread_gen);
-  BackoffSequence delays = backoff_.Start();
-  RetryBudgetPolicy* const budget = options_.budget;
-  const std::string& name = options_.name;
+Retry::Loop::Loop(const Retry& retry, CallContext ctx, absl::Status failure)
+    : retry_(retry),
+      ctx_(std::move(ctx)),
+      status_(std::move(failure)),
+      delays_(retry.backoff_.Start()) {}
+
+absl::Status Retry::Loop::CancelledStatus() {
+  retry_.Count(Outcome::kCancelled);
+  return absl::CancelledError(internal::StrCat("retry \"", retry_.options_.name,
+                                               "\": cancelled after ", Attempts(ctx_.attempt),
+                                               "; last error: ", StatusText(status_)));
+}
+
+absl::StatusOr<Duration> Retry::Loop::Next() {
+  const Options& o = retry_.options_;
+  RetryBudgetPolicy* const budget = o.budget;
+  const std::string& name = o.name;
   // Records a retryable failure after which Retry stops for its own reasons.
   auto record_final_failure = [&] {
-    if (budget != nullptr) budget->OnAttemptFailed(status, /*retry_wanted=*/false);
+    if (budget != nullptr) budget->OnAttemptFailed(status_, /*retry_wanted=*/false);
   };
-  auto cancelled = [&] {
-    Count(Outcome::kCancelled);
-    return absl::CancelledError(internal::StrCat("retry \"", name, "\": cancelled after ",
-                                                 Attempts(ctx.attempt),
-                                                 "; last error: ", StatusText(status)));
-  };
-  for (;;) {
-    const bool retryable = options_.retry_on(status);
-    if (!retryable) {
-      Count(Outcome::kNotRetryable);
-      if (ctx.attempt == 1) return status;
-      return Annotate(status, internal::StrCat("retry \"", name, "\": not retryable after ",
-                                               Attempts(ctx.attempt)));
-    }
-    if (ctx.attempt >= options_.max_attempts) {
+  if (!o.retry_on(status_)) {
+    retry_.Count(Outcome::kNotRetryable);
+    if (ctx_.attempt == 1) return std::move(status_);
+    return Annotate(status_, internal::StrCat("retry \"", name, "\": not retryable after ",
+                                              Attempts(ctx_.attempt)));
+  }
+  if (ctx_.attempt >= o.max_attempts) {
+    record_final_failure();
+    retry_.Count(Outcome::kGaveUpAttempts);
+    return Annotate(
+        status_, internal::StrCat("retry \"", name, "\": gave up after ", Attempts(ctx_.attempt)));
+  }
+  if (ctx_.cancellation.cancelled()) {
+    record_final_failure();
+    return CancelledStatus();
+  }
+  thread_local absl::InsecureBitGen thread_gen;
+  absl::BitGenRef gen = retry_.gen_.has_value() ? *retry_.gen_ : absl::BitGenRef(thread_gen);
+  Duration delay = delays_.Next(gen);
+  if (o.honor_retry_after) {
+    if (auto hint = RetryAfter(status_))
+      delay = std::max(delay, std::min(*hint, o.max_retry_after));
+  }
+  // A sleep ending exactly at the deadline would leave no time for the attempt: stop at `>=`.
+  if (!ctx_.deadline.IsInfinite()) {
+    const Duration left = ctx_.deadline.Remaining();
+    if (delay >= left) {
       record_final_failure();
-      Count(Outcome::kGaveUpAttempts);
-      return Annotate(
-          status, internal::StrCat("retry \"", name, "\": gave up after ", Attempts(ctx.attempt)));
-    }
-    if (ctx.cancellation.cancelled()) {
-      record_final_failure();
-      return cancelled();
-    }
-    Duration delay = delays.Next(gen);
-    if (options_.honor_retry_after) {
-      if (auto hint = RetryAfter(status)) {
-        delay = std::max(delay, std::min(*hint, options_.max_retry_after));
-      }
-    }
-    // A sleep ending exactly at the deadline would leave no time for the attempt: stop at `>=`.
-    if (!ctx.deadline.IsInfinite()) {
-      const Duration left = ctx.deadline.Remaining();
-      if (delay >= left) {
-        record_final_failure();
-        Count(Outcome::kGaveUpDeadline);
-        return absl::DeadlineExceededError(internal::StrCat(
-            "retry \"", name, "\": ", internal::FormatDuration(left),
-            " left before the deadline, next attempt in ", internal::FormatDuration(delay),
-            "; stopped after ", Attempts(ctx.attempt), "; last error: ", StatusText(status)));
-      }
-    }
-    // Recording the failure and asking for the retry is one step, so a shared budget decides on
-    // the state this failure produced.
-    std::optional<RetryBudgetPolicy::Grant> grant;
-    if (budget != nullptr) {
-      grant = budget->OnAttemptFailed(status, /*retry_wanted=*/true);
-      if (!grant) {
-        Count(Outcome::kGaveUpBudget);
-        return Annotate(status,
-                        internal::StrCat("retry \"", name, "\": retry budget exhausted after ",
-                                         Attempts(ctx.attempt)));
-      }
-    }
-    // The backoff ends early when the call is cancelled: nobody waits for its result any more.
-    if (delay > Duration::zero() &&
-        !ctx.cancellation.SleepUntil(*clock_, AddSaturating(clock_->Now(), delay))) {
-      if (grant) budget->OnRetryFinished(*grant, /*succeeded=*/false);
-      return cancelled();
-    }
-    ++ctx.attempt;
-    counters_->retries.fetch_add(1, std::memory_order_relaxed);
-    status = attempt(ctx);
-    if (grant) budget->OnRetryFinished(*grant, status.ok());
-    if (status.ok()) {
-      if (budget != nullptr) budget->OnAttemptSucceeded(ctx.attempt);
-      Count(Outcome::kSucceededAfterRetry);
-      return status;
+      retry_.Count(Outcome::kGaveUpDeadline);
+      return absl::DeadlineExceededError(internal::StrCat(
+          "retry \"", name, "\": ", internal::FormatDuration(left),
+          " left before the deadline, next attempt in ", internal::FormatDuration(delay),
+          "; stopped after ", Attempts(ctx_.attempt), "; last error: ", StatusText(status_)));
     }
   }
+  // Recording the failure and asking for the retry is one step, so a shared budget decides on
+  // the state this failure produced.
+  if (budget != nullptr) {
+    grant_ = budget->OnAttemptFailed(status_, /*retry_wanted=*/true);
+    if (!grant_) {
+      retry_.Count(Outcome::kGaveUpBudget);
+      return Annotate(status_,
+                      internal::StrCat("retry \"", name, "\": retry budget exhausted after ",
+                                       Attempts(ctx_.attempt)));
+    }
+  }
+  return delay;
+}
+
+absl::Status Retry::Loop::Cancelled() {
+  if (grant_) retry_.options_.budget->OnRetryFinished(*grant_, /*succeeded=*/false);
+  grant_.reset();
+  return CancelledStatus();
+}
+
+const CallContext& Retry::Loop::Begin() {
+  ++ctx_.attempt;
+  retry_.counters_->retries.fetch_add(1, std::memory_order_relaxed);
+  return ctx_;
+}
+
+bool Retry::Loop::Finish(absl::Status status) {
+  RetryBudgetPolicy* const budget = retry_.options_.budget;
+  if (grant_) budget->OnRetryFinished(*grant_, status.ok());
+  grant_.reset();
+  if (status.ok()) {
+    if (budget != nullptr) budget->OnAttemptSucceeded(ctx_.attempt);
+    retry_.Count(Outcome::kSucceededAfterRetry);
+    return true;
+  }
+  status_ = std::move(status);
+  return false;
 }
 
 }  // namespace keel

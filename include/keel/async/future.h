@@ -82,6 +82,8 @@ class Promise;
 template <typename T>
 class Future {
  public:
+  using value_type = T;
+
   // A future that is already complete with `result` (e.g. a rejection).
   static Future Ready(FutureResult<T> result, Clock& clock = SteadyClock()) {
     auto state = std::make_shared<internal::FutureState<T>>(clock);

@@ -40,6 +40,9 @@
 #include "absl/random/bit_gen_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "keel/async/future.h"
+#include "keel/async/task.h"
+#include "keel/async/timer.h"
 #include "keel/clock.h"
 #include "keel/deadline.h"
 #include "keel/metrics.h"
@@ -51,6 +54,15 @@
 namespace keel {
 
 struct RetryStats;
+
+namespace internal {
+// The status of a failed FutureResult, moved out.
+inline absl::Status TakeStatus(absl::Status&& s) { return std::move(s); }
+template <typename T>
+absl::Status TakeStatus(absl::StatusOr<T>&& s) {
+  return std::move(s).status();
+}
+}  // namespace internal
 
 class Retry {
  public:
@@ -122,6 +134,23 @@ class Retry {
     return Execute(ctx, std::forward<F>(fn));
   }
 
+  // The same as Execute for calls that return a future: `fn(const CallContext&)` returns
+  // keel::Future<T>, and so does ExecuteAsync. No thread waits: each attempt's future is awaited
+  // and the backoff between attempts is a sleep on `timer` (keel/async/timer.h). Same results,
+  // budget accounting, Stats and metrics as Execute. A cancellation during a backoff is noticed
+  // when the backoff ends; a `timer` shut down during a backoff ends the call with CANCELLED.
+  // `fn` is moved into the call and must stay valid until the returned future completes, as must
+  // the Retry's budget, clock and `timer`. `fn` runs first on this thread, later on whatever
+  // thread completed the previous attempt's future or the timer's thread: never block in it.
+  template <typename F>
+  auto ExecuteAsync(Timer& timer, const CallContext& ctx, F fn) const;
+  template <typename F>
+  auto ExecuteAsync(Timer& timer, Deadline deadline, F fn) const {
+    CallContext ctx;
+    ctx.deadline = deadline;
+    return ExecuteAsync(timer, ctx, std::move(fn));
+  }
+
   const Options& options() const { return options_; }
 
   // The type-erased core that Execute and Pipeline call: `attempt` reports each attempt's
@@ -150,9 +179,44 @@ class Retry {
     counters_->outcomes[static_cast<size_t>(o)].fetch_add(1, std::memory_order_relaxed);
   }
 
-  // After a failed first attempt: the backoff loop.
-  absl::Status RetryLoop(CallContext ctx, absl::Status status,
-                         absl::FunctionRef<absl::Status(const CallContext&)> attempt) const;
+  // One call's state after its first attempt failed: what Run's loop and ExecuteAsync's
+  // coroutine share, so both decide every retry the same way.
+  class Loop {
+   public:
+    Loop(const Retry& retry, CallContext ctx, absl::Status failure);
+    // After a failure: the delay before the next attempt, or (not OK) the status the call ends
+    // with. A retry granted by the budget must be followed by Begin and Finish, or Cancelled.
+    absl::StatusOr<Duration> Next();
+    // The backoff was cut by cancellation: the status the call ends with.
+    absl::Status Cancelled();
+    // The next attempt's context (counts the retry).
+    const CallContext& Begin();
+    // Records the attempt's status; true when it succeeded (the call is over).
+    bool Finish(absl::Status status);
+    const CallContext& context() const { return ctx_; }
+
+   private:
+    absl::Status CancelledStatus();
+    const Retry& retry_;
+    CallContext ctx_;
+    absl::Status status_;  // the last failure
+    BackoffSequence delays_;
+    std::optional<RetryBudgetPolicy::Grant> grant_;
+  };
+  // The budget's call bracket (OnCallStarted / OnCallFinished) on every way out.
+  struct CallScope {
+    explicit CallScope(RetryBudgetPolicy* b) : budget(b) {
+      if (budget != nullptr) budget->OnCallStarted();
+    }
+    ~CallScope() {
+      if (budget != nullptr) budget->OnCallFinished();
+    }
+    CallScope(const CallScope&) = delete;
+    CallScope& operator=(const CallScope&) = delete;
+    RetryBudgetPolicy* budget;
+  };
+  template <typename T, typename F>
+  static Task<T> AsyncLoop(Retry retry, Timer& timer, CallContext ctx, F fn);
 
   Options options_;
   Backoff backoff_;
@@ -167,6 +231,41 @@ struct RetryStats {
   std::array<uint64_t, Retry::kOutcomes> outcomes_total{};  // indexed by Retry::Outcome
   uint64_t outcome(Retry::Outcome o) const { return outcomes_total[static_cast<size_t>(o)]; }
 };
+
+template <typename T, typename F>
+Task<T> Retry::AsyncLoop(Retry retry, Timer& timer, CallContext ctx, F fn) {
+  RetryBudgetPolicy* const budget = retry.options_.budget;
+  CallScope scope(budget);
+  ctx.attempt = 1;
+  FutureResult<T> result = co_await fn(static_cast<const CallContext&>(ctx));
+  if (result.ok()) {
+    if (budget != nullptr) budget->OnAttemptSucceeded(1);
+    co_return result;
+  }
+  // Statuses move between the threads this frame resumes on, never copied (see DESIGN.md).
+  Loop loop(retry, ctx, internal::TakeStatus(std::move(result)));
+  for (;;) {
+    absl::StatusOr<Duration> delay = loop.Next();
+    if (!delay.ok()) co_return std::move(delay).status();
+    if (*delay > Duration::zero()) {
+      absl::Status slept = co_await timer.Sleep(*delay);
+      if (!slept.ok() || loop.context().cancellation.cancelled()) co_return loop.Cancelled();
+    }
+    result = co_await fn(loop.Begin());
+    if (result.ok()) {
+      loop.Finish(absl::OkStatus());
+      co_return result;
+    }
+    loop.Finish(internal::TakeStatus(std::move(result)));
+  }
+}
+
+template <typename F>
+auto Retry::ExecuteAsync(Timer& timer, const CallContext& ctx, F fn) const {
+  using Fut = std::invoke_result_t<F&, const CallContext&>;
+  using T = typename Fut::value_type;
+  return AsyncLoop<T>(*this, timer, ctx, std::move(fn)).Start(*clock_);
+}
 
 template <typename F>
 auto Retry::Execute(const CallContext& ctx, F&& fn) const {
