@@ -10,10 +10,15 @@
 //                             (libpqxx sends BEGIN on its own); the ideal ratio is 5/3.
 //   BM_Pg_PooledRunSelect1    Run() with one statement (3 round trips), for comparison.
 //   BM_Pg_ConnectPerCall      a fresh libpqxx connection per SELECT 1: what pooling saves.
+//   BM_Pg_AsyncSelect1/N      AsyncExecute("SELECT 1") with N calls in flight from one thread,
+//                             pipelined over one async connection; time per call. N = 1 against
+//                             BM_Baseline_PgSelect1 (one round trip, held connection); N = 16
+//                             shows what pipelining saves over one round trip per call.
 // Needs KEEL_TEST_POSTGRES_URL (scripts/bench sets it); skipped with an error otherwise.
 #include <benchmark/benchmark.h>
 
 #include <chrono>
+#include <deque>
 #include <memory>
 #include <string>
 
@@ -144,5 +149,37 @@ void BM_Pg_ConnectPerCall(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_Pg_ConnectPerCall)->UseRealTime();
+
+void BM_Pg_AsyncSelect1(benchmark::State& state) {
+  auto pool = MakePool(state);
+  if (!pool) return;
+  const size_t depth = static_cast<size_t>(state.range(0));
+  std::deque<keel::Future<keel::postgres::Rows>> in_flight;
+  auto issue = [&] {
+    in_flight.push_back(pool->AsyncExecute(keel::Deadline::After(5s), "SELECT 1"));
+  };
+  // Warm: the async connection is opened by the first call.
+  if (!pool->AsyncExecute(keel::Deadline::After(5s), "SELECT 1").Get().ok()) {
+    state.SkipWithError("async SELECT 1 failed");
+    return;
+  }
+  for (size_t i = 0; i < depth; ++i) issue();
+  for (auto _ : state) {
+    absl::StatusOr<keel::postgres::Rows> one = in_flight.front().Get();
+    in_flight.pop_front();
+    if (!one.ok()) {
+      state.SkipWithError(std::string(one.status().message()).c_str());
+      break;
+    }
+    benchmark::DoNotOptimize(one->Text(0, 0));
+    issue();
+  }
+  while (!in_flight.empty()) {
+    (void)in_flight.front().Get();
+    in_flight.pop_front();
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_Pg_AsyncSelect1)->Arg(1)->Arg(16)->UseRealTime();
 
 }  // namespace

@@ -39,10 +39,6 @@ Wait PollFor(int fd, short events, const Deadline& deadline, int abort_fd) {
   }
 }
 
-std::string LibpqMessage(PGconn* conn) {
-  return CleanLibpqMessage(conn != nullptr ? PQerrorMessage(conn) : "out of memory");
-}
-
 // libpq's message about connecting with `conninfo`. A parser that misreads a password quotes it
 // bare ("invalid integer value "hunter22" for connection option "port"", "invalid
 // percent-encoded token: "s3cr%zzet""), where no pattern finds it: every password keel finds in
@@ -84,10 +80,12 @@ absl::StatusOr<PgConnPtr> ConnectBounded(const std::string& conninfo, const Dead
   }
 }
 
-namespace {
+std::string LibpqMessage(PGconn* conn) {
+  return CleanLibpqMessage(conn != nullptr ? PQerrorMessage(conn) : "out of memory");
+}
 
 // A NUL byte inside the SQL or a text parameter would silently cut the text libpq sends.
-absl::Status CheckNoNul(std::string_view component, const Statement& st) {
+absl::Status CheckNoNul(std::string_view component, const StatementRef& st) {
   if (st.sql.find('\0') != std::string_view::npos) {
     return absl::InvalidArgumentError(
         StrCat(component, ": SQL text contains a NUL byte at offset ", st.sql.find('\0')));
@@ -106,7 +104,7 @@ absl::Status CheckNoNul(std::string_view component, const Statement& st) {
 // Queues one statement in libpq's output buffer (nothing is flushed yet in non-blocking mode).
 // The extended protocol (PQsendQueryParams) unless `simple`, which allows several statements in
 // one string and is not allowed in pipeline mode.
-bool SendOne(PGconn* conn, const Statement& st, bool simple) {
+bool SendOne(PGconn* conn, const StatementRef& st, bool simple) {
   const std::string text(st.sql);
   if (simple) return PQsendQuery(conn, text.c_str()) != 0;
   const size_t n = st.params.size();
@@ -117,8 +115,9 @@ bool SendOne(PGconn* conn, const Statement& st, bool simple) {
     const Param& p = st.params[i];
     if (p.null) continue;
     if (p.binary) {
-      values[i] = p.bytes.data();
-      lengths[i] = static_cast<int>(p.bytes.size());
+      const std::string_view bytes = p.owned ? std::string_view(p.text) : p.bytes;
+      values[i] = bytes.data();
+      lengths[i] = static_cast<int>(bytes.size());
       formats[i] = 1;
     } else {
       values[i] = p.text.c_str();
@@ -127,6 +126,8 @@ bool SendOne(PGconn* conn, const Statement& st, bool simple) {
   return PQsendQueryParams(conn, text.c_str(), static_cast<int>(n), nullptr, values.data(),
                            lengths.data(), formats.data(), /*resultFormat=*/0) != 0;
 }
+
+namespace {
 
 // The bounded conversation on one connection: flushing what libpq queued and reading results,
 // every wait ending by the deadline (or the abort descriptor), with `*broken` set when the
@@ -224,7 +225,7 @@ absl::StatusOr<Rows> ExecBounded(PGconn* conn, std::string_view component, std::
                                  const std::vector<Param>& params, const Deadline& deadline,
                                  int abort_fd, bool* broken) {
   KEEL_RETURN_IF_ERROR(CheckOpen(conn, component, broken));
-  const Statement st{sql, params};
+  const StatementRef st{sql, params};
   KEEL_RETURN_IF_ERROR(CheckNoNul(component, st));
   NonBlocking nb(conn);
   Exchange x(conn, component, deadline, abort_fd, broken);
@@ -246,10 +247,10 @@ absl::StatusOr<Rows> ExecBounded(PGconn* conn, std::string_view component, std::
 }
 
 absl::StatusOr<std::vector<absl::StatusOr<Rows>>> ExecPipeline(
-    PGconn* conn, std::string_view component, std::span<const Statement> statements,
+    PGconn* conn, std::string_view component, std::span<const StatementRef> statements,
     const Deadline& deadline, int abort_fd, bool* broken) {
   KEEL_RETURN_IF_ERROR(CheckOpen(conn, component, broken));
-  for (const Statement& st : statements) KEEL_RETURN_IF_ERROR(CheckNoNul(component, st));
+  for (const StatementRef& st : statements) KEEL_RETURN_IF_ERROR(CheckNoNul(component, st));
   std::vector<absl::StatusOr<Rows>> out;
   if (statements.empty()) return out;
   NonBlocking nb(conn);
@@ -264,7 +265,7 @@ absl::StatusOr<std::vector<absl::StatusOr<Rows>>> ExecPipeline(
     PGconn* c;
     ~Exit() { PQexitPipelineMode(c); }
   } exit{conn};
-  for (const Statement& st : statements) {
+  for (const StatementRef& st : statements) {
     if (!SendOne(conn, st, /*simple=*/false)) return x.Lost();
   }
   if (!PQpipelineSync(conn)) return x.Lost();

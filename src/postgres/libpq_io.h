@@ -40,10 +40,19 @@ absl::StatusOr<Rows> ExecBounded(PGconn* conn, std::string_view component, std::
                                  int abort_fd, bool* broken);
 
 // One statement of a pipeline: `sql` with `params` bound as $1..$n.
-struct Statement {
+struct StatementRef {
   std::string_view sql;
   const std::vector<Param>& params;
 };
+
+// INVALID_ARGUMENT when `st` holds a NUL byte in its SQL or a text parameter (libpq would cut the
+// text there).
+absl::Status CheckNoNul(std::string_view component, const StatementRef& st);
+// Queues `st` in libpq's output buffer (PQsendQueryParams, or PQsendQuery when `simple`); false
+// when libpq refused (see PQerrorMessage).
+bool SendOne(PGconn* conn, const StatementRef& st, bool simple);
+// libpq's last error on `conn`, cleaned and redacted.
+std::string LibpqMessage(PGconn* conn);
 
 // Sends `statements` in one round trip in libpq's pipeline mode (the extended protocol, one Sync
 // after the last; so each `sql` holds exactly one statement) and returns each one's result in
@@ -52,7 +61,7 @@ struct Statement {
 // UNAVAILABLE, INVALID_ARGUMENT for a NUL byte before anything is sent). REQUIRES: no
 // transaction or pipeline left open by libpqxx on `conn`.
 absl::StatusOr<std::vector<absl::StatusOr<Rows>>> ExecPipeline(
-    PGconn* conn, std::string_view component, std::span<const Statement> statements,
+    PGconn* conn, std::string_view component, std::span<const StatementRef> statements,
     const Deadline& deadline, int abort_fd, bool* broken);
 
 // A libpq message on one line, without trailing newlines or doubled spaces, and redacted (libpq

@@ -9,6 +9,7 @@
 #include <exception>
 #include <utility>
 
+#include "async_engine.h"
 #include "keel/internal/format.h"
 #include "keel/internal/redact.h"
 #include "keel/internal/status_macros.h"
@@ -142,6 +143,17 @@ absl::StatusOr<std::unique_ptr<Pool>> Pool::Create(PoolOptions options, Clock& c
                                                keel::internal::FormatDuration(*value)));
     }
   }
+  if (options.async.connections < 1 || options.async.max_in_flight < 1) {
+    return absl::InvalidArgumentError(StrCat(
+        "postgres pool \"", name, "\": postgres.async.",
+        options.async.connections < 1 ? "connections" : "max_in_flight", " must be >= 1, got ",
+        options.async.connections < 1 ? options.async.connections : options.async.max_in_flight));
+  }
+  if (options.async.late_timeout <= Duration::zero()) {
+    return absl::InvalidArgumentError(
+        StrCat("postgres pool \"", name, "\": postgres.async.late_timeout must be > 0, got ",
+               keel::internal::FormatDuration(options.async.late_timeout)));
+  }
   auto watchdog = std::make_unique<internal::Watchdog>();
   internal::Watchdog* dog = watchdog.get();
   std::unique_ptr<Pool> pool(new Pool(std::move(options), std::move(watchdog)));
@@ -215,11 +227,66 @@ absl::StatusOr<Rows> Pool::ExecuteParams(const Deadline& deadline, Lease* held,
   return rows;
 }
 
+internal::AsyncEngine* Pool::Engine() {
+  MutexLock lock(engine_mu_);
+  if (shut_down_) return nullptr;
+  if (engine_ == nullptr) {
+    const PoolOptions* opts = &options_;
+    internal::Watchdog* dog = watchdog_.get();
+    engine_ = std::make_unique<internal::AsyncEngine>(
+        internal::AsyncEngine::Settings{
+            .component = component_,
+            .connections = options_.async.connections,
+            .max_in_flight = options_.async.max_in_flight,
+            .connect_timeout = std::min(options_.pool.acquire_timeout, options_.call_timeout),
+            .late_timeout = options_.async.late_timeout,
+        },
+        [opts, dog](Deadline d) { return internal::Connect(*opts, d, *dog); });
+  }
+  return engine_.get();
+}
+
+Future<std::vector<absl::StatusOr<Rows>>> Pool::AsyncPipeline(const Deadline& deadline,
+                                                              std::vector<Statement> statements) {
+  internal::AsyncEngine* engine = Engine();
+  if (engine == nullptr) {
+    return Future<std::vector<absl::StatusOr<Rows>>>::Ready(
+        absl::FailedPreconditionError(keel::internal::StrCat(component_, ": shut down")));
+  }
+  return engine->Submit(Bound(deadline), std::move(statements));
+}
+
+Future<Rows> Pool::AsyncOne(const Deadline& deadline, std::vector<Statement> one) {
+  Promise<Rows> promise;
+  Future<Rows> rows = promise.future();
+  AsyncPipeline(deadline, std::move(one))
+      .Then([promise = std::move(promise)](
+                absl::StatusOr<std::vector<absl::StatusOr<Rows>>> batch) mutable {
+        if (!batch.ok()) return promise.Set(std::move(batch).status());
+        promise.Set(std::move(batch->front()));
+      });
+  return rows;
+}
+
+AsyncStats Pool::GetAsyncStats() const {
+  MutexLock lock(engine_mu_);
+  return engine_ != nullptr ? engine_->Stats() : AsyncStats{};
+}
+
 void Pool::Shutdown() {
+  std::unique_ptr<internal::AsyncEngine> engine;
+  {
+    MutexLock lock(engine_mu_);
+    shut_down_ = true;
+    engine = std::move(engine_);
+  }
   if (pool_ == nullptr) return;
-  // Connects and validations poll the abort descriptor: they end now, so the maintainer stops at
-  // once. Calls in flight on leases get shutdown_timeout, then the watchdog cuts them.
+  // First: connects and validations in flight (the pool's and the async engine's) poll the abort
+  // descriptor, so they end now.
   watchdog_->Abort();
+  if (engine != nullptr) engine->Shutdown();  // async calls complete CANCELLED
+  // The maintainer stops at once for the same reason. Calls in flight on leases get
+  // shutdown_timeout, then the watchdog cuts them.
   watchdog_->CapAt(std::chrono::steady_clock::now() + options_.shutdown_timeout);
   pool_->Shutdown();
 }

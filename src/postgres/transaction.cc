@@ -44,13 +44,13 @@ absl::StatusOr<Rows> Transaction::ExecuteParams(std::string_view sql,
   }
   static const std::vector<internal::Param> kNone;
   const std::string begin = begun_ ? std::string() : BeginSql();
-  const std::array<internal::Statement, 2> both = {internal::Statement{begin, kNone},
-                                                   internal::Statement{sql, params}};
+  const std::array<internal::StatementRef, 2> both = {internal::StatementRef{begin, kNone},
+                                                      internal::StatementRef{sql, params}};
   // Without BEGIN, a pipeline of one: the same single round trip, and the same protocol (one
   // statement per call) as the first.
-  const std::span<const internal::Statement> send =
-      begun_ ? std::span<const internal::Statement>(both).subspan(1)
-             : std::span<const internal::Statement>(both);
+  const std::span<const internal::StatementRef> send =
+      begun_ ? std::span<const internal::StatementRef>(both).subspan(1)
+             : std::span<const internal::StatementRef>(both);
   absl::StatusOr<std::vector<absl::StatusOr<Rows>>> results =
       internal::ExecPipeline(conn_, component_, send, deadline_, /*abort_fd=*/-1, &broken_);
   if (!results.ok()) {
@@ -83,9 +83,9 @@ absl::Status Transaction::Finish(bool commit) {
     return absl::DeadlineExceededError(
         StrCat(component_, ": the deadline passed before COMMIT; the transaction is rolled back"));
   }
-  const internal::Statement end{committing ? "COMMIT" : "ROLLBACK", kNone};
+  const internal::StatementRef end{committing ? "COMMIT" : "ROLLBACK", kNone};
   absl::StatusOr<std::vector<absl::StatusOr<Rows>>> results = internal::ExecPipeline(
-      conn_, component_, std::span<const internal::Statement>(&end, 1), deadline_,
+      conn_, component_, std::span<const internal::StatementRef>(&end, 1), deadline_,
       /*abort_fd=*/-1, &broken_);
   if (!committing) {
     // A failed ROLLBACK leaves the session unknown: broken_ is set for the lost connection; a

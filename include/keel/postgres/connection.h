@@ -136,9 +136,10 @@ namespace internal {
 // One bound parameter: text (libpq's default format) or binary bytea; NULL when `null`.
 struct Param {
   std::string text;
-  std::string_view bytes;  // binary only: points into the caller's Bytes
+  std::string_view bytes;  // binary only: points into the caller's Bytes, unless `owned`
   bool null = false;
   bool binary = false;
+  bool owned = false;  // binary bytes copied into `text` (Statement)
 };
 
 inline void AddParam(std::vector<Param>& out, std::string_view s) {
@@ -173,4 +174,28 @@ void AddParam(std::vector<Param>& out, T v) {
 }
 
 }  // namespace internal
+
+// One statement and its bound parameters, owned: what Pool::AsyncPipeline sends. Parameters
+// take the same types as Pool::Execute; Bytes are copied, so nothing needs to outlive the call.
+//
+//   std::vector<keel::postgres::Statement> batch;
+//   batch.emplace_back("INSERT INTO events VALUES ($1, $2)", id, body);
+//   batch.emplace_back("SELECT count(*) FROM events");
+struct Statement {
+  template <typename... Params>
+  explicit Statement(std::string sql_text, const Params&... bound) : sql(std::move(sql_text)) {
+    params.reserve(sizeof...(Params));
+    (internal::AddParam(params, bound), ...);
+    for (internal::Param& p : params) {
+      if (p.binary) {
+        p.text = std::string(p.bytes);
+        p.bytes = {};
+        p.owned = true;
+      }
+    }
+  }
+  std::string sql;
+  std::vector<internal::Param> params;
+};
+
 }  // namespace keel::postgres

@@ -62,6 +62,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "keel/async/future.h"
 #include "keel/clock.h"
 #include "keel/deadline.h"
 #include "keel/internal/status_of.h"
@@ -70,6 +71,7 @@
 #include "keel/postgres/connection.h"
 #include "keel/postgres/internal/watchdog.h"
 #include "keel/postgres/transaction.h"
+#include "keel/sync.h"
 
 namespace keel::postgres {
 
@@ -114,6 +116,22 @@ struct PoolOptions {
   // connections. Connects and validations in flight are abandoned at once. Default: 1 s.
   Duration shutdown_timeout = std::chrono::seconds(1);
 
+  // The async calls (AsyncExecute, AsyncPipeline) run on connections of their own, opened on
+  // first use (with the session settings and on_connect above), each carrying many callers'
+  // statements back to back in libpq pipeline mode, driven by one thread per pool.
+  struct Async {
+    // Connections the async calls share. One is usually enough: a pipelined connection keeps
+    // the server's backend busy without waiting for round trips. Default: 1.
+    int connections = 1;
+    // Async calls queued or waiting for results, over all those connections; one more is refused
+    // with RESOURCE_EXHAUSTED (with a retry-after hint). Default: 1024.
+    int max_in_flight = 1024;
+    // How long a connection may keep owing the results of calls that timed out (read and dropped
+    // when they come, so a paused server costs no reconnect) before it is closed. Default: 10 s.
+    Duration late_timeout = std::chrono::seconds(10);
+  };
+  Async async = {};
+
   // The generic pool's options (size, timeouts, lifetime, leak detection). `pool.name` names this
   // pool in errors and in the `name` label of metrics: name primary and replica pools apart.
   // Default: {.name = "postgres"}; a `.pool = {...}` written without `.name` gets
@@ -146,7 +164,20 @@ template <typename Fn>
 using TransactResultT =
     typename RunResult<std::decay_t<std::invoke_result_t<Fn&, Transaction&>>>::type;
 
+// The async engine's counters (Pool::AsyncStats).
+struct AsyncStats {
+  uint64_t submitted_total = 0;
+  uint64_t completed_total = 0;
+  uint64_t timed_out_total = 0;             // completed DEADLINE_EXCEEDED
+  uint64_t late_results_dropped_total = 0;  // results of timed-out calls read and dropped
+  uint64_t rejected_full_total = 0;         // RESOURCE_EXHAUSTED: max_in_flight reached
+  uint64_t connects_total = 0;
+  uint64_t connect_failures_total = 0;
+  uint64_t in_flight = 0;  // queued or sent, not completed
+};
+
 namespace internal {
+class AsyncEngine;
 // The Status for the exception being handled (call only inside a catch block); sets `*broken`
 // when the connection can no longer be used. `component` prefixes the message.
 absl::Status StatusFromCurrentException(std::string_view component, bool* broken);
@@ -326,6 +357,30 @@ class Pool {
     return ExecuteParams(deadline, &lease, sql, bound);
   }
 
+  // Runs one statement without a thread waiting for it: returns at once, and the future completes
+  // on the pool's async thread (never block in a callback or coroutine resumed there: see
+  // keel/async/future.h). The statement runs in autocommit on one of the async connections
+  // (options.async), pipelined behind other callers' statements. By `deadline` (Infinite():
+  // call_timeout) the future completes with DEADLINE_EXCEEDED and the late result is dropped
+  // when it comes, the connection kept. Errors as Execute, plus RESOURCE_EXHAUSTED (too many
+  // async calls in flight), UNAVAILABLE (the connection failed or cannot be opened: the
+  // statement may have run), CANCELLED (Shutdown). Parameters are copied.
+  template <typename... Params>
+  Future<Rows> AsyncExecute(const Deadline& deadline, std::string_view sql,
+                            const Params&... params) {
+    std::vector<Statement> one;
+    one.emplace_back(std::string(sql), params...);
+    return AsyncOne(deadline, std::move(one));
+  }
+  // Sends `statements` as one batch in one round trip (pipeline mode, one Sync) and completes
+  // with one result per statement, in order. Each runs in autocommit unless the batch holds its
+  // own BEGIN ... COMMIT; after a failed statement the server skips the rest of the batch (their
+  // entries are ABORTED). The outer status fails as AsyncExecute's does.
+  Future<std::vector<absl::StatusOr<Rows>>> AsyncPipeline(const Deadline& deadline,
+                                                          std::vector<Statement> statements);
+  // The async engine's counters (zero until the first async call).
+  AsyncStats GetAsyncStats() const;
+
   PoolStats Stats() const { return pool_->Stats(); }
   void RunMaintenance() { pool_->RunMaintenance(); }
   // Abandons connects and validations in flight at once, gives calls in flight until
@@ -347,11 +402,16 @@ class Pool {
   }
   absl::StatusOr<Rows> ExecuteParams(const Deadline& deadline, Lease* lease, std::string_view sql,
                                      const std::vector<internal::Param>& params);
+  Future<Rows> AsyncOne(const Deadline& deadline, std::vector<Statement> one);
+  internal::AsyncEngine* Engine();
 
   PoolOptions options_;
   std::string component_;  // `postgres pool "<name>"`
   std::unique_ptr<internal::Watchdog> watchdog_;
   std::unique_ptr<keel::Pool<Connection>> pool_;
+  mutable Mutex engine_mu_;
+  std::unique_ptr<internal::AsyncEngine> engine_ ABSL_GUARDED_BY(engine_mu_);
+  bool shut_down_ ABSL_GUARDED_BY(engine_mu_) = false;
 };
 
 namespace internal {
