@@ -228,6 +228,8 @@ class CircuitBreaker {
 
   const std::string& name() const { return options_.name; }
   const Options& options() const { return options_; }
+  // The clock durations are recorded on (what Execute measures `fn` with).
+  Clock& clock() const { return clock_; }
 
  private:
   class Window;

@@ -35,7 +35,9 @@
 //       [&](const keel::CallContext& ctx) { return users.Get(id, ctx.deadline); });
 #pragma once
 
+#include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -45,6 +47,8 @@
 
 #include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
+#include "keel/async/future.h"
+#include "keel/async/timer.h"
 #include "keel/deadline.h"
 #include "keel/internal/format.h"
 #include "keel/internal/strings.h"
@@ -64,12 +68,27 @@ namespace keel {
 // with the context the inner stages should see and returns the result. A rate limiter, hedging
 // or a custom policy plugs in by implementing this.
 // REQUIRES: Apply is thread-safe; `next` is only valid during the Apply call that received it.
+//
+// The async form (Pipeline::ExecuteAsync): ApplyAsync receives `next` returning a Future and
+// returns a Future, never waiting on a thread; `timer` is the pipeline call's shared timer for
+// any sleep or timeout. A stage without an async form keeps the default (SupportsAsync() false)
+// and ExecuteAsync refuses the pipeline with FAILED_PRECONDITION naming the stage's position.
+// REQUIRES (async): `next` may be called after ApplyAsync returned (it is owned, copyable);
+// stages must not block in ApplyAsync or in the continuations they attach.
 template <typename T>
 class Policy {
  public:
   using Next = absl::FunctionRef<absl::StatusOr<T>(const CallContext&)>;
+  using AsyncNext = std::function<Future<T>(const CallContext&)>;
   virtual ~Policy() = default;
   virtual absl::StatusOr<T> Apply(const CallContext& ctx, Next next) const = 0;
+  virtual bool SupportsAsync() const { return false; }
+  virtual Future<T> ApplyAsync(const CallContext& ctx, const AsyncNext& next, Timer& timer) const {
+    (void)ctx;
+    (void)next;
+    (void)timer;
+    return Future<T>::Ready(absl::UnimplementedError("pipeline stage has no async form"));
+  }
 };
 
 namespace pipeline_internal {
@@ -80,6 +99,11 @@ class RetryStage final : public Policy<T> {
   explicit RetryStage(Retry retry) : retry_(std::move(retry)) {}
   absl::StatusOr<T> Apply(const CallContext& ctx, typename Policy<T>::Next next) const override {
     return retry_.Execute(ctx, next);
+  }
+  bool SupportsAsync() const override { return true; }
+  Future<T> ApplyAsync(const CallContext& ctx, const typename Policy<T>::AsyncNext& next,
+                       Timer& timer) const override {
+    return retry_.ExecuteAsync(timer, ctx, next);
   }
 
  private:
@@ -93,6 +117,36 @@ class TimeoutStage final : public Policy<T> {
   absl::StatusOr<T> Apply(const CallContext& ctx, typename Policy<T>::Next next) const override {
     return next(timeout_.Narrow(ctx));
   }
+  bool SupportsAsync() const override { return true; }
+  // Unlike Apply, which cannot abandon a call running on the caller's stack, the async form
+  // completes with DEADLINE_EXCEEDED at the narrowed deadline whether or not the callee does; a
+  // late result is dropped.
+  Future<T> ApplyAsync(const CallContext& ctx, const typename Policy<T>::AsyncNext& next,
+                       Timer& timer) const override {
+    const CallContext inner = timeout_.Narrow(ctx);
+    Future<T> call = next(inner);
+    if (inner.deadline.IsInfinite()) return call;
+    struct Race {
+      Promise<T> promise;
+      std::atomic<bool> done{false};
+      std::atomic<TimerId> timer_id{0};
+    };
+    auto race = std::make_shared<Race>();
+    Future<T> out = race->promise.future();
+    const Duration left = inner.deadline.Remaining();
+    race->timer_id.store(
+        timer.Schedule(timer.clock().Now() + left, [race, name = timeout_.options().name, left] {
+          if (race->done.exchange(true)) return;
+          race->promise.Set(absl::DeadlineExceededError(keel::internal::StrCat(
+              "timeout \"", name, "\": no result within ", keel::internal::FormatDuration(left))));
+        }));
+    std::move(call).Then([race, &timer](absl::StatusOr<T> r) {
+      if (race->done.exchange(true)) return;  // timed out first: the late result is dropped
+      timer.Cancel(race->timer_id.load());
+      race->promise.Set(std::move(r));
+    });
+    return out;
+  }
 
  private:
   Timeout timeout_;
@@ -104,6 +158,16 @@ class FallbackStage final : public Policy<T> {
   explicit FallbackStage(Fallback<T> fallback) : fallback_(std::move(fallback)) {}
   absl::StatusOr<T> Apply(const CallContext& ctx, typename Policy<T>::Next next) const override {
     return fallback_.Recover(next(ctx));
+  }
+  bool SupportsAsync() const override { return true; }
+  Future<T> ApplyAsync(const CallContext& ctx, const typename Policy<T>::AsyncNext& next,
+                       Timer&) const override {
+    Promise<T> promise;
+    Future<T> out = promise.future();
+    next(ctx).Then([this, promise = std::move(promise)](absl::StatusOr<T> r) mutable {
+      promise.Set(fallback_.Recover(std::move(r)));
+    });
+    return out;
   }
 
  private:
@@ -120,6 +184,21 @@ class BulkheadStage final : public Policy<T> {
     if (!permit.ok()) return std::move(permit).status();
     return next(ctx);  // the permit is released when the call returns
   }
+  bool SupportsAsync() const override { return true; }
+  // Does not wait for a permit (waiting would hold a thread): RESOURCE_EXHAUSTED at once when
+  // the bulkhead is full. The permit is held until the inner future completes.
+  Future<T> ApplyAsync(const CallContext& ctx, const typename Policy<T>::AsyncNext& next,
+                       Timer&) const override {
+    absl::StatusOr<SemaphoreBulkhead::Permit> permit = bulkhead_.TryAcquire();
+    if (!permit.ok()) return Future<T>::Ready(std::move(permit).status());
+    Promise<T> promise;
+    Future<T> out = promise.future();
+    next(ctx).Then(
+        [permit = std::move(*permit), promise = std::move(promise)](absl::StatusOr<T> r) mutable {
+          promise.Set(std::move(r));  // the permit is released after this, with the lambda
+        });
+    return out;
+  }
 
  private:
   SemaphoreBulkhead& bulkhead_;
@@ -132,6 +211,21 @@ class CircuitBreakerStage final : public Policy<T> {
   explicit CircuitBreakerStage(CircuitBreaker& breaker) : breaker_(breaker) {}
   absl::StatusOr<T> Apply(const CallContext& ctx, typename Policy<T>::Next next) const override {
     return breaker_.Execute([&]() -> absl::StatusOr<T> { return next(ctx); });
+  }
+  bool SupportsAsync() const override { return true; }
+  Future<T> ApplyAsync(const CallContext& ctx, const typename Policy<T>::AsyncNext& next,
+                       Timer&) const override {
+    absl::StatusOr<CircuitBreaker::Permit> permit = breaker_.TryAcquire();
+    if (!permit.ok()) return Future<T>::Ready(std::move(permit).status());
+    Promise<T> promise;
+    Future<T> out = promise.future();
+    const TimePoint start = breaker_.clock().Now();
+    next(ctx).Then([this, start, permit = std::move(*permit),
+                    promise = std::move(promise)](absl::StatusOr<T> r) mutable {
+      permit.Record(r.status(), breaker_.clock().Now() - start);
+      promise.Set(std::move(r));
+    });
+    return out;
   }
 
  private:
@@ -177,10 +271,27 @@ class RateLimitStage final : public Policy<T> {
   RateLimitStage(Limiter& limiter, RateLimitStageOptions options)
       : limiter_(&limiter), options_(std::move(options)) {}
   absl::StatusOr<T> Apply(const CallContext& ctx, typename Policy<T>::Next next) const override {
+    absl::Status admitted = Admit(ctx);
+    if (!admitted.ok()) return admitted;
+    return next(ctx);
+  }
+  bool SupportsAsync() const override { return true; }
+  // The limiter is asked as in Apply (a Redis-backed limiter answers over the network on this
+  // thread); the inner stages run only when it admits the call.
+  Future<T> ApplyAsync(const CallContext& ctx, const typename Policy<T>::AsyncNext& next,
+                       Timer&) const override {
+    absl::Status admitted = Admit(ctx);
+    if (!admitted.ok()) return Future<T>::Ready(std::move(admitted));
+    return next(ctx);
+  }
+
+ private:
+  // OK when the limiter admits the call; its error or the denial otherwise.
+  absl::Status Admit(const CallContext& ctx) const {
     absl::StatusOr<limit::Decision> d =
         TryAcquireFrom(*limiter_, ctx, options_.key, options_.quantity);
     if (!d.ok()) return std::move(d).status();  // INVALID_ARGUMENT, UNAVAILABLE (fail closed)
-    if (d->allowed) return next(ctx);
+    if (d->allowed) return absl::OkStatus();
     using keel::internal::StrCat;
     if (d->retry_after == limit::kNever) {
       // No wait helps a quantity above the limit: no retry-after hint to follow.
@@ -194,7 +305,6 @@ class RateLimitStage final : public Policy<T> {
                           d->retry_after);
   }
 
- private:
   Limiter* limiter_;
   const RateLimitStageOptions options_;
 };
@@ -261,9 +371,44 @@ class Pipeline {
     return Run(0, ctx, fn);
   }
 
+  // The async form: `fn(const CallContext&)` returns keel::Future<T>, and so does ExecuteAsync,
+  // at once. No stage holds a thread while the call waits: retries sleep on `timer`, a Timeout
+  // stage completes with DEADLINE_EXCEEDED on `timer` at its deadline, bulkheads and breakers
+  // hold their permit until the inner future completes (a full bulkhead refuses at once instead
+  // of waiting). FAILED_PRECONDITION when a stage has no async form (a custom Policy that does
+  // not override ApplyAsync). The pipeline, its shared policies, `timer` and `fn`'s captures must
+  // outlive the returned future. Stages run on the calling thread first, then on whatever thread
+  // completes the inner futures or the timer's: never block in `fn`.
+  template <typename F>
+  Future<T> ExecuteAsync(Timer& timer, const CallContext& ctx, F fn) const {
+    for (size_t i = 0; i < stages_.size(); ++i) {
+      if (!stages_[i]->SupportsAsync()) {
+        return Future<T>::Ready(absl::FailedPreconditionError(keel::internal::StrCat(
+            "pipeline: stage ", i + 1, " of ", stages_.size(), " has no async form")));
+      }
+    }
+    return Chain(0, std::make_shared<F>(std::move(fn)), timer)(ctx);
+  }
+  template <typename F>
+  Future<T> ExecuteAsync(Timer& timer, Deadline deadline, F fn) const {
+    CallContext ctx;
+    ctx.deadline = deadline;
+    return ExecuteAsync(timer, ctx, std::move(fn));
+  }
+
   size_t size() const { return stages_.size(); }
 
  private:
+  // Stage i's continuation for the async form: stages i.. and the call, as an owned function.
+  template <typename F>
+  typename Policy<T>::AsyncNext Chain(size_t i, std::shared_ptr<F> fn, Timer& timer) const {
+    if (i == stages_.size()) {
+      return [fn](const CallContext& ctx) -> Future<T> { return (*fn)(ctx); };
+    }
+    return [stage = stages_[i], inner = Chain(i + 1, std::move(fn), timer),
+            &timer](const CallContext& ctx) { return stage->ApplyAsync(ctx, inner, timer); };
+  }
+
   using Call = absl::FunctionRef<absl::StatusOr<T>(const CallContext&)>;
 
   explicit Pipeline(std::vector<std::shared_ptr<const Policy<T>>> stages)
