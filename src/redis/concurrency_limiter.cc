@@ -5,6 +5,7 @@
 #include "keel/internal/status_macros.h"
 #include "keel/internal/strings.h"
 #include "keel/limit/decision.h"
+#include "keel/redis/script.h"
 #include "rate_limiter_scripts.h"
 
 namespace keel::redis {

@@ -1,7 +1,8 @@
 // keel/redis/rate_limiter.h: rate limits shared by every process through Redis, with the same
 // algorithms, semantics and Decision as keel's in-process limiters.
 //
-// Defines `keel::redis::RateLimiter`, its `Options`, `FailMode` and `RateLimiterStats`.
+// Defines `keel::redis::RateLimiter`, its `Options` and `RateLimiterStats`; `FailMode` is in
+// keel/redis/fail_mode.h.
 //
 // Each check is one atomic Lua script (keel::redis::Script: EVALSHA, reloaded on NOSCRIPT) that
 // reads the server's clock (`TIME`), so the clocks of the clients do not matter. The algorithms
@@ -88,6 +89,7 @@
 #include "keel/limit/token_bucket.h"
 #include "keel/metrics.h"
 #include "keel/redis/client.h"
+#include "keel/redis/fail_mode.h"
 #include "keel/redis/script.h"
 #include "keel/sync.h"
 
@@ -97,12 +99,6 @@ namespace internal {
 struct RateLimitPlan;
 class LocalFallback;
 }  // namespace internal
-
-// What a Redis-backed limiter does when it cannot get an answer from Redis.
-enum class FailMode {
-  kOpen,    // admit the request: a Redis outage must not take the service down with it
-  kClosed,  // refuse with UNAVAILABLE: the limit protects something that must not be overrun
-};
 
 // The sliding window algorithms take the in-process options, wrapped so the two are told apart.
 struct SlidingWindowLogOptions {
