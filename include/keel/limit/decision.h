@@ -62,7 +62,8 @@ struct Decision {
   // admitted iff estimate + quantity <= limit). Set only by the sliding window counter: in
   // process (SlidingWindowCounter, Keyed<SlidingWindowCounter>) and in Redis
   // (redis::SlidingWindowCounterOptions), which compute the same value bit for bit; nullopt for
-  // every other algorithm and for a fail-open decision. With several limits (Keyed,
+  // every other algorithm and for a fail-open decision (a local fallback's decision carries the
+  // fallback's own). With several limits (Keyed,
   // `more_limits`): the estimate of the limit whose `remaining` is reported.
   std::optional<double> estimate = std::nullopt;
 

@@ -27,7 +27,10 @@
 //     fraction of a microsecond (a client told to retry after it never retries too early).
 //   - TokenBucket::Reserve (borrowing from the future) has no Redis counterpart.
 //   - The sliding counter needs limit * window (in microseconds) below 2^52: Lua numbers are
-//     doubles, and the script's integer arithmetic must stay exact.
+//     doubles, and the script's integer arithmetic must stay exact. Its Decision::estimate is the
+//     in-process value bit for bit (the script returns it times the window, exactly); a denial
+//     answered by the blocked-key cache repeats the figures of the denial it remembers, estimate
+//     included, and a local fallback's decision carries its own (this process's share) estimate.
 //
 // Verbs, as in-process: TryAcquire consumes, Check is a dry run (what TryAcquire would answer,
 // changing nothing and starting no block). Keys follow limit::Keyed's rules: 1 to kMaxKeyBytes

@@ -18,15 +18,11 @@ using keel::limit::Keyed;
 using keel::limit::SlidingWindowCounter;
 using keel::redis::RateLimiter;
 using keel::redis::SlidingWindowCounterOptions;
+using keel::test::AtMicrosecondResolution;
+using keel::test::MakeLimiter;
 using namespace std::chrono_literals;
 
 namespace {
-
-std::unique_ptr<RateLimiter> MakeLimiter(keel::redis::Client& client, RateLimiter::Options o) {
-  auto l = RateLimiter::Create(std::move(o), client);
-  REQUIRE(l.ok());
-  return std::move(*l);
-}
 
 struct Step {
   Duration at;
@@ -52,13 +48,8 @@ std::vector<Decision> Compare(keel::redis::Client& client,
           .value();
   std::vector<Decision> out;
   for (size_t i = 0; i < steps.size(); ++i) {
-    // Redis keeps microseconds: its durations are the in-process ones rounded up (the documented
-    // difference); every other field, the estimate included, must be equal.
-    Decision want =
-        local->TryAcquire("k", steps[i].n, keel::ManualClock::kDefaultStart + steps[i].at).value();
-    for (Duration* d : {&want.reset_after, &want.retry_after}) {
-      if (*d != keel::limit::kNever) *d = std::chrono::ceil<std::chrono::microseconds>(*d);
-    }
+    const Decision want = AtMicrosecondResolution(
+        local->TryAcquire("k", steps[i].n, keel::ManualClock::kDefaultStart + steps[i].at).value());
     const auto got = redis_limiter->TryAcquireAtForTesting(
         Deadline::After(2s), "k", steps[i].n,
         keel::test::kTestEpoch +

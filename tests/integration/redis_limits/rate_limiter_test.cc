@@ -18,15 +18,10 @@ using keel::Duration;
 using keel::limit::Decision;
 using keel::redis::FailMode;
 using keel::redis::RateLimiter;
+using keel::test::MakeLimiter;
 using namespace std::chrono_literals;
 
 namespace {
-
-std::unique_ptr<RateLimiter> MakeLimiter(keel::redis::Client& client, RateLimiter::Options o) {
-  auto l = RateLimiter::Create(std::move(o), client);
-  REQUIRE(l.ok());
-  return std::move(*l);
-}
 
 int64_t Pttl(keel::redis::Client& client, const std::string& key) {
   auto r = client.Command(Deadline::After(1s), "PTTL", key);
