@@ -14,8 +14,9 @@ absl::Status ValidateKeyed(std::string_view name, std::string_view key, int64_t 
     return absl::InvalidArgumentError(StrCat("keyed rate limiter \"", name, "\": key must be 1 to ",
                                              kMaxKeyBytes, " bytes, got ", key.size()));
   }
-  if (n < 0)
+  if (n < 0) {
     return keel::internal::InvalidOption({"keyed rate limiter", name}, "quantity", ">= 0", n);
+  }
   return absl::OkStatus();
 }
 
@@ -36,7 +37,7 @@ absl::Status ValidateKeyedOptions(const KeyedOptions& options, size_t limits) {
     }
   }
   if (limits == 0) {
-    return absl::InvalidArgumentError(StrCat(of.Field("limits"), ": at least one is required"));
+    return absl::InvalidArgumentError(StrCat(of.Field("limits"), " must hold at least one limit"));
   }
   return absl::OkStatus();
 }

@@ -38,8 +38,9 @@ absl::Status ValidateOptions(const PoolOptions& o) {
       {"validation_timeout", o.validation_timeout},
       {"maintenance_interval", o.maintenance_interval},
   };
-  for (const auto& [field, d] : positive)
+  for (const auto& [field, d] : positive) {
     KEEL_RETURN_IF_ERROR(internal::RequirePositive(of, field, d));
+  }
   KEEL_RETURN_IF_ERROR(internal::RequireNonNegative(of, "validation_bypass", o.validation_bypass));
   if (o.leak_detection_threshold) {
     KEEL_RETURN_IF_ERROR(

@@ -133,8 +133,9 @@ absl::Status RateLimiter::ValidateKey(std::string_view key, int64_t n) const {
                                              "\": key must be 1 to ", limit::kMaxKeyBytes,
                                              " bytes, got ", key.size()));
   }
-  if (n < 0)
+  if (n < 0) {
     return keel::internal::InvalidOption({"redis rate limiter", name_}, "quantity", ">= 0", n);
+  }
   return absl::OkStatus();
 }
 
@@ -218,8 +219,8 @@ absl::StatusOr<std::vector<Decision>> RateLimiter::TryAcquireMany(
   }
   if (!pending.empty() && deadline.Expired()) {
     for (size_t i : pending) {
-      results[i] = Fail(absl::DeadlineExceededError("the deadline passed before the call"),
-                        keys[i], n, Mode::kConsume);
+      results[i] = Fail(absl::DeadlineExceededError("the deadline passed before the call"), keys[i],
+                        n, Mode::kConsume);
     }
     pending.clear();
   }
