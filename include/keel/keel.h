@@ -55,6 +55,7 @@
 #include "keel/redis/command.h"
 #include "keel/redis/concurrency_limiter.h"
 #include "keel/redis/connection.h"
+#include "keel/redis/fail_mode.h"
 #include "keel/redis/options.h"
 #include "keel/redis/rate_limiter.h"
 #include "keel/redis/reply.h"

@@ -9,7 +9,9 @@
 
 #include "absl/status/status.h"
 #include "keel/clock.h"
+#include "keel/internal/status_macros.h"
 #include "keel/internal/strings.h"
+#include "keel/internal/validate.h"
 
 namespace keel::limit::internal {
 
@@ -26,8 +28,7 @@ inline int64_t Nanos(Duration d) { return d.count(); }
 inline constexpr int64_t kMaxHorizonNanos = int64_t{1} << 61;
 
 inline absl::Status QuantityError(std::string_view component, int64_t n) {
-  return absl::InvalidArgumentError(
-      keel::internal::StrCat(component, ".quantity must be >= 0, got ", n));
+  return keel::internal::InvalidOption(component, "quantity", ">= 0", n);
 }
 
 }  // namespace keel::limit::internal

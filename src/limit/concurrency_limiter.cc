@@ -1,13 +1,14 @@
 #include "keel/limit/concurrency_limiter.h"
 
 #include "keel/internal/strings.h"
+#include "keel/internal/validate.h"
 
 namespace keel::limit {
 
 absl::StatusOr<std::unique_ptr<ConcurrencyLimiter>> ConcurrencyLimiter::Create(Options options) {
-  if (options.max < 1) {
-    return absl::InvalidArgumentError(
-        keel::internal::StrCat("concurrency_limiter.max must be >= 1, got ", options.max));
+  if (auto s = keel::internal::RequireAtLeast("concurrency_limiter", "max", options.max, 1);
+      !s.ok()) {
+    return s;
   }
   return std::unique_ptr<ConcurrencyLimiter>(new ConcurrencyLimiter(options.max));
 }

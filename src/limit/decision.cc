@@ -26,6 +26,7 @@ Decision Combine(const Decision* decisions, size_t count) {
     if (d.remaining < out.remaining) {
       out.remaining = d.remaining;
       out.limit = d.limit;
+      out.estimate = d.estimate;
     }
     out.reset_after = std::max(out.reset_after, d.reset_after);
     out.retry_after = std::max(out.retry_after, d.retry_after);
@@ -40,6 +41,7 @@ std::string DebugString(const Decision& d) {
   return absl::StrCat(d.allowed ? "allowed" : "denied", " limit=", d.limit,
                       " remaining=", d.remaining, " reset_after=", FormatDuration(d.reset_after),
                       " retry_after=", FormatDuration(d.retry_after),
+                      d.estimate ? absl::StrCat(" estimate=", *d.estimate) : "",
                       d.degraded ? " degraded" : "");
 }
 

@@ -4,6 +4,7 @@
 
 #include "common.h"
 #include "keel/internal/strings.h"
+#include "keel/internal/validate.h"
 
 namespace keel::limit {
 
@@ -11,13 +12,10 @@ using internal::Nanos;
 
 absl::StatusOr<FixedWindow> FixedWindow::Create(Options options, Clock& clock) {
   using keel::internal::StrCat;
-  if (options.limit < 1) {
-    return absl::InvalidArgumentError(
-        StrCat("fixed_window.limit must be >= 1, got ", options.limit));
-  }
+  KEEL_RETURN_IF_ERROR(keel::internal::RequireAtLeast("fixed_window", "limit", options.limit, 1));
   if (options.window <= Duration::zero() || options.window.count() >= internal::kMaxHorizonNanos) {
-    return absl::InvalidArgumentError(StrCat(
-        "fixed_window.window must be > 0 and under 70 years, got ", options.window.count(), "ns"));
+    return keel::internal::InvalidOption("fixed_window", "window", "> 0 and under 70 years",
+                                         options.window);
   }
   return FixedWindow(options, clock);
 }

@@ -5,6 +5,7 @@
 
 #include "common.h"
 #include "keel/internal/strings.h"
+#include "keel/internal/validate.h"
 
 namespace keel::limit {
 
@@ -12,23 +13,15 @@ using internal::Nanos;
 
 absl::StatusOr<Gcra> Gcra::Create(Options options, Clock& clock) {
   using keel::internal::StrCat;
-  if (options.count < 1) {
-    return absl::InvalidArgumentError(StrCat("gcra.count must be >= 1, got ", options.count));
-  }
-  if (options.period <= Duration::zero()) {
-    return absl::InvalidArgumentError(
-        StrCat("gcra.period must be > 0, got ", options.period.count(), "ns"));
-  }
-  if (options.max_burst < 0) {
-    return absl::InvalidArgumentError(
-        StrCat("gcra.max_burst must be >= 0, got ", options.max_burst));
-  }
+  KEEL_RETURN_IF_ERROR(keel::internal::RequireAtLeast("gcra", "count", options.count, 1));
+  KEEL_RETURN_IF_ERROR(keel::internal::RequirePositive("gcra", "period", options.period));
+  KEEL_RETURN_IF_ERROR(keel::internal::RequireAtLeast("gcra", "max_burst", options.max_burst, 0));
   // redis-cell truncates period / count to whole nanoseconds; so does keel.
   const int64_t interval = options.period.count() / options.count;
   if (interval < 1) {
-    return absl::InvalidArgumentError(StrCat("gcra.period must be at least gcra.count (",
-                                             options.count, ") nanoseconds, got ",
-                                             options.period.count(), "ns"));
+    return keel::internal::InvalidOption(
+        "gcra", "period", StrCat("at least gcra.count (", options.count, ") nanoseconds"),
+        options.period);
   }
   if (options.max_burst + 1 > internal::kMaxHorizonNanos / interval) {
     return absl::InvalidArgumentError(

@@ -2,6 +2,7 @@
 
 #include "keel/internal/status_macros.h"
 #include "keel/internal/strings.h"
+#include "keel/internal/validate.h"
 
 namespace keel::limit::internal {
 
@@ -14,34 +15,29 @@ absl::Status ValidateKeyed(std::string_view name, std::string_view key, int64_t 
                                              kMaxKeyBytes, " bytes, got ", key.size()));
   }
   if (n < 0) {
-    return absl::InvalidArgumentError(
-        StrCat("keyed rate limiter \"", name, "\": quantity must be >= 0, got ", n));
+    return keel::internal::InvalidOption({"keyed rate limiter", name}, "quantity", ">= 0", n);
   }
   return absl::OkStatus();
 }
 
 absl::Status ValidateKeyedOptions(const KeyedOptions& options, size_t limits) {
-  if (options.shards < 1) {
-    return absl::InvalidArgumentError(StrCat(options.name, ".shards must be >= 1, got 0"));
-  }
+  const keel::internal::OptionsOf of("keyed rate limiter", options.name);
+  KEEL_RETURN_IF_ERROR(keel::internal::RequireAtLeast(of, "shards", options.shards, 1));
   if (options.max_keys < options.shards) {
-    return absl::InvalidArgumentError(StrCat(options.name, ".max_keys must be >= shards (",
-                                             options.shards, "), got ", options.max_keys));
+    return keel::internal::InvalidOption(of, "max_keys", StrCat(">= shards (", options.shards, ")"),
+                                         options.max_keys);
   }
   // Upper bounds keep `now + duration` from overflowing the clock's int64 nanoseconds.
   constexpr Duration kLongest = std::chrono::hours(24 * 365 * 50);
-  if (options.idle_ttl && (*options.idle_ttl <= Duration::zero() || *options.idle_ttl > kLongest)) {
-    return absl::InvalidArgumentError(StrCat(
-        options.name, ".idle_ttl must be in (0, 50 years], got ", options.idle_ttl->count(), "ns"));
-  }
-  if (options.block_for &&
-      (*options.block_for <= Duration::zero() || *options.block_for > kLongest)) {
-    return absl::InvalidArgumentError(StrCat(options.name,
-                                             ".block_for must be in (0, 50 years], got ",
-                                             options.block_for->count(), "ns"));
+  const std::pair<std::string_view, const std::optional<Duration>&> spans[] = {
+      {"idle_ttl", options.idle_ttl}, {"block_for", options.block_for}};
+  for (const auto& [field, d] : spans) {
+    if (d && (*d <= Duration::zero() || *d > kLongest)) {
+      return keel::internal::InvalidOption(of, field, "in (0, 50 years]", *d);
+    }
   }
   if (limits == 0) {
-    return absl::InvalidArgumentError(StrCat(options.name, ": at least one limit is required"));
+    return absl::InvalidArgumentError(StrCat(of.Field("limits"), " must hold at least one limit"));
   }
   return absl::OkStatus();
 }

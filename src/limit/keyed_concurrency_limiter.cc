@@ -4,6 +4,7 @@
 #include "absl/strings/string_view.h"
 #include "keel/internal/status_macros.h"
 #include "keel/internal/strings.h"
+#include "keel/internal/validate.h"
 #include "keel/limit/keyed.h"
 
 namespace keel::limit {
@@ -12,15 +13,12 @@ using keel::internal::StrCat;
 
 absl::StatusOr<std::unique_ptr<KeyedConcurrencyLimiter>> KeyedConcurrencyLimiter::Create(
     Options options, MetricsRegistry* metrics) {
-  if (options.max < 1) {
-    return absl::InvalidArgumentError(StrCat(options.name, ".max must be >= 1, got ", options.max));
-  }
-  if (options.shards < 1) {
-    return absl::InvalidArgumentError(StrCat(options.name, ".shards must be >= 1, got 0"));
-  }
+  const keel::internal::OptionsOf of("keyed concurrency limiter", options.name);
+  KEEL_RETURN_IF_ERROR(keel::internal::RequireAtLeast(of, "max", options.max, 1));
+  KEEL_RETURN_IF_ERROR(keel::internal::RequireAtLeast(of, "shards", options.shards, 1));
   if (options.max_keys < options.shards) {
-    return absl::InvalidArgumentError(StrCat(options.name, ".max_keys must be >= shards (",
-                                             options.shards, "), got ", options.max_keys));
+    return keel::internal::InvalidOption(of, "max_keys", StrCat(">= shards (", options.shards, ")"),
+                                         options.max_keys);
   }
   std::unique_ptr<KeyedConcurrencyLimiter> limiter(new KeyedConcurrencyLimiter(std::move(options)));
   if (metrics != nullptr) KEEL_RETURN_IF_ERROR(limiter->RegisterMetrics(*metrics));

@@ -6,6 +6,7 @@
 
 #include "common.h"
 #include "keel/internal/strings.h"
+#include "keel/internal/validate.h"
 
 namespace keel::limit {
 
@@ -15,9 +16,9 @@ absl::StatusOr<LeakyBucket> LeakyBucket::Create(Options options, Clock& clock) {
     return absl::InvalidArgumentError(
         StrCat("leaky_bucket.rate must be in (0, 1e9] per second, got ", options.rate));
   }
-  if (options.capacity < 1) {
-    return absl::InvalidArgumentError(
-        StrCat("leaky_bucket.capacity must be >= 1, got ", options.capacity));
+  if (auto s = keel::internal::RequireAtLeast("leaky_bucket", "capacity", options.capacity, 1);
+      !s.ok()) {
+    return s;
   }
   const double interval = std::round(1e9 / options.rate);
   if (interval * static_cast<double>(options.capacity) >=

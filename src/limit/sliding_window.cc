@@ -5,6 +5,7 @@
 
 #include "common.h"
 #include "keel/internal/strings.h"
+#include "keel/internal/validate.h"
 
 namespace keel::limit {
 
@@ -13,15 +14,11 @@ using internal::Nanos;
 namespace {
 
 absl::Status Validate(const char* component, const SlidingWindowOptions& options) {
-  using keel::internal::StrCat;
-  if (options.limit < 1) {
-    return absl::InvalidArgumentError(
-        StrCat(component, ".limit must be >= 1, got ", options.limit));
-  }
+  KEEL_RETURN_IF_ERROR(keel::internal::RequireAtLeast(component, "limit", options.limit, 1));
   if (options.window <= Duration::zero() ||
       options.window.count() >= internal::kMaxHorizonNanos / 2) {
-    return absl::InvalidArgumentError(StrCat(
-        component, ".window must be > 0 and under 35 years, got ", options.window.count(), "ns"));
+    return keel::internal::InvalidOption(component, "window", "> 0 and under 35 years",
+                                         options.window);
   }
   // The counter compares limit * window in 128 bits, so no bound on limit is needed for it.
   return absl::OkStatus();
@@ -169,6 +166,9 @@ Decision SlidingWindowCounter::Evaluate(State& state, int64_t n, int64_t now, bo
   };
   Decision d;
   d.limit = limit_;
+  const i128 before = scaled(current);  // estimate * w, before this request
+  d.estimate = internal::WindowEstimate(static_cast<int64_t>(before / w),
+                                        static_cast<int64_t>(before % w), w);
   if (n > limit_ || scaled(current + n) > capacity) {
     d.remaining = remaining_after(current);
     d.reset_after = reset(current);

@@ -5,6 +5,7 @@
 
 #include "common.h"
 #include "keel/internal/strings.h"
+#include "keel/internal/validate.h"
 
 namespace keel::limit {
 
@@ -15,9 +16,8 @@ absl::StatusOr<TokenBucket> TokenBucket::Create(Options options, Clock& clock) {
     return absl::InvalidArgumentError(keel::internal::StrCat(
         "token_bucket.rate must be in (0, 1e9] tokens per second, got ", options.rate));
   }
-  if (options.burst < 1) {
-    return absl::InvalidArgumentError(
-        keel::internal::StrCat("token_bucket.burst must be >= 1, got ", options.burst));
+  if (auto s = keel::internal::RequireAtLeast("token_bucket", "burst", options.burst, 1); !s.ok()) {
+    return s;
   }
   const double interval = std::round(1e9 / options.rate);
   if (interval * static_cast<double>(options.burst) >=

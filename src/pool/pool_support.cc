@@ -7,7 +7,9 @@
 #include "absl/time/time.h"
 #include "keel/internal/exception.h"
 #include "keel/internal/format.h"
+#include "keel/internal/status_macros.h"
 #include "keel/internal/strings.h"
+#include "keel/internal/validate.h"
 #include "keel/pool/pool.h"
 
 namespace keel::pool_internal {
@@ -15,21 +17,19 @@ namespace {
 
 using internal::StrCat;
 
-absl::Status Invalid(std::string_view field, std::string_view rule, std::string_view got) {
-  return absl::InvalidArgumentError(StrCat("pool.", field, " must be ", rule, ", got ", got));
-}
-
 std::string Quoted(const PoolOptions& o) { return StrCat("pool \"", o.name, "\""); }
 
 }  // namespace
 
 absl::Status ValidateOptions(const PoolOptions& o) {
-  if (o.name.empty()) return Invalid("name", "non-empty", "\"\"");
-  if (o.max_size < 1) return Invalid("max_size", ">= 1", StrCat(o.max_size));
+  const internal::OptionsOf of("pool", o.name);
+  if (o.name.empty()) return internal::InvalidOption(of, "name", "non-empty", "\"\"");
+  KEEL_RETURN_IF_ERROR(internal::RequireAtLeast(of, "max_size", o.max_size, 1));
   if (o.min_idle && (*o.min_idle < 0 || *o.min_idle > o.max_size)) {
-    return Invalid("min_idle", StrCat("in [0, max_size = ", o.max_size, "]"), StrCat(*o.min_idle));
+    return internal::InvalidOption(of, "min_idle", StrCat("in [0, max_size = ", o.max_size, "]"),
+                                   *o.min_idle);
   }
-  if (o.max_connecting < 1) return Invalid("max_connecting", ">= 1", StrCat(o.max_connecting));
+  KEEL_RETURN_IF_ERROR(internal::RequireAtLeast(of, "max_connecting", o.max_connecting, 1));
   const std::pair<std::string_view, Duration> positive[] = {
       {"acquire_timeout", o.acquire_timeout},
       {"idle_timeout", o.idle_timeout},
@@ -39,13 +39,12 @@ absl::Status ValidateOptions(const PoolOptions& o) {
       {"maintenance_interval", o.maintenance_interval},
   };
   for (const auto& [field, d] : positive) {
-    if (d <= Duration::zero()) return Invalid(field, "> 0", HumanDuration(d));
+    KEEL_RETURN_IF_ERROR(internal::RequirePositive(of, field, d));
   }
-  if (o.validation_bypass < Duration::zero()) {
-    return Invalid("validation_bypass", ">= 0", HumanDuration(o.validation_bypass));
-  }
-  if (o.leak_detection_threshold && *o.leak_detection_threshold <= Duration::zero()) {
-    return Invalid("leak_detection_threshold", "> 0", HumanDuration(*o.leak_detection_threshold));
+  KEEL_RETURN_IF_ERROR(internal::RequireNonNegative(of, "validation_bypass", o.validation_bypass));
+  if (o.leak_detection_threshold) {
+    KEEL_RETURN_IF_ERROR(
+        internal::RequirePositive(of, "leak_detection_threshold", *o.leak_detection_threshold));
   }
   return absl::OkStatus();
 }

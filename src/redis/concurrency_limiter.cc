@@ -4,7 +4,9 @@
 #include "absl/strings/str_format.h"
 #include "keel/internal/status_macros.h"
 #include "keel/internal/strings.h"
+#include "keel/internal/validate.h"
 #include "keel/limit/decision.h"
+#include "keel/redis/script.h"
 #include "rate_limiter_scripts.h"
 
 namespace keel::redis {
@@ -29,26 +31,18 @@ int64_t LeaseMicros(Duration d) {
 
 absl::StatusOr<std::unique_ptr<ConcurrencyLimiter>> ConcurrencyLimiter::Create(Options options,
                                                                                Client& client) {
+  const keel::internal::OptionsOf of("redis concurrency limiter", options.name);
   if (options.name.empty() || options.name.size() > 128) {
-    return absl::InvalidArgumentError(
-        StrCat("redis_concurrency_limiter.name must be 1 to 128 bytes, got ", options.name.size(),
-               " bytes"));
+    return keel::internal::InvalidOption(of, "name", "1 to 128 bytes",
+                                         StrCat(options.name.size(), " bytes"));
   }
-  if (options.max < 1) {
-    return absl::InvalidArgumentError(
-        StrCat("redis_concurrency_limiter.max must be >= 1, got ", options.max));
-  }
+  KEEL_RETURN_IF_ERROR(keel::internal::RequireAtLeast(of, "max", options.max, 1));
   if (options.lease < std::chrono::milliseconds(1) ||
       options.lease > std::chrono::hours(24 * 365)) {
-    return absl::InvalidArgumentError(
-        StrCat("redis_concurrency_limiter.lease must be in [1ms, 365 days], got ",
-               options.lease.count(), "ns"));
+    return keel::internal::InvalidOption(of, "lease", "in [1ms, 365 days]", options.lease);
   }
-  if (options.release_timeout <= Duration::zero()) {
-    return absl::InvalidArgumentError(
-        StrCat("redis_concurrency_limiter.release_timeout must be > 0, got ",
-               options.release_timeout.count(), "ns"));
-  }
+  KEEL_RETURN_IF_ERROR(
+      keel::internal::RequirePositive(of, "release_timeout", options.release_timeout));
   std::unique_ptr<ConcurrencyLimiter> limiter(new ConcurrencyLimiter(std::move(options), client));
   absl::BitGen gen;
   limiter->instance_id_ =

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <deque>
 #include <optional>
 #include <utility>
 
@@ -9,6 +10,7 @@
 #include "keel/internal/format.h"
 #include "keel/internal/status_macros.h"
 #include "keel/internal/strings.h"
+#include "keel/internal/validate.h"
 #include "redis/rate_limiter_fallback.h"
 #include "redis/rate_limiter_plan.h"
 
@@ -67,10 +69,10 @@ absl::StatusOr<std::unique_ptr<RateLimiter>> RateLimiter::Create(Options options
                                                                  MetricsRegistry* metrics) {
   absl::StatusOr<internal::RateLimitPlan> plan = internal::MakePlan(options);
   if (!plan.ok()) return plan.status();
-  if (options.late_check_allowance && *options.late_check_allowance < Duration::zero()) {
-    return absl::InvalidArgumentError(
-        StrCat("redis rate limiter \"", options.name, "\": late_check_allowance must be >= 0, got ",
-               keel::internal::FormatDuration(*options.late_check_allowance)));
+  if (options.late_check_allowance) {
+    KEEL_RETURN_IF_ERROR(keel::internal::RequireNonNegative({"redis rate limiter", options.name},
+                                                            "late_check_allowance",
+                                                            *options.late_check_allowance));
   }
   std::unique_ptr<internal::LocalFallback> fallback;
   if (options.local_fallback) {
@@ -132,8 +134,7 @@ absl::Status RateLimiter::ValidateKey(std::string_view key, int64_t n) const {
                                              " bytes, got ", key.size()));
   }
   if (n < 0) {
-    return absl::InvalidArgumentError(
-        StrCat("redis rate limiter \"", name_, "\": quantity must be >= 0, got ", n));
+    return keel::internal::InvalidOption({"redis rate limiter", name_}, "quantity", ">= 0", n);
   }
   return absl::OkStatus();
 }
@@ -216,37 +217,34 @@ absl::StatusOr<std::vector<Decision>> RateLimiter::TryAcquireMany(
       pending.push_back(i);
     }
   }
-  // Runs the pending checks in one pipeline; returns the entries the server did not know the
-  // script for (NOSCRIPT: nothing ran for them).
-  const auto run_pending = [&](const std::vector<size_t>& which) -> std::vector<size_t> {
-    std::vector<size_t> unknown_script;
-    if (deadline.Expired()) {
-      for (size_t i : which) {
-        results[i] =
-            Fail(absl::DeadlineExceededError("deadline passed"), keys[i], n, Mode::kConsume);
-      }
-      return unknown_script;
+  if (!pending.empty() && deadline.Expired()) {
+    for (size_t i : pending) {
+      results[i] = Fail(absl::DeadlineExceededError("the deadline passed before the call"), keys[i],
+                        n, Mode::kConsume);
     }
+    pending.clear();
+  }
+  if (!pending.empty()) {
     const std::string control = Control(Mode::kConsume, deadline);
-    Pipeline pipeline;
-    for (size_t i : which) {
-      const Argv argv(*plan_, name_, keys[i], n, /*now=*/"", control);
-      plan_->script->AddTo(pipeline, argv.keys(), argv.args());
+    std::deque<Argv> argvs;  // stable addresses: the calls point into them
+    std::vector<Script::Call> calls;
+    calls.reserve(pending.size());
+    for (size_t i : pending) {
+      const Argv& argv = argvs.emplace_back(*plan_, name_, keys[i], n, /*now=*/"", control);
+      calls.push_back({argv.keys(), argv.args()});
     }
-    absl::StatusOr<PipelineReplies> replies = client_.Run(deadline, pipeline);
-    for (size_t j = 0; j < which.size(); ++j) {
-      const size_t i = which[j];
+    // One pipeline, with Script's NOSCRIPT fallback for a server that does not know the script
+    // yet (first use, a restart, a failover or SCRIPT FLUSH).
+    absl::StatusOr<PipelineReplies> replies = plan_->script->RunMany(client_, deadline, calls);
+    for (size_t j = 0; j < pending.size(); ++j) {
+      const size_t i = pending[j];
       if (!replies.ok()) {
         results[i] = Fail(replies.status(), keys[i], n, Mode::kConsume);
         continue;
       }
       const absl::StatusOr<Reply>& r = (*replies)[j];
       if (!r.ok()) {
-        if (IsServerError(r.status(), "NOSCRIPT")) {
-          unknown_script.push_back(i);
-        } else {
-          results[i] = Fail(r.status(), keys[i], n, Mode::kConsume);
-        }
+        results[i] = Fail(r.status(), keys[i], n, Mode::kConsume);
         continue;
       }
       std::optional<Decision> while_blocked;
@@ -256,24 +254,6 @@ absl::StatusOr<std::vector<Decision>> RateLimiter::TryAcquireMany(
         results[i] = *d;
       } else {
         results[i] = Fail(d.status(), keys[i], n, Mode::kConsume);
-      }
-    }
-    return unknown_script;
-  };
-  if (!pending.empty()) {
-    std::vector<size_t> retry = run_pending(pending);
-    if (!retry.empty()) {
-      // First use on this server (or after a restart / SCRIPT FLUSH): load it, then run the
-      // entries that did not run.
-      absl::StatusOr<Reply> loaded =
-          client_.Command(deadline, "SCRIPT", "LOAD", std::string_view(plan_->script->source()));
-      if (loaded.ok()) {
-        retry = run_pending(retry);
-      }
-      for (size_t i : retry) {
-        results[i] =
-            Fail(loaded.ok() ? absl::UnavailableError("script not loaded") : loaded.status(),
-                 keys[i], n, Mode::kConsume);
       }
     }
   }

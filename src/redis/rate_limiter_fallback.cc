@@ -4,7 +4,9 @@
 #include <utility>
 #include <vector>
 
+#include "keel/internal/status_macros.h"
 #include "keel/internal/strings.h"
+#include "keel/internal/validate.h"
 
 namespace keel::redis::internal {
 namespace {
@@ -58,15 +60,11 @@ absl::StatusOr<std::unique_ptr<limit::Keyed<Limiter>>> MakeKeyed(
 absl::StatusOr<std::unique_ptr<LocalFallback>> LocalFallback::Create(
     const RateLimiter::Options& options, Clock& clock) {
   const LocalFallbackOptions& f = *options.local_fallback;
-  if (f.processes < 1) {
-    return absl::InvalidArgumentError(StrCat("redis rate limiter \"", options.name,
-                                             "\": local_fallback.processes must be >= 1, got ",
-                                             f.processes));
-  }
-  if (f.max_keys < 1) {
-    return absl::InvalidArgumentError(StrCat("redis rate limiter \"", options.name,
-                                             "\": local_fallback.max_keys must be >= 1, got 0"));
-  }
+  const keel::internal::OptionsOf of("redis rate limiter", options.name);
+  KEEL_RETURN_IF_ERROR(
+      keel::internal::RequireAtLeast(of, "local_fallback.processes", f.processes, 1));
+  KEEL_RETURN_IF_ERROR(
+      keel::internal::RequireAtLeast(of, "local_fallback.max_keys", f.max_keys, 1));
   const auto wrap = [](auto keyed) -> absl::StatusOr<std::unique_ptr<LocalFallback>> {
     if (!keyed.ok()) return keyed.status();
     return std::unique_ptr<LocalFallback>(new LocalFallback(Any(*std::move(keyed))));

@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <utility>
 
+#include "keel/internal/format.h"
 #include "keel/internal/status_macros.h"
 #include "keel/internal/strings.h"
+#include "keel/internal/validate.h"
 #include "redis/rate_limiter_scripts.h"
 
 namespace keel::redis::internal {
@@ -46,13 +48,11 @@ int64_t Micros(Duration d) {
   return std::chrono::duration_cast<std::chrono::microseconds>(d).count();
 }
 
-absl::Status WholeMicros(std::string_view field, Duration d) {
-  if (d.count() % 1000 != 0) {
-    return absl::InvalidArgumentError(
-        StrCat(field, " must be a whole number of microseconds for the Redis limiter (TIME has ",
-               "microsecond resolution), got ", d.count(), "ns"));
-  }
-  return absl::OkStatus();
+absl::Status WholeMicros(const keel::internal::OptionsOf& of, std::string_view field, Duration d) {
+  if (d.count() % 1000 == 0) return absl::OkStatus();
+  return keel::internal::InvalidOption(
+      of, field,
+      "a whole number of microseconds for the Redis limiter (TIME has microsecond resolution)", d);
 }
 
 // One limit's share of the plan.
@@ -63,6 +63,7 @@ struct LimitPart {
   std::vector<std::string> suffixes;  // its keys when it is the only limit
   int64_t limit;
   GcraParams gcra{};
+  int64_t estimate_window_us = 0;  // the sliding window counter's window (us), else 0
 };
 
 absl::StatusOr<LimitPart> MakePart(const limit::Gcra::Options& o) {
@@ -71,7 +72,8 @@ absl::StatusOr<LimitPart> MakePart(const limit::Gcra::Options& o) {
   if (interval_us < 1) {
     return absl::InvalidArgumentError(
         StrCat("gcra.period / gcra.count must be at least 1us for the Redis limiter (TIME has ",
-               "microsecond resolution), got ", o.period.count() / o.count, "ns"));
+               "microsecond resolution), got ",
+               keel::internal::FormatDuration(Duration(o.period.count() / o.count))));
   }
   const int64_t limit = o.max_burst + 1;
   if (limit > kMaxExactMicros / 2 / interval_us) {
@@ -109,7 +111,7 @@ absl::StatusOr<LimitPart> MakePart(const limit::TokenBucket::Options& o) {
 
 absl::StatusOr<LimitPart> MakePart(const limit::FixedWindow::Options& o) {
   if (auto w = limit::FixedWindow::Create(o); !w.ok()) return w.status();
-  KEEL_RETURN_IF_ERROR(WholeMicros("fixed_window.window", o.window));
+  KEEL_RETURN_IF_ERROR(WholeMicros("fixed_window", "window", o.window));
   if (Micros(o.window) > kMaxExactMicros / 2) {
     return absl::InvalidArgumentError("fixed_window.window is too long for the Redis limiter");
   }
@@ -123,7 +125,7 @@ absl::StatusOr<LimitPart> MakePart(const limit::FixedWindow::Options& o) {
 
 absl::StatusOr<LimitPart> MakePart(const SlidingWindowLogOptions& o) {
   if (auto l = limit::SlidingWindowLog::Create(o.window); !l.ok()) return l.status();
-  KEEL_RETURN_IF_ERROR(WholeMicros("sliding_window_log.window", o.window.window));
+  KEEL_RETURN_IF_ERROR(WholeMicros("sliding_window_log", "window", o.window.window));
   if (Micros(o.window.window) > kMaxExactMicros / 2) {
     return absl::InvalidArgumentError(
         "sliding_window_log.window is too long for the Redis limiter");
@@ -137,19 +139,22 @@ absl::StatusOr<LimitPart> MakePart(const SlidingWindowLogOptions& o) {
 
 absl::StatusOr<LimitPart> MakePart(const SlidingWindowCounterOptions& o) {
   if (auto c = limit::SlidingWindowCounter::Create(o.window); !c.ok()) return c.status();
-  KEEL_RETURN_IF_ERROR(WholeMicros("sliding_window_counter.window", o.window.window));
+  KEEL_RETURN_IF_ERROR(WholeMicros("sliding_window_counter", "window", o.window.window));
   const int64_t w = Micros(o.window.window);
   // The script computes up to (2 * limit) * window exactly.
   if (o.window.limit > kMaxExactMicros / 2 / w) {
     return absl::InvalidArgumentError(StrCat(
         "sliding_window_counter.limit * sliding_window_counter.window (in microseconds) must be ",
-        "below 2^51 for the Redis limiter, got limit ", o.window.limit, " and window ", w, "us"));
+        "below 2^51 for the Redis limiter, got limit ", o.window.limit, " and window ",
+        keel::internal::FormatDuration(o.window.window)));
   }
   return LimitPart{&SlidingCounterScript(),
                    ReplyShape::kFiveTuple,
                    {std::to_string(w), std::to_string(o.window.limit)},
                    {":swc"},
-                   o.window.limit};
+                   o.window.limit,
+                   {},
+                   w};
 }
 
 Duration FromMicros(int64_t us) { return std::chrono::microseconds(us); }
@@ -173,13 +178,19 @@ Decision DecodeGcra(const GcraParams& g, int64_t n, int64_t v) {
   return d;
 }
 
-Decision DecodeFive(const Reply* e) {
+// One limit's values in a kFiveTuple reply; `window_us` > 0 for the sliding window counter,
+// whose sixth value is its estimate * window_us.
+Decision DecodeFive(const Reply* e, int64_t window_us) {
   Decision d;
   d.allowed = e[0].integer() == 1;
   d.limit = e[1].integer();
   d.remaining = std::max<int64_t>(0, e[2].integer());
   d.reset_after = FromMicros(std::max<int64_t>(0, e[3].integer()));
   d.retry_after = e[4].integer() < 0 ? limit::kNever : FromMicros(e[4].integer());
+  if (window_us > 0) {
+    const int64_t scaled = e[5].integer();
+    d.estimate = limit::internal::WindowEstimate(scaled / window_us, scaled % window_us, window_us);
+  }
   return d;
 }
 
@@ -200,34 +211,33 @@ Decision Blocked(Decision peek, int64_t left_us) {
 }  // namespace
 
 absl::StatusOr<RateLimitPlan> MakePlan(const RateLimiter::Options& options) {
+  const keel::internal::OptionsOf of("redis rate limiter", options.name);
   if (options.name.empty() || options.name.size() > 128) {
-    return absl::InvalidArgumentError(StrCat("redis_rate_limiter.name must be 1 to 128 bytes, got ",
-                                             options.name.size(), " bytes"));
+    return keel::internal::InvalidOption(of, "name", "1 to 128 bytes",
+                                         StrCat(options.name.size(), " bytes"));
   }
   if (options.more_limits.size() + 1 > kMaxLimits) {
-    return absl::InvalidArgumentError(StrCat("redis_rate_limiter.more_limits must hold at most ",
-                                             kMaxLimits - 1, " limits, got ",
-                                             options.more_limits.size()));
+    return keel::internal::InvalidOption(of, "more_limits",
+                                         StrCat("at most ", kMaxLimits - 1, " limits"),
+                                         options.more_limits.size());
   }
   if (options.block_for) {
     const Duration b = *options.block_for;
     if (b <= Duration::zero() || b > kLongestBlock) {
-      return absl::InvalidArgumentError(
-          StrCat("redis_rate_limiter.block_for must be in (0, 50 years], got ", b.count(), "ns"));
+      return keel::internal::InvalidOption(of, "block_for", "in (0, 50 years]", b);
     }
-    KEEL_RETURN_IF_ERROR(WholeMicros("redis_rate_limiter.block_for", b));
+    KEEL_RETURN_IF_ERROR(WholeMicros(of, "block_for", b));
   }
   std::vector<LimitPart> parts;
   for (size_t i = 0; i <= options.more_limits.size(); ++i) {
     const RateLimiter::Algorithm& a = i == 0 ? options.algorithm : options.more_limits[i - 1];
     if (a.index() != options.algorithm.index()) {
       return absl::InvalidArgumentError(
-          StrCat("redis_rate_limiter.more_limits[", i - 1,
-                 "] must use the same algorithm as redis_rate_limiter.algorithm (one script "
-                 "checks them all)"));
+          StrCat(of.Field(StrCat("more_limits[", i - 1, "]")),
+                 " must use the same algorithm as `algorithm` (one script checks them all)"));
     }
     absl::StatusOr<LimitPart> part = std::visit([](const auto& o) { return MakePart(o); }, a);
-    if (!part.ok()) return part.status();
+    if (!part.ok()) return of.Nest(part.status());
     // A limit listed twice is one limit, as in-process (where both copies decide alike and the
     // Decision is the same): checking it twice here would charge its one Redis key twice.
     const bool repeated = std::any_of(parts.begin(), parts.end(),
@@ -247,6 +257,7 @@ absl::StatusOr<RateLimitPlan> MakePlan(const RateLimiter::Options& options) {
     plan.limit = std::min(plan.limit, part.limit);
     plan.args.insert(plan.args.end(), part.args.begin(), part.args.end());
     if (plan.shape == ReplyShape::kGcra) plan.gcra.push_back(part.gcra);
+    if (part.estimate_window_us > 0) plan.estimate_windows_us.push_back(part.estimate_window_us);
     for (const std::string& suffix : part.suffixes) {
       if (parts.size() == 1) {
         plan.suffixes.push_back(suffix);
@@ -304,17 +315,21 @@ absl::StatusOr<Decision> DecodeReply(const RateLimitPlan& plan, int64_t n, const
       d = k == 1 ? decisions[0] : limit::internal::Combine(decisions, k);
     }
   } else {
+    // Values per limit: five, or six with the sliding window counter's estimate.
+    const bool estimates = !plan.estimate_windows_us.empty();
+    const size_t per = estimates ? 6 : 5;
+    const auto window = [&](size_t i) { return estimates ? plan.estimate_windows_us[i] : 0; };
     const std::vector<Reply>& e = reply.elements();
-    if (!reply.is_array() || (e.size() != 5 * k && e.size() != 6) ||
+    if (!reply.is_array() || (e.size() != per * k && e.size() != per + 1) ||
         !std::all_of(e.begin(), e.end(), [](const Reply& r) { return r.is_integer(); })) {
       return Unexpected(reply);
     }
-    if (e.size() == 6) {
+    if (e.size() == per + 1) {
       if (!plan.block_for) return Unexpected(reply);
-      *while_blocked = Blocked(DecodeFive(e.data()), e[5].integer());
+      *while_blocked = Blocked(DecodeFive(e.data(), window(0)), e[per].integer());
       return **while_blocked;
     }
-    for (size_t i = 0; i < k; ++i) decisions[i] = DecodeFive(&e[5 * i]);
+    for (size_t i = 0; i < k; ++i) decisions[i] = DecodeFive(&e[per * i], window(i));
     d = k == 1 ? decisions[0] : limit::internal::Combine(decisions, k);
   }
   // The script started a block exactly when this holds (see the scripts' epilogues).

@@ -22,7 +22,8 @@ namespace keel::redis::internal {
 // How the script replies (rate_limiter_scripts.h).
 enum class ReplyShape {
   kGcra,      // one integer per limit, the rest derived here
-  kFiveTuple  // allowed, limit, remaining, reset_after_us, retry_after_us per limit
+  kFiveTuple  // allowed, limit, remaining, reset_after_us, retry_after_us per limit (and, for the
+              // sliding window counter, estimate * window_us)
 };
 
 // One GCRA limit, as the decoder needs it.
@@ -46,6 +47,9 @@ struct RateLimitPlan {
   std::vector<std::string> suffixes;
   size_t limits = 0;
   std::vector<GcraParams> gcra;  // per limit, for kGcra
+  // Per limit, for the sliding window counter: its window (us), by which the script's sixth
+  // value divides into Decision::estimate. Empty for the other algorithms (five values a limit).
+  std::vector<int64_t> estimate_windows_us;
   // The smallest limit: the largest quantity ever admitted at once.
   int64_t limit = 0;
   std::optional<Duration> block_for;

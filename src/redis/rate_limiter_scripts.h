@@ -133,11 +133,12 @@ return out
 // (parameters per limit, from ARGV[4] on; one more ARGV is block_for (us) when there is a block,
 // told apart by the count), NK (keys per
 // limit) and check(i, n, apply), which evaluates limit i as if it alone decided and returns allowed
-// (0/1), limit, remaining, reset_after_us, retry_after_us (-1: never), and with `apply` writes an
-// admission (n > 0); the epilogue applies the all-or-none rule (every limit is checked, then
-// applied: evaluating again under the script's atomicity gives the same answers) and the block.
-// Reply: 5 integers per limit, or while a block runs the 5 of limit 1 peeking then the time left
-// in the block (6 integers).
+// (0/1), limit, remaining, reset_after_us, retry_after_us (-1: never), optionally one more value
+// of its own (the sliding window counter's estimate), and with `apply` writes an admission
+// (n > 0); the epilogue applies the all-or-none rule (every limit is checked, then applied:
+// evaluating again under the script's atomicity gives the same answers) and the block.
+// Reply: the values of each limit (5, or 6 with the extra value), or while a block runs those of
+// limit 1 peeking then the time left in the block (6 or 7 integers).
 #define KEEL_RL_PRELUDE                                                \
   "local n = tonumber(ARGV[1])\n"                                      \
   "local now\n"                                                        \
@@ -167,20 +168,22 @@ return out
   "if block_for > 0 then\n"                                                          \
   "  local until_ = tonumber(redis.call('GET', block_key))\n"                        \
   "  if until_ and until_ > now then\n"                                              \
-  "    local a, l, r, re, rt = check(1, 0, false)\n"                                 \
+  "    local a, l, r, re, rt, ex = check(1, 0, false)\n"                             \
+  "    if ex then return {a, l, r, re, rt, ex, until_ - now} end\n"                  \
   "    return {a, l, r, re, rt, until_ - now}\n"                                     \
   "  end\n"                                                                          \
   "end\n"                                                                            \
   "local out = {}\n"                                                                 \
   "local all, never = true, false\n"                                                 \
   "for i = 1, k do\n"                                                                \
-  "  local a, l, r, re, rt = check(i, n, false)\n"                                   \
+  "  local a, l, r, re, rt, ex = check(i, n, false)\n"                               \
   "  if a == 0 then\n"                                                               \
   "    all = false\n"                                                                \
   "    if rt < 0 then never = true end\n"                                            \
   "  end\n"                                                                          \
   "  local j = #out\n"                                                               \
   "  out[j + 1], out[j + 2], out[j + 3], out[j + 4], out[j + 5] = a, l, r, re, rt\n" \
+  "  if ex then out[j + 6] = ex end\n"                                               \
   "end\n"                                                                            \
   "if not write then return out end\n"                                               \
   "if all then\n"                                                                    \
@@ -329,7 +332,9 @@ end
 )lua" KEEL_RL_EPILOGUE;
 
 // Sliding window counter (Cloudflare). KEYS = hash {s = current window start, c = its count,
-// p = the previous window's count} per limit. Per limit: window (us), limit.
+// p = the previous window's count} per limit. Per limit: window (us), limit. check() returns a
+// sixth value, the estimate the decision was made on times the window (us), exact: previous *
+// (window - elapsed) + current * window, before this request (Decision::estimate).
 inline constexpr char kSlidingCounterScript[] = KEEL_RL_PRELUDE R"lua(
 local NP, NK = 2, 1
 local function check(i, n, apply)
@@ -370,14 +375,14 @@ local function check(i, n, apply)
       if max_left > W then max_left = W end
       retry = left + (W - max_left)
     end
-    return 0, limit, remaining_after(current), reset(current), retry
+    return 0, limit, remaining_after(current), reset(current), retry, scaled(current)
   end
   local after = current + n
   if apply and n > 0 then
     redis.call('HSET', key, 's', fmt(start), 'c', fmt(after), 'p', fmt(previous))
     redis.call('PEXPIRE', key, ms(reset(after)))
   end
-  return 1, limit, remaining_after(after), reset(after), 0
+  return 1, limit, remaining_after(after), reset(after), 0, scaled(current)
 end
 )lua" KEEL_RL_EPILOGUE;
 

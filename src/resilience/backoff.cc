@@ -4,35 +4,29 @@
 #include <cstdint>
 
 #include "absl/random/distributions.h"
+#include "keel/internal/format.h"
+#include "keel/internal/status_macros.h"
 #include "keel/internal/strings.h"
+#include "keel/internal/validate.h"
 
 namespace keel {
-namespace {
-
-std::string FormatNanos(Duration d) { return internal::StrCat(d.count(), "ns"); }
-
-}  // namespace
-
 absl::StatusOr<Backoff> Backoff::Create(Kind kind, Duration base, Duration cap,
                                         std::string_view field_prefix) {
   // A constant zero is "no backoff": retry at once (the baseline of Brooker's simulation, and
   // what a caller wants when something else spaces the attempts). The doubling kinds need a
   // positive base: 0 * 2^n never grows, and decorrelated jitter would draw from [0, 0].
+  const internal::OptionsOf of(field_prefix);
   if (kind == Kind::kConstant) {
     if (base < Duration::zero()) {
-      return absl::InvalidArgumentError(internal::StrCat(
-          field_prefix, ".base must be >= 0 for a constant backoff, got ", FormatNanos(base)));
+      return internal::InvalidOption(of, "base", ">= 0 for a constant backoff", base);
     }
     return Backoff(kind, base, base);
   }
-  if (base <= Duration::zero()) {
-    return absl::InvalidArgumentError(
-        internal::StrCat(field_prefix, ".base must be > 0, got ", FormatNanos(base)));
-  }
+  KEEL_RETURN_IF_ERROR(internal::RequirePositive(of, "base", base));
   if (base > cap) {
-    return absl::InvalidArgumentError(
-        internal::StrCat(field_prefix, ".base must be <= ", field_prefix, ".cap, got base ",
-                         FormatNanos(base), " > cap ", FormatNanos(cap)));
+    return internal::InvalidOption(of, "base", internal::StrCat("<= ", of.Field("cap")),
+                                   internal::StrCat("base ", internal::FormatDuration(base),
+                                                    " > cap ", internal::FormatDuration(cap)));
   }
   return Backoff(kind, base, cap);
 }

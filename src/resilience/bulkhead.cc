@@ -4,6 +4,7 @@
 
 #include "keel/internal/status_macros.h"
 #include "keel/internal/strings.h"
+#include "keel/internal/validate.h"
 
 namespace keel {
 namespace {
@@ -20,17 +21,10 @@ void Bump(std::atomic<uint64_t>& a) { Set(a, a.load(std::memory_order_relaxed) +
 
 absl::StatusOr<std::unique_ptr<SemaphoreBulkhead>> SemaphoreBulkhead::Create(
     Options options, Clock& clock, MetricsRegistry* metrics) {
-  if (options.name.empty()) {
-    return absl::InvalidArgumentError("bulkhead.name must be non-empty, got \"\"");
-  }
-  if (options.max_concurrent < 1) {
-    return absl::InvalidArgumentError(
-        internal::StrCat("bulkhead.max_concurrent must be >= 1, got ", options.max_concurrent));
-  }
-  if (options.max_wait < Duration::zero()) {
-    return absl::InvalidArgumentError(
-        internal::StrCat("bulkhead.max_wait must be >= 0, got ", options.max_wait.count(), " ns"));
-  }
+  const internal::OptionsOf of("bulkhead", options.name);
+  if (options.name.empty()) return internal::InvalidOption(of, "name", "non-empty", "\"\"");
+  KEEL_RETURN_IF_ERROR(internal::RequireAtLeast(of, "max_concurrent", options.max_concurrent, 1));
+  KEEL_RETURN_IF_ERROR(internal::RequireNonNegative(of, "max_wait", options.max_wait));
   std::unique_ptr<SemaphoreBulkhead> b(new SemaphoreBulkhead(std::move(options), clock));
   if (metrics != nullptr) KEEL_RETURN_IF_ERROR(b->RegisterMetrics(*metrics));
   return b;

@@ -4,8 +4,10 @@
 #include <cmath>
 #include <string>
 
+#include "keel/internal/format.h"
 #include "keel/internal/status_macros.h"
 #include "keel/internal/strings.h"
+#include "keel/internal/validate.h"
 #include "keel/status.h"
 
 namespace keel {
@@ -17,15 +19,6 @@ constexpr CircuitBreaker::State kAllStates[] = {
     CircuitBreaker::State::kForcedOpen, CircuitBreaker::State::kMetricsOnly};
 
 int64_t Nanos(TimePoint t) { return t.time_since_epoch().count(); }
-
-absl::Status BadOption(std::string_view field, std::string_view rule, const std::string& got) {
-  return absl::InvalidArgumentError(
-      internal::StrCat("circuit_breaker.", field, " must be ", rule, ", got ", got));
-}
-
-std::string DurationText(Duration d) {
-  return internal::StrCat(std::chrono::duration<double, std::milli>(d).count(), " ms");
-}
 
 // A time point plus a duration that saturates at TimePoint::max() (for kNoHalfOpenLimit).
 TimePoint SaturatingAdd(TimePoint t, Duration d) {
@@ -166,36 +159,24 @@ CircuitBreaker::Outcome CircuitBreaker::DefaultClassifier(const absl::Status& st
 absl::StatusOr<std::unique_ptr<CircuitBreaker>> CircuitBreaker::Create(Options options,
                                                                        Clock& clock,
                                                                        MetricsRegistry* metrics) {
-  auto rate_ok = [](double r) { return r > 0.0 && r <= 1.0; };  // false for NaN too
-  if (options.name.empty()) return BadOption("name", "non-empty", "\"\"");
-  if (!rate_ok(options.failure_rate_threshold)) {
-    return BadOption("failure_rate_threshold", "in (0, 1]",
-                     internal::StrCat(options.failure_rate_threshold));
-  }
-  if (!rate_ok(options.slow_call_rate_threshold)) {
-    return BadOption("slow_call_rate_threshold", "in (0, 1]",
-                     internal::StrCat(options.slow_call_rate_threshold));
-  }
-  if (options.slow_call_duration <= Duration::zero()) {
-    return BadOption("slow_call_duration", "> 0", DurationText(options.slow_call_duration));
-  }
-  if (options.window_size < 1) {
-    return BadOption("window_size", ">= 1", internal::StrCat(options.window_size));
-  }
-  if (options.minimum_calls < 1) {
-    return BadOption("minimum_calls", ">= 1", internal::StrCat(options.minimum_calls));
-  }
-  if (options.half_open_permits < 1) {
-    return BadOption("half_open_permits", ">= 1", internal::StrCat(options.half_open_permits));
-  }
-  if (options.wait_in_open <= Duration::zero()) {
-    return BadOption("wait_in_open", "> 0", DurationText(options.wait_in_open));
-  }
+  const internal::OptionsOf of("circuit breaker", options.name);
+  if (options.name.empty()) return internal::InvalidOption(of, "name", "non-empty", "\"\"");
+  KEEL_RETURN_IF_ERROR(
+      internal::RequireFraction(of, "failure_rate_threshold", options.failure_rate_threshold));
+  KEEL_RETURN_IF_ERROR(
+      internal::RequireFraction(of, "slow_call_rate_threshold", options.slow_call_rate_threshold));
+  KEEL_RETURN_IF_ERROR(
+      internal::RequirePositive(of, "slow_call_duration", options.slow_call_duration));
+  KEEL_RETURN_IF_ERROR(internal::RequireAtLeast(of, "window_size", options.window_size, 1));
+  KEEL_RETURN_IF_ERROR(internal::RequireAtLeast(of, "minimum_calls", options.minimum_calls, 1));
+  KEEL_RETURN_IF_ERROR(
+      internal::RequireAtLeast(of, "half_open_permits", options.half_open_permits, 1));
+  KEEL_RETURN_IF_ERROR(internal::RequirePositive(of, "wait_in_open", options.wait_in_open));
   if (options.max_wait_in_half_open <= Duration::zero()) {
-    return BadOption("max_wait_in_half_open", "> 0 (or kNoHalfOpenLimit)",
-                     DurationText(options.max_wait_in_half_open));
+    return internal::InvalidOption(of, "max_wait_in_half_open", "> 0 (or kNoHalfOpenLimit)",
+                                   options.max_wait_in_half_open);
   }
-  if (!options.classifier) return BadOption("classifier", "set", "an empty function");
+  KEEL_RETURN_IF_ERROR(internal::RequireSet(of, "classifier", bool(options.classifier)));
   std::unique_ptr<CircuitBreaker> breaker(new CircuitBreaker(std::move(options), clock));
   if (metrics != nullptr) KEEL_RETURN_IF_ERROR(breaker->RegisterMetrics(*metrics));
   return breaker;
@@ -318,10 +299,10 @@ absl::StatusOr<CircuitBreaker::Permit> CircuitBreaker::TryAcquire() {
 absl::Status CircuitBreaker::OpenError(TimePoint now) const {
   const Duration left = std::max(
       Duration::zero(), Duration(open_until_ns_.load(std::memory_order_relaxed) - Nanos(now)));
-  return WithRetryAfter(
-      absl::UnavailableError(internal::StrCat("circuit breaker \"", options_.name,
-                                              "\" is open; retry after ", DurationText(left))),
-      left);
+  return WithRetryAfter(absl::UnavailableError(internal::StrCat("circuit breaker \"", options_.name,
+                                                                "\" is open; retry after ",
+                                                                internal::FormatDuration(left))),
+                        left);
 }
 
 absl::StatusOr<CircuitBreaker::Permit> CircuitBreaker::AcquireSlow(uint64_t /*seen*/) {

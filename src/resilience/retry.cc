@@ -8,6 +8,7 @@
 #include "keel/internal/format.h"
 #include "keel/internal/status_macros.h"
 #include "keel/internal/strings.h"
+#include "keel/internal/validate.h"
 
 namespace keel {
 namespace {
@@ -51,19 +52,14 @@ RetryStats Retry::Stats() const {
 absl::StatusOr<Retry> Retry::CreateImpl(Options options, Clock& clock,
                                         std::optional<absl::BitGenRef> gen,
                                         MetricsRegistry* metrics) {
-  if (options.max_attempts < 1) {
-    return absl::InvalidArgumentError(
-        internal::StrCat("retry.max_attempts must be >= 1, got ", options.max_attempts));
-  }
-  if (!options.retry_on) {
-    return absl::InvalidArgumentError("retry.retry_on must be set");
-  }
-  if (options.max_retry_after < Duration::zero()) {
-    return absl::InvalidArgumentError(
-        internal::StrCat("retry.max_retry_after must be >= 0, got ",
-                         internal::FormatDuration(options.max_retry_after)));
-  }
-  KEEL_ASSIGN_OR_RETURN(Backoff backoff, Backoff::Create(options.backoff, "retry.backoff"));
+  const internal::OptionsOf of("retry", options.name);
+  KEEL_RETURN_IF_ERROR(internal::RequireAtLeast(of, "max_attempts", options.max_attempts, 1));
+  KEEL_RETURN_IF_ERROR(internal::RequireSet(of, "retry_on", bool(options.retry_on)));
+  KEEL_RETURN_IF_ERROR(
+      internal::RequireNonNegative(of, "max_retry_after", options.max_retry_after));
+  absl::StatusOr<Backoff> checked = Backoff::Create(options.backoff, "backoff");
+  if (!checked.ok()) return of.Nest(checked.status());
+  const Backoff backoff = *checked;
   Retry retry(std::move(options), backoff, clock, gen);
   if (metrics != nullptr) {
     // The callbacks hold the counters (not the Retry), so copies and moves never dangle; the

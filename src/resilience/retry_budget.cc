@@ -8,15 +8,12 @@
 #include "keel/internal/format.h"
 #include "keel/internal/status_macros.h"
 #include "keel/internal/strings.h"
+#include "keel/internal/validate.h"
 
 namespace keel {
 namespace {
 
 using Grant = RetryBudgetPolicy::Grant;
-
-absl::Status Invalid(std::string_view field, std::string_view rule, double got) {
-  return absl::InvalidArgumentError(internal::StrCat(field, " must be ", rule, ", got ", got));
-}
 
 // The series every budget exports, read from its Stats().
 absl::StatusOr<std::vector<MetricsRegistry::Registration>> RegisterBudgetMetrics(
@@ -59,10 +56,12 @@ void AddCapped(std::atomic<int64_t>& a, int64_t n, int64_t max) {
 absl::StatusOr<std::unique_ptr<TokenRetryThrottle>> TokenRetryThrottle::Create(
     Options options, MetricsRegistry* metrics) {
   if (!(options.max_tokens > 0 && options.max_tokens <= 1000)) {
-    return Invalid("token_retry_throttle.max_tokens", "in (0, 1000]", options.max_tokens);
+    return internal::InvalidOption({"token retry throttle", options.name}, "max_tokens",
+                                   "in (0, 1000]", options.max_tokens);
   }
   if (!(options.token_ratio > 0 && options.token_ratio <= options.max_tokens)) {
-    return Invalid("token_retry_throttle.token_ratio", "in (0, max_tokens]", options.token_ratio);
+    return internal::InvalidOption({"token retry throttle", options.name}, "token_ratio",
+                                   "in (0, max_tokens]", options.token_ratio);
   }
   const auto max_milli = static_cast<int64_t>(std::llround(options.max_tokens * 1000));
   // A ratio below 1/1000 would round to zero and never give tokens back: keep at least one.
@@ -105,14 +104,16 @@ RetryBudgetStats TokenRetryThrottle::Stats() const {
 absl::StatusOr<std::unique_ptr<RetryBudget>> RetryBudget::Create(Options options, Clock& clock,
                                                                  MetricsRegistry* metrics) {
   if (!(options.percent >= 0 && options.percent <= 1000)) {
-    return Invalid("retry_budget.percent", "in [0, 1000]", options.percent);
+    return internal::InvalidOption({"retry budget", options.name}, "percent", "in [0, 1000]",
+                                   options.percent);
   }
   if (!(options.min_retries_per_second >= 0 && std::isfinite(options.min_retries_per_second))) {
-    return Invalid("retry_budget.min_retries_per_second", ">= 0", options.min_retries_per_second);
+    return internal::InvalidOption({"retry budget", options.name}, "min_retries_per_second", ">= 0",
+                                   options.min_retries_per_second);
   }
   if (options.ttl < std::chrono::seconds(1) || options.ttl > std::chrono::seconds(kMaxBuckets)) {
-    return absl::InvalidArgumentError(internal::StrCat(
-        "retry_budget.ttl must be in [1s, 60s], got ", internal::FormatDuration(options.ttl)));
+    return internal::InvalidOption({"retry budget", options.name}, "ttl", "in [1s, 60s]",
+                                   options.ttl);
   }
   std::unique_ptr<RetryBudget> b(new RetryBudget(options, clock));
   KEEL_ASSIGN_OR_RETURN(
@@ -197,11 +198,13 @@ RetryBudgetStats RetryBudget::Stats() const {
 absl::StatusOr<std::unique_ptr<ConcurrentRetryBudget>> ConcurrentRetryBudget::Create(
     Options options, MetricsRegistry* metrics) {
   if (!(options.percent >= 0 && options.percent <= 1)) {
-    return Invalid("concurrent_retry_budget.percent", "in [0, 1]", options.percent);
+    return internal::InvalidOption({"concurrent retry budget", options.name}, "percent",
+                                   "in [0, 1]", options.percent);
   }
   if (options.min_concurrent_retries < 0) {
-    return Invalid("concurrent_retry_budget.min_concurrent_retries", ">= 0",
-                   options.min_concurrent_retries);
+    return internal::InvalidOption({"concurrent retry budget", options.name},
+                                   "min_concurrent_retries", ">= 0",
+                                   options.min_concurrent_retries);
   }
   std::unique_ptr<ConcurrentRetryBudget> b(new ConcurrentRetryBudget(options));
   KEEL_ASSIGN_OR_RETURN(
@@ -245,19 +248,20 @@ RetryBudgetStats ConcurrentRetryBudget::Stats() const {
 absl::StatusOr<std::unique_ptr<RetryQuota>> RetryQuota::Create(Options options,
                                                                MetricsRegistry* metrics) {
   if (options.max_tokens < 1) {
-    return Invalid("retry_quota.max_tokens", ">= 1", static_cast<double>(options.max_tokens));
+    return internal::InvalidOption({"retry quota", options.name}, "max_tokens", ">= 1",
+                                   options.max_tokens);
   }
   if (options.retry_cost < 1 || options.retry_cost > options.max_tokens) {
-    return Invalid("retry_quota.retry_cost", "in [1, max_tokens]",
-                   static_cast<double>(options.retry_cost));
+    return internal::InvalidOption({"retry quota", options.name}, "retry_cost",
+                                   "in [1, max_tokens]", options.retry_cost);
   }
   if (options.timeout_retry_cost < 1 || options.timeout_retry_cost > options.max_tokens) {
-    return Invalid("retry_quota.timeout_retry_cost", "in [1, max_tokens]",
-                   static_cast<double>(options.timeout_retry_cost));
+    return internal::InvalidOption({"retry quota", options.name}, "timeout_retry_cost",
+                                   "in [1, max_tokens]", options.timeout_retry_cost);
   }
   if (options.success_increment < 0) {
-    return Invalid("retry_quota.success_increment", ">= 0",
-                   static_cast<double>(options.success_increment));
+    return internal::InvalidOption({"retry quota", options.name}, "success_increment", ">= 0",
+                                   options.success_increment);
   }
   std::unique_ptr<RetryQuota> q(new RetryQuota(options));
   KEEL_ASSIGN_OR_RETURN(

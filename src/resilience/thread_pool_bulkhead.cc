@@ -5,6 +5,7 @@
 #include "keel/internal/exception.h"
 #include "keel/internal/status_macros.h"
 #include "keel/internal/strings.h"
+#include "keel/internal/validate.h"
 
 namespace keel {
 namespace {
@@ -21,17 +22,10 @@ void Add(std::atomic<uint64_t>& a, uint64_t n) { Set(a, a.load(std::memory_order
 
 absl::StatusOr<std::unique_ptr<ThreadPoolBulkhead>> ThreadPoolBulkhead::Create(
     Options options, Clock& clock, MetricsRegistry* metrics) {
-  if (options.name.empty()) {
-    return absl::InvalidArgumentError("thread_pool.name must be non-empty, got \"\"");
-  }
-  if (options.threads < 1) {
-    return absl::InvalidArgumentError(
-        internal::StrCat("thread_pool.threads must be >= 1, got ", options.threads));
-  }
-  if (options.queue_capacity < 0) {
-    return absl::InvalidArgumentError(
-        internal::StrCat("thread_pool.queue_capacity must be >= 0, got ", options.queue_capacity));
-  }
+  const internal::OptionsOf of("thread pool", options.name);
+  if (options.name.empty()) return internal::InvalidOption(of, "name", "non-empty", "\"\"");
+  KEEL_RETURN_IF_ERROR(internal::RequireAtLeast(of, "threads", options.threads, 1));
+  KEEL_RETURN_IF_ERROR(internal::RequireAtLeast(of, "queue_capacity", options.queue_capacity, 0));
   std::unique_ptr<ThreadPoolBulkhead> pool(new ThreadPoolBulkhead(std::move(options), clock));
   if (metrics != nullptr) KEEL_RETURN_IF_ERROR(pool->RegisterMetrics(*metrics));
   pool->workers_.reserve(static_cast<size_t>(pool->options_.threads));

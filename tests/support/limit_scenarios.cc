@@ -20,6 +20,12 @@ Decision Denied(int64_t limit, int64_t remaining, Duration reset_after, Duration
           .retry_after = retry_after};
 }
 
+// A sliding window counter's decision, with the estimate it was made on.
+Decision WithEstimate(Decision d, double estimate) {
+  d.estimate = estimate;
+  return d;
+}
+
 template <typename Limiter>
 class InProcess final : public LimiterUnderTest {
  public:
@@ -154,11 +160,13 @@ std::vector<Scenario> AllScenarios() {
   all.push_back({"sliding window counter: Cloudflare's weighting",
                  SlidingCounterSpec{{.limit = 50, .window = 60s}},
                  {
-                     {0s, "k", 42, Allowed(50, 8, 120s)},
-                     {75s, "k", 17, Allowed(50, 1, 105s)},
-                     {75s, "k", 1, Allowed(50, 0, 105s)},
-                     {75s, "k", 1, Denied(50, 0, 105s, Duration(714'285'715))},
-                     {120s, "k", 0, Allowed(50, 32, 60s)},
+                     // Estimates, before each request: nothing yet; 42 x 45/60 = 31.5 a quarter
+                     // into the next window; + 17; + 1; then 18 x 60/60 a window later.
+                     {0s, "k", 42, WithEstimate(Allowed(50, 8, 120s), 0)},
+                     {75s, "k", 17, WithEstimate(Allowed(50, 1, 105s), 31.5)},
+                     {75s, "k", 1, WithEstimate(Allowed(50, 0, 105s), 48.5)},
+                     {75s, "k", 1, WithEstimate(Denied(50, 0, 105s, Duration(714'285'715)), 49.5)},
+                     {120s, "k", 0, WithEstimate(Allowed(50, 32, 60s), 18)},
                  }});
   return all;
 }

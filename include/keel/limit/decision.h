@@ -21,6 +21,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <ostream>
 #include <string>
 
@@ -55,11 +56,22 @@ struct Decision {
   // the shared limit's (a fail-open decision knows none; a fallback's are its local share), so
   // HttpHeaders sends none of them. Always false from the in-process limiters.
   bool degraded = false;
+  // The sliding window counter's estimate of what its sliding window holds, the figure the
+  // decision was made on: previous window's count x the share of the previous window still
+  // inside the sliding window + the current window's count, before this request (the request is
+  // admitted iff estimate + quantity <= limit). Set only by the sliding window counter: in
+  // process (SlidingWindowCounter, Keyed<SlidingWindowCounter>) and in Redis
+  // (redis::SlidingWindowCounterOptions), which compute the same value bit for bit; nullopt for
+  // every other algorithm and for a fail-open decision (a local fallback's decision carries the
+  // fallback's own). With several limits (Keyed,
+  // `more_limits`): the estimate of the limit whose `remaining` is reported.
+  std::optional<double> estimate = std::nullopt;
 
   friend bool operator==(const Decision&, const Decision&) = default;
 };
 
-// "allowed limit=10 remaining=3 reset_after=1.5s retry_after=0s", for logs and test failures.
+// "allowed limit=10 remaining=3 reset_after=1.5s retry_after=0s", for logs and test failures;
+// " estimate=48.5" and " degraded" follow when they apply.
 std::string DebugString(const Decision& d);
 inline std::ostream& operator<<(std::ostream& os, const Decision& d) {
   return os << DebugString(d);
@@ -75,7 +87,8 @@ inline constexpr char kDecisionsHelp[] =
     "(backend: local or redis).";
 
 // The decision of several limits checked together (Keyed's and redis::RateLimiter's
-// multi-limits): allowed only if all allow; the smallest `remaining` with its `limit`; the
+// multi-limits): allowed only if all allow; the smallest `remaining` with its `limit` and
+// `estimate`; the
 // longest `reset_after`; when denied the longest `retry_after`. REQUIRES: count >= 1.
 Decision Combine(const Decision* decisions, size_t count);
 }  // namespace internal

@@ -23,7 +23,8 @@
 // at half the limit no decision differs; at 90% load 3.4% differ; at and above the limit
 // individual decisions differ often (9% at 1x, 34% at 3x) because both sit at the margin, yet the
 // counter admits within 1% of the log's total and at most 1.18x the limit in any one-second span.
-// Memory: three integers.
+// Memory: three integers. Every Decision carries the estimate it was made on
+// (Decision::estimate), so a caller can log or export how close a key is to its limit.
 //
 // Both: quantity 0 peeks; a quantity above `limit` is denied with retry_after kNever.
 //
@@ -156,5 +157,15 @@ class SlidingWindowCounter {
   mutable Mutex mu_;
   mutable State state_ ABSL_GUARDED_BY(mu_);
 };
+
+namespace internal {
+// SlidingWindowCounter's Decision::estimate from its exact integer form, estimate * window =
+// whole * window + remainder (0 <= remainder < window). Computed as whole + remainder / window,
+// so any unit of time gives the same double as long as window is below 2^53 units: the
+// in-process counter (nanoseconds) and the Redis script (microseconds) agree bit for bit.
+inline double WindowEstimate(int64_t whole, int64_t remainder, int64_t window) {
+  return static_cast<double>(whole) + static_cast<double>(remainder) / static_cast<double>(window);
+}
+}  // namespace internal
 
 }  // namespace keel::limit

@@ -14,7 +14,7 @@
 // Difference from in-process: a holder that lives longer than `lease` must Renew() its permit,
 // or its slot is handed to someone else (Renew then reports ABORTED).
 //
-// Failures follow `fail_mode` as in keel/redis/rate_limiter.h: kOpen hands out a permit that is
+// Failures follow `fail_mode` (keel/redis/fail_mode.h): kOpen hands out a permit that is
 // not recorded in Redis (held() is true, releasing it does nothing); kClosed returns
 // UNAVAILABLE. A Permit's destructor releases with `release_timeout`; a release that fails is
 // reclaimed by the lease.
@@ -42,7 +42,7 @@
 #include "absl/status/statusor.h"
 #include "keel/deadline.h"
 #include "keel/redis/client.h"
-#include "keel/redis/rate_limiter.h"
+#include "keel/redis/fail_mode.h"
 
 namespace keel::redis {
 

@@ -1,7 +1,8 @@
 // keel/redis/rate_limiter.h: rate limits shared by every process through Redis, with the same
 // algorithms, semantics and Decision as keel's in-process limiters.
 //
-// Defines `keel::redis::RateLimiter`, its `Options`, `FailMode` and `RateLimiterStats`.
+// Defines `keel::redis::RateLimiter`, its `Options` and `RateLimiterStats`; `FailMode` is in
+// keel/redis/fail_mode.h.
 //
 // Each check is one atomic Lua script (keel::redis::Script: EVALSHA, reloaded on NOSCRIPT) that
 // reads the server's clock (`TIME`), so the clocks of the clients do not matter. The algorithms
@@ -26,7 +27,10 @@
 //     fraction of a microsecond (a client told to retry after it never retries too early).
 //   - TokenBucket::Reserve (borrowing from the future) has no Redis counterpart.
 //   - The sliding counter needs limit * window (in microseconds) below 2^52: Lua numbers are
-//     doubles, and the script's integer arithmetic must stay exact.
+//     doubles, and the script's integer arithmetic must stay exact. Its Decision::estimate is the
+//     in-process value bit for bit (the script returns it times the window, exactly); a denial
+//     answered by the blocked-key cache repeats the figures of the denial it remembers, estimate
+//     included, and a local fallback's decision carries its own (this process's share) estimate.
 //
 // Verbs, as in-process: TryAcquire consumes, Check is a dry run (what TryAcquire would answer,
 // changing nothing and starting no block). Keys follow limit::Keyed's rules: 1 to kMaxKeyBytes
@@ -88,6 +92,7 @@
 #include "keel/limit/token_bucket.h"
 #include "keel/metrics.h"
 #include "keel/redis/client.h"
+#include "keel/redis/fail_mode.h"
 #include "keel/redis/script.h"
 #include "keel/sync.h"
 
@@ -97,12 +102,6 @@ namespace internal {
 struct RateLimitPlan;
 class LocalFallback;
 }  // namespace internal
-
-// What a Redis-backed limiter does when it cannot get an answer from Redis.
-enum class FailMode {
-  kOpen,    // admit the request: a Redis outage must not take the service down with it
-  kClosed,  // refuse with UNAVAILABLE: the limit protects something that must not be overrun
-};
 
 // The sliding window algorithms take the in-process options, wrapped so the two are told apart.
 struct SlidingWindowLogOptions {

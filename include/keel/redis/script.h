@@ -4,8 +4,9 @@
 // locks, queues) is one Script: the source is hashed once at construction, each run sends only
 // `EVALSHA <sha1> numkeys keys... args...`, and when the server does not know the script yet
 // (NOSCRIPT: first use, a restart, a failover, SCRIPT FLUSH) the same call falls back to
-// `EVAL <source> ...`, which both runs it and caches it on that server. Callers never load
-// scripts themselves.
+// `EVAL <source> ...`, which both runs it and caches it on that server. A batch of runs
+// (RunMany) is one pipeline, with the same fallback for the entries the server did not know the
+// script for. Callers never load scripts themselves.
 //
 // Keep every key of one script under one hash tag (`{user:42}:tokens`) so it also works on Redis
 // Cluster, and read time with `redis.call('TIME')` rather than passing a client clock.
@@ -72,9 +73,41 @@ class Script {
     return executor.CommandArgv(deadline, argv);
   }
 
+  // The keys and arguments of one run in a RunMany batch (views: keep them alive for the call).
+  struct Call {
+    std::span<const std::string_view> keys;
+    std::span<const std::string_view> args;
+  };
+
+  // Runs the script once per entry of `calls` in one pipelined round trip on `executor`
+  // (anything with `Run(Deadline, const Pipeline&)`: a Client or a Connection); replies in the
+  // order of `calls`. The NOSCRIPT fallback of RunArgv, for a batch: the entries the server
+  // answered NOSCRIPT for (nothing ran for them) run again in one more round trip that loads the
+  // script first (SCRIPT LOAD and their EVALSHAs in one pipeline), so a batch succeeds after a
+  // restart, a failover or SCRIPT FLUSH, and no entry runs twice.
+  // Errors: the executor's Run error when the first round trip fails as a whole (unreachable,
+  // the deadline passed; then no entry is known to have run). Otherwise each entry is its own
+  // reply or error, as RunArgv's; an entry retried in a second round trip that failed carries
+  // that failure (or the SCRIPT LOAD error).
+  template <typename Executor>
+  absl::StatusOr<PipelineReplies> RunMany(Executor& executor, Deadline deadline,
+                                          std::span<const Call> calls) const {
+    Pipeline pipeline;
+    for (const Call& call : calls) AddTo(pipeline, call.keys, call.args);
+    absl::StatusOr<PipelineReplies> replies = executor.Run(deadline, pipeline);
+    if (!replies.ok()) return replies;
+    const std::vector<size_t> unknown = UnknownScript(*replies);
+    if (unknown.empty()) return replies;
+    Pipeline retry;
+    retry.Add("SCRIPT", "LOAD", std::string_view(source_));
+    for (size_t i : unknown) AddTo(retry, calls[i].keys, calls[i].args);
+    MergeRetried(*replies, unknown, executor.Run(deadline, retry));
+    return replies;
+  }
+
   // Adds one EVALSHA of this script to `pipeline`. A pipelined call does not fall back on
-  // NOSCRIPT (its entry fails with NOT_FOUND, see IsServerError(s, "NOSCRIPT")): run the script
-  // once with Run first, and retry such entries with Run.
+  // NOSCRIPT by itself (its entry fails with NOT_FOUND, see IsServerError(s, "NOSCRIPT")): use
+  // RunMany for a batch of runs of one script.
   void AddTo(Pipeline& pipeline, std::span<const std::string_view> keys,
              std::span<const std::string_view> args) const;
 
@@ -84,6 +117,12 @@ class Script {
   // EVALSHA sha1 numkeys keys... args...; `numkeys` holds the count's digits.
   Argv BuildArgv(std::span<const std::string_view> keys, std::span<const std::string_view> args,
                  std::string& numkeys) const;
+  // The indices of the entries answered NOSCRIPT.
+  static std::vector<size_t> UnknownScript(const PipelineReplies& replies);
+  // Puts the replies of `retried` (SCRIPT LOAD, then the entries `unknown` of `replies` again)
+  // in their places in `replies`.
+  static void MergeRetried(PipelineReplies& replies, const std::vector<size_t>& unknown,
+                           absl::StatusOr<PipelineReplies> retried);
 
   std::string source_;
   std::string sha1_;

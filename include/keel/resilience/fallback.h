@@ -21,6 +21,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "keel/internal/validate.h"
 #include "keel/resilience/call_context.h"
 
 namespace keel {
@@ -46,12 +47,9 @@ class Fallback {
 
   // INVALID_ARGUMENT naming the field when `handler` or `handle_if` is empty.
   static absl::StatusOr<Fallback> Create(Options options) {
-    if (!options.handler) {
-      return absl::InvalidArgumentError("fallback.handler must be set");
-    }
-    if (!options.handle_if) {
-      return absl::InvalidArgumentError("fallback.handle_if must be set");
-    }
+    const internal::OptionsOf of("fallback", options.name);
+    if (auto s = internal::RequireSet(of, "handler", bool(options.handler)); !s.ok()) return s;
+    if (auto s = internal::RequireSet(of, "handle_if", bool(options.handle_if)); !s.ok()) return s;
     return Fallback(std::move(options));
   }
   // The short form: Create(handler, predicate).

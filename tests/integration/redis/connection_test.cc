@@ -104,6 +104,35 @@ TEST_CASE("script: runs by SHA-1 and reloads itself after SCRIPT FLUSH") {
   CHECK(c->Command(Deadline::After(1s), "EVALSHA", script.sha1(), 1, "k", "v", 2).ok());
 }
 
+TEST_CASE("script: RunMany runs a batch in one pipeline and reloads itself after SCRIPT FLUSH") {
+  keel::test::RedisServer server;
+  auto c = Connect(OwnOptions(server));
+  const keel::redis::Script script(
+      "if ARGV[1] == 'fail' then return redis.error_reply('FAILED as asked') end "
+      "return redis.call('INCR', KEYS[1])");
+  const std::string_view a[] = {"a"}, b[] = {"b"};
+  const std::string_view go[] = {"go"}, fail[] = {"fail"};
+  const keel::redis::Script::Call calls[] = {{a, go}, {b, go}, {a, fail}, {a, go}};
+  // A new server does not know the script: every entry is NOSCRIPT at first, then runs once.
+  auto first = script.RunMany(*c, Deadline::After(1s), calls);
+  REQUIRE(first.ok());
+  REQUIRE(first->size() == 4);
+  CHECK((*first)[0]->integer() == 1);
+  CHECK((*first)[1]->integer() == 1);
+  CHECK(keel::redis::ServerError((*first)[2].status()).value_or("") == "FAILED as asked");
+  CHECK((*first)[3]->integer() == 2);  // a ran twice in all, not three or four times
+  REQUIRE(c->Command(Deadline::After(1s), "SCRIPT", "FLUSH").ok());
+  auto again = script.RunMany(*c, Deadline::After(1s), calls);
+  REQUIRE(again.ok());
+  CHECK((*again)[0]->integer() == 3);
+  CHECK((*again)[1]->integer() == 2);
+  CHECK_FALSE((*again)[2].ok());
+  CHECK((*again)[3]->integer() == 4);
+  // Loaded again: a plain EVALSHA works now.
+  CHECK(c->Command(Deadline::After(1s), "EVALSHA", script.sha1(), 1, "b", "go")->integer() == 3);
+  CHECK(script.RunMany(*c, Deadline::After(1s), {})->empty());
+}
+
 TEST_CASE("script: an error raised by the script is a Status with its message") {
   auto c = Connect(SharedOptions());
   const keel::redis::Script script("return redis.error_reply('LIMITED over quota')");

@@ -9,6 +9,7 @@
 #include <string>
 #include <string_view>
 
+#include "keel/limit/decision.h"
 #include "keel/redis/client.h"
 #include "keel/redis/rate_limiter.h"
 #include "support/subprocess.h"
@@ -26,6 +27,23 @@ inline std::unique_ptr<redis::Client> MakeRedisClient(const std::string& url, in
 
 inline std::unique_ptr<redis::Client> SharedRedisClient(int max_size = 4) {
   return MakeRedisClient(RequireEnv("KEEL_TEST_REDIS_URL"), max_size);
+}
+
+inline std::unique_ptr<redis::RateLimiter> MakeLimiter(redis::Client& client,
+                                                       redis::RateLimiter::Options options) {
+  auto l = redis::RateLimiter::Create(std::move(options), client);
+  REQUIRE(l.ok());
+  return std::move(*l);
+}
+
+// An in-process Decision as the Redis limiter gives it: Redis keeps microseconds, so its
+// durations are the in-process ones rounded up (the documented difference); every other field,
+// the estimate included, is the same.
+inline limit::Decision AtMicrosecondResolution(limit::Decision d) {
+  for (Duration* t : {&d.reset_after, &d.retry_after}) {
+    if (*t != limit::kNever) *t = std::chrono::ceil<std::chrono::microseconds>(*t);
+  }
+  return d;
 }
 
 // A limiter name no other test (or earlier run of this one) uses, so tests on the shared server

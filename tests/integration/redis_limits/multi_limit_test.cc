@@ -24,6 +24,7 @@ using keel::limit::SlidingWindowLog;
 using keel::limit::SlidingWindowOptions;
 using keel::limit::TokenBucket;
 using keel::redis::RateLimiter;
+using keel::test::AtMicrosecondResolution;
 using namespace std::chrono_literals;
 
 namespace {
@@ -47,17 +48,6 @@ std::vector<Step> RandomTraffic(uint32_t seed) {
     steps.push_back({at, key, n});
   }
   return steps;
-}
-
-Duration CeilMicros(Duration d) {
-  if (d == keel::limit::kNever) return d;
-  return std::chrono::ceil<std::chrono::microseconds>(d);
-}
-
-Decision AtMicrosecondResolution(Decision d) {
-  d.reset_after = CeilMicros(d.reset_after);
-  d.retry_after = CeilMicros(d.retry_after);
-  return d;
 }
 
 RateLimiter::Algorithm ToAlgorithm(const Gcra::Options& o) { return o; }

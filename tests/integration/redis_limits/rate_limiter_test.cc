@@ -18,15 +18,10 @@ using keel::Duration;
 using keel::limit::Decision;
 using keel::redis::FailMode;
 using keel::redis::RateLimiter;
+using keel::test::MakeLimiter;
 using namespace std::chrono_literals;
 
 namespace {
-
-std::unique_ptr<RateLimiter> MakeLimiter(keel::redis::Client& client, RateLimiter::Options o) {
-  auto l = RateLimiter::Create(std::move(o), client);
-  REQUIRE(l.ok());
-  return std::move(*l);
-}
 
 int64_t Pttl(keel::redis::Client& client, const std::string& key) {
   auto r = client.Command(Deadline::After(1s), "PTTL", key);
@@ -184,9 +179,15 @@ TEST_CASE("redis rate limiter rejects bad options naming the field", "[redis_lim
     return std::string(l.status().message());
   };
   CHECK_THAT(error({.name = "", .algorithm = keel::limit::Gcra::Options{.count = 1}}),
-             Catch::Contains("redis_rate_limiter.name"));
-  CHECK_THAT(error({.name = "x", .algorithm = keel::limit::Gcra::Options{.count = 0}}),
-             Catch::Contains("gcra.count"));
+             Catch::Contains("redis rate limiter \"\": name must be 1 to 128 bytes, got 0 bytes"));
+  // An algorithm's own check, named under the limiter that holds it.
+  CHECK(error({.name = "x", .algorithm = keel::limit::Gcra::Options{.count = 0}}) ==
+        "redis rate limiter \"x\": gcra.count must be >= 1, got 0");
+  CHECK(error({.name = "x",
+               .algorithm = keel::limit::Gcra::Options{.count = 1},
+               .block_for = std::chrono::nanoseconds(1500)}) ==
+        "redis rate limiter \"x\": block_for must be a whole number of microseconds for the "
+        "Redis limiter (TIME has microsecond resolution), got 1.5us");
   CHECK_THAT(error({.name = "x",
                     .algorithm = keel::limit::Gcra::Options{.count = 1'000'000'000, .period = 1s}}),
              Catch::Contains("gcra.period / gcra.count"));
@@ -260,6 +261,16 @@ TEST_CASE("redis TryAcquireMany loads its script on a server that does not know 
   CHECK((*decisions)[1].allowed);
   CHECK((*decisions)[2].allowed);
   CHECK_FALSE((*decisions)[3].allowed);
+  // After SCRIPT FLUSH (as after a restart or a failover) one call still answers every key,
+  // each entry run once: b's second admission, a denied.
+  REQUIRE(client->Command(Deadline::After(1s), "SCRIPT", "FLUSH").ok());
+  const std::vector<std::string_view> more = {"b", "a"};
+  auto after_flush = limiter->TryAcquireMany(Deadline::After(1s), more, 1);
+  REQUIRE(after_flush.ok());
+  CHECK((*after_flush)[0].allowed);
+  CHECK((*after_flush)[0].remaining == 0);
+  CHECK_FALSE((*after_flush)[1].allowed);
+  CHECK(limiter->Stats().fail_closed_total == 0);
 }
 
 TEST_CASE("redis blocked-key cache answers repeated denials without a round trip",

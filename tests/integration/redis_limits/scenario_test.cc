@@ -18,6 +18,7 @@ using keel::Deadline;
 using keel::Duration;
 using keel::limit::Decision;
 using keel::redis::RateLimiter;
+using keel::test::AtMicrosecondResolution;
 using namespace std::chrono_literals;
 
 namespace {
@@ -35,17 +36,6 @@ RateLimiter::Algorithm ToAlgorithm(const scenarios::Spec& spec) {
     }
   };
   return std::visit(Visitor{}, spec);
-}
-
-Duration CeilMicros(Duration d) {
-  if (d == keel::limit::kNever) return d;
-  return std::chrono::ceil<std::chrono::microseconds>(d);
-}
-
-Decision AtMicrosecondResolution(Decision d) {
-  d.reset_after = CeilMicros(d.reset_after);
-  d.retry_after = CeilMicros(d.retry_after);
-  return d;
 }
 
 // Runs `steps` against Redis and in-process; returns one line per step where the two differ.

@@ -106,7 +106,8 @@ TEST_CASE("keyed concurrency limiter rejects long keys and bad options, naming t
   CHECK_THAT(std::string(long_key.status().message()), Catch::Contains("chat"));
   auto no_max = KeyedConcurrencyLimiter::Create({.name = "chat"});
   REQUIRE_FALSE(no_max.ok());
-  CHECK_THAT(std::string(no_max.status().message()), Catch::Contains("chat.max must be >= 1"));
+  CHECK_THAT(std::string(no_max.status().message()),
+             Catch::Contains("keyed concurrency limiter \"chat\": max must be >= 1"));
   CHECK(KeyedConcurrencyLimiter::Create({.max = 1, .shards = 0}).status().code() ==
         absl::StatusCode::kInvalidArgument);
   CHECK(KeyedConcurrencyLimiter::Create({.max = 1, .max_keys = 4, .shards = 8}).status().code() ==

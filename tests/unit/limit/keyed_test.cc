@@ -139,7 +139,8 @@ TEST_CASE("keyed limiter rejects long keys, negative quantities and bad options"
   CHECK_FALSE(Keyed<TokenBucket>::Create({.block_for = 0s}, {{.rate = 1}}).ok());
   auto forever = Keyed<TokenBucket>::Create({.block_for = keel::Duration::max()}, {{.rate = 1}});
   REQUIRE_FALSE(forever.ok());
-  CHECK(std::string(forever.status().message()).find("keyed.block_for") != std::string::npos);
+  CHECK(std::string(forever.status().message()) ==
+        "keyed rate limiter \"keyed\": block_for must be in (0, 50 years], got inf");
   CHECK_FALSE(Keyed<TokenBucket>::Create({.idle_ttl = -1s}, {{.rate = 1}}).ok());
 }
 

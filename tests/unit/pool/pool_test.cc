@@ -25,14 +25,17 @@ TEST_CASE("pool rejects bad options naming the field", "[pool]") {
   auto bad = [&](PoolOptions o) { return Pool<Fake>::Create(std::move(o), b.Hooks()).status(); };
   auto s = bad({.max_size = 0});
   CHECK(s.code() == absl::StatusCode::kInvalidArgument);
-  CHECK(s.message() == "pool.max_size must be >= 1, got 0");
+  CHECK(s.message() == "pool \"pool\": max_size must be >= 1, got 0");
   s = bad({.max_size = 4, .min_idle = 5});
   CHECK(s.code() == absl::StatusCode::kInvalidArgument);
-  CHECK(s.message() == "pool.min_idle must be in [0, max_size = 4], got 5");
-  CHECK(bad({.acquire_timeout = 0s}).message() == "pool.acquire_timeout must be > 0, got 0");
+  CHECK(s.message() == "pool \"pool\": min_idle must be in [0, max_size = 4], got 5");
+  CHECK(bad({.acquire_timeout = 0s}).message() ==
+        "pool \"pool\": acquire_timeout must be > 0, got 0");
+  CHECK(bad({.name = "db", .validation_bypass = -1500us}).message() ==
+        "pool \"db\": validation_bypass must be >= 0, got -1.5ms");
   CHECK(bad({.max_connecting = 0}).code() == absl::StatusCode::kInvalidArgument);
   auto no_create = Pool<Fake>::Create({.name = "x"}, PoolHooks<Fake>{});
-  CHECK(no_create.status().message() == "pool \"x\": hooks.create is required");
+  CHECK(no_create.status().message() == "pool \"x\": hooks.create must be set");
 }
 
 TEST_CASE("pool creates on demand and reuses a returned resource", "[pool]") {

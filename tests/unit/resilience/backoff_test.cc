@@ -162,8 +162,8 @@ TEST_CASE("backoff rejects a non-positive base naming the field") {
 TEST_CASE("backoff rejects base greater than cap naming both fields") {
   auto s = Backoff::Create(Backoff::Kind::kExponential, 2s, 1s, "retry.backoff").status();
   CHECK(absl::IsInvalidArgument(s));
-  CHECK(std::string(s.message()).find("retry.backoff.base must be <= retry.backoff.cap") !=
-        std::string::npos);
+  CHECK(std::string(s.message()) ==
+        "retry.backoff.base must be <= retry.backoff.cap, got base 2s > cap 1s");
 }
 
 TEST_CASE("backoff kinds have stable printable names") {
@@ -179,7 +179,7 @@ TEST_CASE("backoff accepts a zero constant delay: no backoff") {
   for (int i = 0; i < 5; ++i) CHECK(s.Next(gen) == keel::Duration::zero());
   auto negative = Backoff::Create(Backoff::Kind::kConstant, -1ms, 0ms, "retry.backoff").status();
   CHECK(std::string(negative.message()) ==
-        "retry.backoff.base must be >= 0 for a constant backoff, got -1000000ns");
+        "retry.backoff.base must be >= 0 for a constant backoff, got -1ms");
   CHECK(absl::IsInvalidArgument(Backoff::Exponential(0ms, 1s).status()));
 }
 

@@ -229,7 +229,9 @@ TEST_CASE("an open circuit breaker rejects with UNAVAILABLE and the remaining op
   auto permit = b->TryAcquire();
   REQUIRE_FALSE(permit.ok());
   CHECK(absl::IsUnavailable(permit.status()));
-  CHECK(std::string(permit.status().message()).find("\"test\"") != std::string::npos);
+  // The time left prints as every keel duration does (FormatDuration), not "7000 ms".
+  CHECK(std::string(permit.status().message()) ==
+        "circuit breaker \"test\" is open; retry after 7s");
   CHECK(keel::RetryAfter(permit.status()) == std::optional<keel::Duration>(7s));
   CHECK(b->Stats().not_permitted_total == 1);
 }
@@ -556,7 +558,8 @@ TEST_CASE("circuit breaker rejects bad options with INVALID_ARGUMENT naming the 
     INFO(field);
     REQUIRE_FALSE(b.ok());
     CHECK(absl::IsInvalidArgument(b.status()));
-    CHECK(std::string(b.status().message()).find("circuit_breaker." + field) != std::string::npos);
+    const std::string message(b.status().message());
+    CHECK(message.rfind("circuit breaker \"" + o.name + "\": " + field + " must be", 0) == 0);
   };
   using O = CircuitBreaker::Options;
   check([](O& o) { o.failure_rate_threshold = 1.5; }, "failure_rate_threshold");
@@ -572,8 +575,14 @@ TEST_CASE("circuit breaker rejects bad options with INVALID_ARGUMENT naming the 
   check([](O& o) { o.name = ""; }, "name");
   CircuitBreaker::Options bad;
   bad.failure_rate_threshold = 1.5;
+  bad.name = "payments";
   CHECK(std::string(CircuitBreaker::Create(bad, clock).status().message()) ==
-        "circuit_breaker.failure_rate_threshold must be in (0, 1], got 1.5");
+        "circuit breaker \"payments\": failure_rate_threshold must be in (0, 1], got 1.5");
+  // Durations print as everywhere in keel (FormatDuration), not as bare numbers.
+  CircuitBreaker::Options negative;
+  negative.wait_in_open = -250ms;
+  CHECK(std::string(CircuitBreaker::Create(negative, clock).status().message()) ==
+        "circuit breaker \"circuit-breaker\": wait_in_open must be > 0, got -250ms");
 }
 
 }  // namespace

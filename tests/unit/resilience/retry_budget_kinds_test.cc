@@ -87,11 +87,13 @@ TEST_CASE("concurrent retry budget ignores a failure Retry will not retry") {
 }
 
 TEST_CASE("concurrent retry budget rejects bad options naming the field") {
-  CHECK(Contains(std::string(ConcurrentRetryBudget::Create({.percent = 1.5}).status().message()),
-                 "concurrent_retry_budget.percent must be in [0, 1], got 1.5"));
+  CHECK(Contains(
+      std::string(ConcurrentRetryBudget::Create({.percent = 1.5}).status().message()),
+      "concurrent retry budget \"concurrent-retry-budget\": percent must be in [0, 1], got 1.5"));
   CHECK(Contains(
       std::string(ConcurrentRetryBudget::Create({.min_concurrent_retries = -1}).status().message()),
-      "concurrent_retry_budget.min_concurrent_retries must be >= 0, got -1"));
+      "concurrent retry budget \"concurrent-retry-budget\": min_concurrent_retries must be >= 0, "
+      "got -1"));
 }
 
 TEST_CASE("retry holds a concurrent budget slot for the retry and frees it with the call") {
@@ -157,13 +159,14 @@ TEST_CASE("retry quota refuses a retry it cannot pay for, a timeout sooner") {
 
 TEST_CASE("retry quota rejects bad options naming the field") {
   CHECK(Contains(std::string(RetryQuota::Create({.max_tokens = 0}).status().message()),
-                 "retry_quota.max_tokens must be >= 1, got 0"));
+                 "retry quota \"retry-quota\": max_tokens must be >= 1, got 0"));
   CHECK(Contains(std::string(RetryQuota::Create({.retry_cost = 501}).status().message()),
-                 "retry_quota.retry_cost must be in [1, max_tokens], got 501"));
-  CHECK(Contains(std::string(RetryQuota::Create({.timeout_retry_cost = 0}).status().message()),
-                 "retry_quota.timeout_retry_cost must be in [1, max_tokens], got 0"));
+                 "retry quota \"retry-quota\": retry_cost must be in [1, max_tokens], got 501"));
+  CHECK(Contains(
+      std::string(RetryQuota::Create({.timeout_retry_cost = 0}).status().message()),
+      "retry quota \"retry-quota\": timeout_retry_cost must be in [1, max_tokens], got 0"));
   CHECK(Contains(std::string(RetryQuota::Create({.success_increment = -1}).status().message()),
-                 "retry_quota.success_increment must be >= 0, got -1"));
+                 "retry quota \"retry-quota\": success_increment must be >= 0, got -1"));
 }
 
 TEST_CASE("retry drives a retry quota: charge, refund on success, +1 for a first-try success") {

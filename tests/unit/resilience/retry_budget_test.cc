@@ -76,9 +76,12 @@ TEST_CASE("token throttle stays within zero and max_tokens") {
 TEST_CASE("token throttle rejects bad options naming the field") {
   auto a = TokenRetryThrottle::Create({.max_tokens = 0});
   CHECK(absl::IsInvalidArgument(a.status()));
-  CHECK(Contains(a.status(), "token_retry_throttle.max_tokens must be in (0, 1000]"));
+  CHECK(Contains(a.status(),
+                 "token retry throttle \"token-retry-throttle\": max_tokens must be in (0, 1000]"));
   auto b = TokenRetryThrottle::Create({.token_ratio = 0});
-  CHECK(Contains(b.status(), "token_retry_throttle.token_ratio must be in (0, max_tokens]"));
+  CHECK(Contains(
+      b.status(),
+      "token retry throttle \"token-retry-throttle\": token_ratio must be in (0, max_tokens]"));
 }
 
 TEST_CASE("retry budget allows percent of recent requests as retries") {
@@ -124,11 +127,11 @@ TEST_CASE("retry budget recovers once spent retries leave the ttl window") {
 
 TEST_CASE("retry budget rejects bad options naming the field") {
   CHECK(Contains(RetryBudget::Create({.percent = -0.1}).status(),
-                 "retry_budget.percent must be in [0, 1000]"));
+                 "retry budget \"retry-budget\": percent must be in [0, 1000]"));
   CHECK(Contains(RetryBudget::Create({.min_retries_per_second = -1}).status(),
-                 "retry_budget.min_retries_per_second must be >= 0"));
-  CHECK(
-      Contains(RetryBudget::Create({.ttl = 0s}).status(), "retry_budget.ttl must be in [1s, 60s]"));
+                 "retry budget \"retry-budget\": min_retries_per_second must be >= 0"));
+  CHECK(Contains(RetryBudget::Create({.ttl = 0s}).status(),
+                 "retry budget \"retry-budget\": ttl must be in [1s, 60s], got 0"));
   CHECK(absl::IsInvalidArgument(RetryBudget::Create({.ttl = 61s}).status()));
 }
 

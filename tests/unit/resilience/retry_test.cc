@@ -276,11 +276,12 @@ TEST_CASE("retry rejects bad options naming the field") {
     CHECK(absl::IsInvalidArgument(r.status()));
     CHECK(Contains(r.status(), field));
   };
-  check({.max_attempts = 0}, "retry.max_attempts must be >= 1, got 0");
-  check({.backoff = {.base = 2s, .cap = 1s}}, "retry.backoff.base must be <= retry.backoff.cap");
-  check({.backoff = {.base = 0s}}, "retry.backoff.base must be > 0");
-  check({.retry_on = nullptr}, "retry.retry_on must be set");
-  check({.max_retry_after = -1s}, "retry.max_retry_after must be >= 0");
+  check({.max_attempts = 0}, "retry \"retry\": max_attempts must be >= 1, got 0");
+  check({.name = "users-api", .backoff = {.base = 2s, .cap = 1s}},
+        "retry \"users-api\": backoff.base must be <= backoff.cap, got base 2s > cap 1s");
+  check({.backoff = {.base = 0s}}, "retry \"retry\": backoff.base must be > 0, got 0");
+  check({.retry_on = nullptr}, "retry \"retry\": retry_on must be set");
+  check({.max_retry_after = -1s}, "retry \"retry\": max_retry_after must be >= 0, got -1s");
 }
 
 TEST_CASE("retry counts retries and how retried calls ended, in Stats and metrics") {

@@ -81,9 +81,11 @@ TEST_CASE("a timeout inside a retry bounds each attempt and the caller's deadlin
 }
 
 TEST_CASE("timeout rejects a non-positive timeout naming the field") {
-  auto r = Timeout::Create({.timeout = 0ms});
+  auto r = Timeout::Create({.name = "db", .timeout = -250ms});
   CHECK(absl::IsInvalidArgument(r.status()));
-  CHECK(std::string(r.status().message()).find("timeout.timeout must be > 0") != std::string::npos);
+  // The duration prints as every keel duration does, not as a bare number of milliseconds.
+  CHECK(std::string(r.status().message()) == "timeout \"db\": timeout must be > 0, got -250ms");
+  CHECK(absl::IsInvalidArgument(Timeout::Create({.timeout = 0ms}).status()));
 }
 
 TEST_CASE("fallback answers a failure with the handler's result") {
@@ -126,8 +128,8 @@ TEST_CASE("fallback handler may return a different error") {
 
 TEST_CASE("fallback rejects a missing handler or predicate naming the field") {
   auto a = Fallback<int>::Create(Fallback<int>::Options{});
-  CHECK(std::string(a.status().message()) == "fallback.handler must be set");
+  CHECK(std::string(a.status().message()) == "fallback \"fallback\": handler must be set");
   auto b =
       Fallback<int>::Create([](const absl::Status&) -> absl::StatusOr<int> { return 1; }, nullptr);
-  CHECK(std::string(b.status().message()) == "fallback.handle_if must be set");
+  CHECK(std::string(b.status().message()) == "fallback \"fallback\": handle_if must be set");
 }

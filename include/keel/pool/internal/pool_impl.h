@@ -26,6 +26,7 @@
 #include "absl/random/bit_gen_ref.h"
 #include "absl/random/random.h"
 #include "keel/internal/strings.h"
+#include "keel/internal/validate.h"
 #include "keel/pool/internal/pool_support.h"
 #include "keel/sync.h"
 
@@ -684,9 +685,9 @@ absl::StatusOr<std::unique_ptr<Pool<T>>> Pool<T>::CreateImpl(
     PoolOptions options, PoolHooks<T> hooks, Clock& clock, MetricsRegistry* metrics,
     std::optional<absl::BitGenRef> random) {
   if (auto s = pool_internal::ValidateOptions(options); !s.ok()) return s;
-  if (!hooks.create) {
-    return absl::InvalidArgumentError(
-        internal::StrCat("pool \"", options.name, "\": hooks.create is required"));
+  if (auto s = internal::RequireSet({"pool", options.name}, "hooks.create", bool(hooks.create));
+      !s.ok()) {
+    return s;
   }
   std::unique_ptr<Pool<T>> pool(
       new Pool<T>(new pool_internal::Core<T>(std::move(options), std::move(hooks), clock, random)));
