@@ -63,13 +63,13 @@ absl::Status SemaphoreBulkhead::RegisterMetrics(MetricsRegistry& metrics) {
 }
 
 absl::Status SemaphoreBulkhead::FullError() const {
-  return absl::ResourceExhaustedError(internal::StrCat("bulkhead \"", options_.name, "\" full (",
+  return absl::ResourceExhaustedError(internal::StrCat("bulkhead \"", options_.name, "\": full (",
                                                        in_use_, "/", options_.max_concurrent,
                                                        " in use, ", waiters_.size(), " waiting)"));
 }
 
 absl::Status SemaphoreBulkhead::CancelledError() const {
-  return absl::CancelledError(internal::StrCat("bulkhead \"", options_.name, "\" is shut down"));
+  return absl::CancelledError(internal::StrCat("bulkhead \"", options_.name, "\": shut down"));
 }
 
 absl::StatusOr<SemaphoreBulkhead::Permit> SemaphoreBulkhead::TryAcquire() {

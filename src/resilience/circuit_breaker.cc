@@ -281,7 +281,7 @@ absl::StatusOr<CircuitBreaker::Permit> CircuitBreaker::TryAcquire() {
     case State::kForcedOpen:
       not_permitted_.fetch_add(1, std::memory_order_relaxed);
       return absl::UnavailableError(
-          internal::StrCat("circuit breaker \"", options_.name, "\" is forced open"));
+          internal::StrCat("circuit breaker \"", options_.name, "\": forced open"));
     case State::kOpen: {
       const TimePoint now = clock_.Now();
       if (Nanos(now) < open_until_ns_.load(std::memory_order_relaxed)) {
@@ -300,7 +300,7 @@ absl::Status CircuitBreaker::OpenError(TimePoint now) const {
   const Duration left = std::max(
       Duration::zero(), Duration(open_until_ns_.load(std::memory_order_relaxed) - Nanos(now)));
   return WithRetryAfter(absl::UnavailableError(internal::StrCat("circuit breaker \"", options_.name,
-                                                                "\" is open; retry after ",
+                                                                "\": open; retry after ",
                                                                 internal::FormatDuration(left))),
                         left);
 }
@@ -323,7 +323,7 @@ absl::StatusOr<CircuitBreaker::Permit> CircuitBreaker::AcquireSlow(uint64_t /*se
       case State::kForcedOpen:
         not_permitted_.fetch_add(1, std::memory_order_relaxed);
         result = absl::UnavailableError(
-            internal::StrCat("circuit breaker \"", options_.name, "\" is forced open"));
+            internal::StrCat("circuit breaker \"", options_.name, "\": forced open"));
         break;
       case State::kOpen:
         not_permitted_.fetch_add(1, std::memory_order_relaxed);
@@ -336,7 +336,7 @@ absl::StatusOr<CircuitBreaker::Permit> CircuitBreaker::AcquireSlow(uint64_t /*se
         } else {
           not_permitted_.fetch_add(1, std::memory_order_relaxed);
           result = absl::UnavailableError(
-              internal::StrCat("circuit breaker \"", options_.name, "\" is half-open and all ",
+              internal::StrCat("circuit breaker \"", options_.name, "\": half-open and all ",
                                options_.half_open_permits, " probe permits are in use"));
         }
         break;

@@ -74,13 +74,13 @@ absl::Status ThreadPoolBulkhead::Enqueue(std::unique_ptr<Task>& task) {
     MutexLock lock(mu_);
     if (shut_down_) {
       return absl::CancelledError(
-          internal::StrCat("thread pool \"", options_.name, "\" is shut down"));
+          internal::StrCat("thread pool \"", options_.name, "\": shut down"));
     }
     // Idle threads take queued tasks at once, so they extend the capacity one for one.
     if (static_cast<int64_t>(queue_.size()) >= int64_t{options_.queue_capacity} + int64_t{idle_}) {
       Add(rejected_, 1);
       return absl::ResourceExhaustedError(internal::StrCat(
-          "thread pool \"", options_.name, "\" full (", active_, "/", options_.threads,
+          "thread pool \"", options_.name, "\": full (", active_, "/", options_.threads,
           " threads busy, ", queue_.size(), "/", options_.queue_capacity, " queued)"));
     }
     queue_.push_back(std::move(task));
@@ -137,7 +137,7 @@ void ThreadPoolBulkhead::Shutdown(ShutdownMode mode) {
   // Futures are completed outside the lock: a waiter woken by them may call Stats() at once.
   for (auto& t : cancelled) {
     t->Cancel(absl::CancelledError(
-        internal::StrCat("thread pool \"", options_.name, "\" shut down before the task ran")));
+        internal::StrCat("thread pool \"", options_.name, "\": shut down before the task ran")));
   }
   cancelled.clear();
   MutexLock join_lock(join_mu_);

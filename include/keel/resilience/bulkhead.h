@@ -96,7 +96,7 @@ class SemaphoreBulkhead {
   ~SemaphoreBulkhead();
 
   // Takes a permit if one is free and nobody is waiting for one. Never blocks.
-  // Errors: RESOURCE_EXHAUSTED `bulkhead "name" full (25/25 in use)` (no retry-after hint: the
+  // Errors: RESOURCE_EXHAUSTED `bulkhead "name": full (25/25 in use)` (no retry-after hint: the
   // bulkhead cannot know when a call will end); CANCELLED after Shutdown().
   absl::StatusOr<Permit> TryAcquire() ABSL_LOCKS_EXCLUDED(mu_);
 

@@ -97,7 +97,7 @@ class ThreadPoolBulkhead {
   // Queues `fn` (called once, with no arguments, on a pool thread) and returns its Future.
   // `fn()` returns absl::StatusOr<T> (giving Future<T>) or absl::Status (giving Future<void>).
   // The future completes with RESOURCE_EXHAUSTED at once when the queue is full (`thread pool
-  // "name" full (100 queued)`), with CANCELLED when the pool is shut down, and with INTERNAL
+  // "name": full (100 queued)`), with CANCELLED when the pool is shut down, and with INTERNAL
   // when `fn` throws (`thread pool "name": the task threw an exception: ...`): the exception is
   // caught on the pool thread, counted (task_exceptions_total), and the thread goes on.
   template <typename F>

@@ -8,10 +8,10 @@
 using namespace std::chrono_literals;
 
 TEST_CASE("retry-after survives a round trip through the status payload") {
-  absl::Status s = keel::WithRetryAfter(absl::ResourceExhaustedError("limiter \"x\" full"), 1500ms);
+  absl::Status s = keel::WithRetryAfter(absl::ResourceExhaustedError("limiter \"x\": full"), 1500ms);
   REQUIRE(keel::RetryAfter(s).has_value());
   CHECK(*keel::RetryAfter(s) == 1500ms);
-  CHECK(s.message() == "limiter \"x\" full");
+  CHECK(s.message() == "limiter \"x\": full");
   CHECK(s.code() == absl::StatusCode::kResourceExhausted);
 }
 
@@ -67,8 +67,8 @@ TEST_CASE("status macros return early with the first error and pass values throu
 }
 
 TEST_CASE("StatusText prints the code and message without keel's payloads") {
-  absl::Status s = keel::WithRetryAfter(absl::ResourceExhaustedError("bulkhead \"x\" full"), 2s);
+  absl::Status s = keel::WithRetryAfter(absl::ResourceExhaustedError("bulkhead \"x\": full"), 2s);
   CHECK(s.ToString().find("retry-after") != std::string::npos);  // what users must not echo
-  CHECK(keel::StatusText(s) == "RESOURCE_EXHAUSTED: bulkhead \"x\" full");
+  CHECK(keel::StatusText(s) == "RESOURCE_EXHAUSTED: bulkhead \"x\": full");
   CHECK(keel::StatusText(absl::OkStatus()) == "OK");
 }

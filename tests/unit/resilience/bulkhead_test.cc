@@ -42,7 +42,7 @@ TEST_CASE("semaphore bulkhead admits max_concurrent then rejects with RESOURCE_E
   auto p3 = b->TryAcquire();
   REQUIRE_FALSE(p3.ok());
   CHECK(absl::IsResourceExhausted(p3.status()));
-  CHECK(Contains(p3.status(), "bulkhead \"ai-calls\" full (2/2 in use"));
+  CHECK(Contains(p3.status(), "bulkhead \"ai-calls\": full (2/2 in use"));
   CHECK(b->Stats().in_use == 2);
   CHECK(b->Stats().rejected_total == 1);
 }

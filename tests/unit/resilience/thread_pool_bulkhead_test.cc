@@ -111,7 +111,7 @@ TEST_CASE("thread pool bulkhead rejects with RESOURCE_EXHAUSTED when the queue i
   CHECK(rejected.ready());  // reported at once, no waiting
   absl::Status s = rejected.Get(keel::Deadline::After(0s, clock));
   CHECK(absl::IsResourceExhausted(s));
-  CHECK(std::string(s.message()).find("thread pool \"reports\" full") != std::string::npos);
+  CHECK(std::string(s.message()).find("thread pool \"reports\": full") != std::string::npos);
   gate.Open();
   CHECK(blocker.Get().ok());
   CHECK(queued.Get().ok());
