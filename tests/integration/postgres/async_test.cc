@@ -7,6 +7,7 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "keel/async/task.h"
@@ -94,6 +95,48 @@ Task<int> Doubled(Pool& pool, int v) {
 TEST_CASE("postgres AsyncExecute is awaited by a coroutine", "[postgres][async]") {
   auto pool = MakePool(test::RequireEnv("KEEL_TEST_POSTGRES_URL"));
   CHECK(Doubled(*pool, 21).Start().Get(Deadline::After(5s)).value() == 42);
+}
+
+TEST_CASE("postgres async calls from 8 threads over 2 connections each get their own result",
+          "[postgres][async]") {
+  auto pool = MakePool(test::RequireEnv("KEEL_TEST_POSTGRES_URL"),
+                       {.connections = 2, .max_in_flight = 2000});  // all 1600 at once
+  std::atomic<int> wrong{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      std::vector<Future<Rows>> calls;
+      for (int i = 0; i < 200; ++i) {
+        calls.push_back(pool->AsyncExecute(Deadline::After(10s), "SELECT $1::int", t * 1000 + i));
+      }
+      for (int i = 0; i < 200; ++i) {
+        absl::StatusOr<Rows> r = calls[i].Get(Deadline::After(10s));
+        if (!r.ok() || r->Get<int>(0, 0).value_or(-1) != t * 1000 + i) wrong.fetch_add(1);
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  CHECK(wrong.load() == 0);
+  CHECK(pool->GetAsyncStats().connects_total == 2);
+}
+
+Task<int> Sleeper(Pool& pool, std::atomic<int>* resumed) {
+  absl::StatusOr<Rows> r = co_await pool.AsyncExecute(Deadline::After(10s), "SELECT pg_sleep(10)");
+  resumed->fetch_add(1);
+  co_return r.status();
+}
+
+TEST_CASE("postgres pool destroyed under awaiting coroutines completes them CANCELLED",
+          "[postgres][async]") {
+  auto pool = MakePool(test::RequireEnv("KEEL_TEST_POSTGRES_URL"));
+  std::atomic<int> resumed{0};
+  std::vector<Future<int>> waiting;
+  for (int i = 0; i < 4; ++i) waiting.push_back(Sleeper(*pool, &resumed).Start());
+  const auto start = Steady::now();
+  pool.reset();  // the coroutines resume (CANCELLED) before the pool is gone
+  CHECK(Steady::now() - start < 2s);
+  CHECK(resumed.load() == 4);
+  for (auto& f : waiting) CHECK(f.Get().status().code() == absl::StatusCode::kCancelled);
 }
 
 TEST_CASE(
