@@ -52,6 +52,10 @@ class Call {
   Call& operator=(const Call&) = delete;
 
   uint32_t expected() const { return expected_; }
+  bool has_callback() const { return callback_ != nullptr; }
+  // Bytes of the call's request, for the transport's bytes-in-flight cap. Set by the transport
+  // before it publishes the call to another thread; read-only afterwards.
+  size_t request_bytes = 0;
   const Deadline& deadline() const { return deadline_; }
 
   // True once some party claimed the completion (finished or finishing). The matcher skips

@@ -40,6 +40,8 @@ void ReplyMatcher::Take(void* raw) {
   // be the caller's last owner otherwise).
   std::shared_ptr<Call> done = std::move(slots_.front());
   slots_.pop_front();
+  ++retired_.slots;
+  retired_.bytes += done->request_bytes;
   const uint32_t count = current_count_;
   current_count_ = 0;
   if (!done->TryComplete(CallResult{.status = absl::OkStatus(), .replies = std::move(current_)})) {
@@ -73,7 +75,11 @@ absl::Status ReplyMatcher::Feed(std::string_view bytes) {
 
 void ReplyMatcher::FailAll(absl::StatusCode code, std::string_view message) {
   std::deque<std::shared_ptr<Call>> failing = std::exchange(slots_, {});
-  for (const std::shared_ptr<Call>& call : failing) call->TryFail(code, message);
+  for (const std::shared_ptr<Call>& call : failing) {
+    ++retired_.slots;
+    retired_.bytes += call->request_bytes;
+    call->TryFail(code, message);
+  }
   ResetReader();
 }
 

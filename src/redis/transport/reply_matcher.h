@@ -19,6 +19,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -59,6 +60,13 @@ class ReplyMatcher {
   bool owes_late_replies() const { return !slots_.empty() && slots_.front()->claimed(); }
   // Replies read and discarded because their caller had given up (monotonic).
   uint64_t late_replies_discarded() const { return discarded_; }
+  // Slots that left the FIFO (answered or failed) and their request bytes since the last call;
+  // resets both. What the transport's backpressure accounting subtracts.
+  struct Retired {
+    size_t slots = 0;
+    size_t bytes = 0;
+  };
+  Retired TakeRetired() { return std::exchange(retired_, Retired{}); }
 
  private:
   // Frees and recreates the reader: a new stream.
@@ -72,6 +80,7 @@ class ReplyMatcher {
   std::vector<Reply> current_;  // replies of the front slot so far
   uint32_t current_count_ = 0;  // replies of the front slot so far, decoded or not
   uint64_t discarded_ = 0;
+  Retired retired_;
 };
 
 }  // namespace keel::redis::transport
