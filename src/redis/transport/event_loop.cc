@@ -70,24 +70,22 @@ void EventLoop::Stop() {
   if (thread_.joinable()) thread_.join();
 }
 
-absl::Status EventLoop::Watch(int fd, uint32_t events, Watcher* watcher) {
+absl::Status EventLoop::Control(int op, int fd, uint32_t events, Watcher* watcher) {
   epoll_event ev{};
   ev.events = events;
   ev.data.ptr = watcher;
-  if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev) != 0) {
-    return absl::InternalError(StrCat(name_, ": epoll_ctl(ADD): ", strerror(errno)));
+  if (epoll_ctl(epoll_fd_, op, fd, &ev) != 0) {
+    return absl::InternalError(StrCat(name_, ": epoll_ctl: ", strerror(errno)));
   }
   return absl::OkStatus();
 }
 
+absl::Status EventLoop::Watch(int fd, uint32_t events, Watcher* watcher) {
+  return Control(EPOLL_CTL_ADD, fd, events, watcher);
+}
+
 absl::Status EventLoop::Rewatch(int fd, uint32_t events, Watcher* watcher) {
-  epoll_event ev{};
-  ev.events = events;
-  ev.data.ptr = watcher;
-  if (epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, fd, &ev) != 0) {
-    return absl::InternalError(StrCat(name_, ": epoll_ctl(MOD): ", strerror(errno)));
-  }
-  return absl::OkStatus();
+  return Control(EPOLL_CTL_MOD, fd, events, watcher);
 }
 
 void EventLoop::Unwatch(int fd) { epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr); }

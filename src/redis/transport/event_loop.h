@@ -62,6 +62,7 @@ class EventLoop {
  private:
   EventLoop(std::string name, int epoll_fd, int wake_fd);
   void Run();
+  absl::Status Control(int op, int fd, uint32_t events, Watcher* watcher);
   void RunTasks() ABSL_LOCKS_EXCLUDED(mu_);
   void RunTimers();
   int TimeoutMs() const;
