@@ -144,7 +144,9 @@ class Client {
   // name=<options.pool.name>, and the client registers counters mirroring ClientStats:
   // keel_redis_client_{connections_retired,primary_discoveries,connect_attempts,connect_failures,
   // connects_delayed,late_replies_drained,late_connections_closed,dirty_connections_closed,
-  // commands_refused}_total{name=<options.pool.name>}.
+  // commands_refused}_total{name=<options.pool.name>}; multiplexed, also mirrors of
+  // TransportStats: keel_redis_client_mux_{calls,late_replies_discarded,rejected_full,
+  // reconnects}_total and the gauges keel_redis_client_mux_{in_flight,queued_bytes}.
   // Errors: INVALID_ARGUMENT naming the bad field.
   static absl::StatusOr<std::unique_ptr<Client>> Create(Options options,
                                                         Clock& clock = SteadyClock(),
