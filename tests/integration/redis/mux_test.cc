@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "integration/redis/test_server.h"
+#include "keel/metrics.h"
 #include "keel/redis/client.h"
 #include "keel/redis/connection.h"
 #include "keel/status.h"
@@ -331,4 +332,21 @@ TEST_CASE("redis mux: a connection owing late replies for late_reply_timeout is 
   REQUIRE(fresh.ok());
   CHECK(*fresh == "fresh");
   CHECK(t.mux->Stats().reconnects_total == 1);
+}
+
+TEST_CASE("redis mux: the transport's series are registered under the pool's name") {
+  keel::test::RedisServer server;
+  Options options = OptionsFor(server);
+  options.pool.name = "redis-mux";
+  keel::MetricsRegistry registry;
+  auto client = Client::Create(options, keel::SteadyClock(), &registry);
+  REQUIRE(client.ok());
+  REQUIRE((*client)->Command(Deadline::After(2s), "PING").ok());
+  REQUIRE((*client)->Command(Deadline::After(2s), "PING").ok());
+  const std::string text = registry.RenderPrometheus();
+  CHECK_THAT(text, Catch::Contains("keel_redis_client_mux_calls_total{name=\"redis-mux\"} 2"));
+  CHECK_THAT(text,
+             Catch::Contains("keel_redis_client_mux_rejected_full_total{name=\"redis-mux\"} 0"));
+  CHECK_THAT(text, Catch::Contains("# TYPE keel_redis_client_mux_in_flight gauge"));
+  CHECK_THAT(text, Catch::Contains("keel_redis_client_mux_queued_bytes{name=\"redis-mux\"}"));
 }
