@@ -350,3 +350,30 @@ TEST_CASE("redis mux: the transport's series are registered under the pool's nam
   CHECK_THAT(text, Catch::Contains("# TYPE keel_redis_client_mux_in_flight gauge"));
   CHECK_THAT(text, Catch::Contains("keel_redis_client_mux_queued_bytes{name=\"redis-mux\"}"));
 }
+
+TEST_CASE("redis mux: shutdown completes the calls in flight with CANCELLED and refuses new ones") {
+  keel::test::RedisServer server;
+  Options options = OptionsFor(server);
+  auto client = Client::Create(options);
+  REQUIRE(client.ok());
+  REQUIRE((*client)->Command(Deadline::After(2s), "PING").ok());
+  server.Stop();  // nothing will answer
+  std::atomic<int> cancelled{0};
+  std::vector<std::thread> callers;
+  for (int i = 0; i < 4; ++i) {
+    callers.emplace_back([&] {
+      auto r = (*client)->Command(Deadline::After(5s), "PING");
+      if (r.status().code() == absl::StatusCode::kCancelled) ++cancelled;
+    });
+  }
+  // Let the calls reach the connection, then shut down well before their deadline.
+  while ((*client)->Stats().transport.in_flight < 4) std::this_thread::sleep_for(1ms);
+  const auto start = SteadyTime::now();
+  (*client)->Shutdown();
+  for (auto& th : callers) th.join();
+  CHECK(SteadyTime::now() - start < 1s);
+  CHECK(cancelled.load() == 4);
+  CHECK((*client)->Command(Deadline::After(1s), "PING").status().code() ==
+        absl::StatusCode::kFailedPrecondition);
+  server.Continue();
+}
