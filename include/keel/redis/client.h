@@ -5,9 +5,9 @@
 // Transport (Options::transport). By default (Transport::kMultiplexed) Command, CommandArgv and
 // Run share Options::mux.connections connections (default 1), driven by the client's I/O thread:
 // every caller's command is queued, everything queued goes out in one write, and each caller
-// gets its own reply (automatic pipelining; docs/async.md). A call whose deadline passes returns
-// DEADLINE_EXCEEDED at once and its late reply is discarded with the connection kept; a lost
-// connection fails every call in flight with UNAVAILABLE and reconnects; a full connection
+// gets its own reply (automatic pipelining; docs/redis-transport.md). A call whose deadline passes
+// returns DEADLINE_EXCEEDED at once and its late reply is discarded with the connection kept; a
+// lost connection fails every call in flight with UNAVAILABLE and reconnects; a full connection
 // refuses calls with RESOURCE_EXHAUSTED and a retry-after hint. Transaction, the WATCH
 // transaction, Acquire() and blocking commands (BLPOP, BRPOP, BLMOVE, BRPOPLPUSH, BZPOPMIN/MAX,
 // BLMPOP, BZMPOP, WAIT, WAITAOF, XREAD/XREADGROUP with BLOCK) always run on connections of the

@@ -50,7 +50,8 @@ struct Endpoint {
 // How a Client runs its calls (Options::transport).
 enum class Transport {
   // Calls share a few connections per server, driven by the client's I/O thread; commands are
-  // pipelined automatically (docs/async.md). Transactions, Acquire() and blocking commands still
+  // pipelined automatically (docs/redis-transport.md). Transactions, Acquire() and blocking
+  // commands still
   // use dedicated pooled connections.
   kMultiplexed,
   // Every call leases a pooled connection for its whole round trip (keel before the
