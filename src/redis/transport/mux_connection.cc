@@ -38,14 +38,8 @@ MuxConnection::MuxConnection(Options options, EventLoop& loop, Connector connect
       lost_suffix_(" (a command in flight may or may not have been applied)"),
       matcher_(options_.name),
       read_buf_(new char[kReadChunk]) {
-  {
-    MutexLock lock(mu_);
-    state_ = State::kConnecting;
-  }
-  loop_.Post([this] {
-    Connect();
-    Housekeep();
-  });
+  // No I/O until the first call (as Client::Create promises): it finds kDown and connects.
+  loop_.Post([this] { Housekeep(); });
 }
 
 MuxConnection::~MuxConnection() {

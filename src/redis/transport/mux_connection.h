@@ -75,7 +75,7 @@ class MuxConnection final : public EventLoop::Watcher {
     size_t max_bytes = 64 << 20;
   };
 
-  // Connects in the background at once (on `loop`). `loop` and whatever `connect` uses must
+  // Connects on the first Submit (on `loop`), not before. `loop` and whatever `connect` uses must
   // outlive the connection; Shutdown() before destroying it, then stop the loop.
   MuxConnection(Options options, EventLoop& loop, Connector connect);
   ~MuxConnection() override;
