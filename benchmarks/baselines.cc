@@ -98,6 +98,27 @@ void BM_Baseline_RedisPing(benchmark::State& state) {
 }
 BENCHMARK(BM_Baseline_RedisPing)->UseRealTime();
 
+// The multiplexed transport's floor: N PINGs written at once on one hiredis connection, then
+// their N replies read (items/s is PINGs per second over one connection).
+void BM_Baseline_RedisPipelinedPing(benchmark::State& state) {
+  RedisContextPtr c = ConnectRedis(state);
+  if (!c) return;
+  const auto n = static_cast<int>(state.range(0));
+  for (auto _ : state) {
+    for (int i = 0; i < n; ++i) redisAppendCommand(c.get(), "PING");
+    for (int i = 0; i < n; ++i) {
+      void* reply = nullptr;
+      if (redisGetReply(c.get(), &reply) != REDIS_OK) {
+        state.SkipWithError("pipelined PING failed");
+        return;
+      }
+      freeReplyObject(reply);
+    }
+  }
+  state.SetItemsProcessed(state.iterations() * n);
+}
+BENCHMARK(BM_Baseline_RedisPipelinedPing)->UseRealTime()->Arg(16)->Arg(64);
+
 void BM_Baseline_RedisEvalshaTrivial(benchmark::State& state) {
   RedisContextPtr c = ConnectRedis(state);
   if (!c) return;

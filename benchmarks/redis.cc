@@ -2,6 +2,11 @@
 //   BM_Redis_PooledPing     <= 1.2x BM_Baseline_RedisPing (pool lease + deadline + typed reply)
 //   BM_Redis_Pipeline100    per-command time (items/s) far below one round trip
 //   BM_Redis_ScriptRun      vs BM_Baseline_RedisEvalshaTrivial
+//   BM_RedisMux_Ping        blocking Command on the multiplexed transport from 1, 16 and 64
+//                           threads: 1 thread <= 1.1x BM_Baseline_RedisPing; 16 and 64 threads
+//                           (items/s) >= 80% of BM_Baseline_RedisPipelinedPing over 1 connection
+//   BM_RedisMux_PingCallbacks/N  N callback calls in flight from 1 thread (the transport's
+//                           internal submit), vs BM_Baseline_RedisPipelinedPing/N
 // Reads KEEL_TEST_REDIS_URL; skips with a message when it is absent.
 #include <benchmark/benchmark.h>
 
@@ -12,13 +17,17 @@
 #include "bench_env.h"
 #include "keel/redis/client.h"
 #include "keel/redis/script.h"
+#include "redis/transport/call.h"
+#include "redis/transport/event_loop.h"
+#include "redis/transport/mux_connection.h"
 
 namespace {
 
 using keel::Deadline;
 using namespace std::chrono_literals;
 
-std::unique_ptr<keel::redis::Client> MakeClient(benchmark::State& state) {
+std::unique_ptr<keel::redis::Client> MakeClient(
+    benchmark::State& state, keel::redis::Transport transport = keel::redis::Transport::kPooled) {
   const auto url = keel::bench::Env("KEEL_TEST_REDIS_URL");
   if (!url) {
     state.SkipWithError("KEEL_TEST_REDIS_URL is not set (run scripts/bench or scripts/test)");
@@ -30,6 +39,7 @@ std::unique_ptr<keel::redis::Client> MakeClient(benchmark::State& state) {
     return nullptr;
   }
   options->pool.max_size = 2;
+  options->transport = transport;
   auto client = keel::redis::Client::Create(*options);
   if (!client.ok()) {
     state.SkipWithError(std::string(client.status().message()).c_str());
@@ -43,17 +53,22 @@ std::unique_ptr<keel::redis::Client> MakeClient(benchmark::State& state) {
   return std::move(*client);
 }
 
-void BM_Redis_PooledPing(benchmark::State& state) {
-  auto client = MakeClient(state);
-  if (!client) return;
+// One blocking PING per iteration, what both transports' single-call benchmarks time.
+void PingLoop(benchmark::State& state, keel::redis::Client& client) {
   for (auto _ : state) {
-    auto reply = client->Command(Deadline::After(1s), "PING");
+    auto reply = client.Command(Deadline::After(1s), "PING");
     if (!reply.ok()) {
       state.SkipWithError(std::string(reply.status().message()).c_str());
       break;
     }
     benchmark::DoNotOptimize(reply);
   }
+}
+
+void BM_Redis_PooledPing(benchmark::State& state) {
+  auto client = MakeClient(state);
+  if (!client) return;
+  PingLoop(state, *client);
 }
 BENCHMARK(BM_Redis_PooledPing)->UseRealTime();
 
@@ -88,5 +103,81 @@ void BM_Redis_ScriptRun(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_Redis_ScriptRun)->UseRealTime();
+
+}  // namespace
+
+namespace {
+
+// One multiplexed client shared by every thread of a BM_RedisMux_Ping run.
+keel::redis::Client* SharedMuxClient(benchmark::State& state) {
+  static std::unique_ptr<keel::redis::Client> client =
+      MakeClient(state, keel::redis::Transport::kMultiplexed);
+  return client.get();
+}
+
+void BM_RedisMux_Ping(benchmark::State& state) {
+  keel::redis::Client* client = SharedMuxClient(state);
+  if (client == nullptr) return;
+  PingLoop(state, *client);
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_RedisMux_Ping)->UseRealTime()->Threads(1)->Threads(16)->Threads(64);
+
+// N calls in flight from one thread through the transport's callback submit (what a future or
+// coroutine will sit on): submit N PINGs, wait for the N completions, repeat.
+void BM_RedisMux_PingCallbacks(benchmark::State& state) {
+  namespace t = keel::redis::transport;
+  const auto url = keel::bench::Env("KEEL_TEST_REDIS_URL");
+  auto options = keel::redis::Options::FromUrl(url ? *url : "");
+  if (!url || !options.ok()) {
+    state.SkipWithError("KEEL_TEST_REDIS_URL is not set or not a redis URL");
+    return;
+  }
+  auto loop = t::EventLoop::Start("redis \"bench\"");
+  if (!loop.ok()) {
+    state.SkipWithError("no event loop");
+    return;
+  }
+  t::MuxConnection mux({.name = "redis \"bench\""}, **loop, [&](Deadline) {
+    return keel::redis::Connection::Connect(options->server, *options, Deadline::Infinite());
+  });
+  std::string ping;
+  const std::string_view argv[] = {"PING"};
+  keel::redis::AppendRespCommand(argv, ping);
+  const auto n = static_cast<int>(state.range(0));
+  keel::Mutex mu;
+  keel::CondVar cv;
+  int left = 0;
+  bool failed = false;
+  auto run_batch = [&] {
+    {
+      keel::MutexLock lock(mu);
+      left = n;
+    }
+    for (int i = 0; i < n; ++i) {
+      mux.Submit(std::make_shared<t::Call>(1, Deadline::After(1s),
+                                           [&](t::CallResult&& r) {
+                                             keel::MutexLock lock(mu);
+                                             if (!r.status.ok()) failed = true;
+                                             if (--left == 0) cv.Signal();
+                                           }),
+                 ping);
+    }
+    keel::MutexLock lock(mu);
+    while (left > 0) cv.Wait(mu);
+    return !failed;
+  };
+  if (!run_batch()) state.SkipWithError("cannot reach Redis");
+  for (auto _ : state) {
+    if (!run_batch()) {
+      state.SkipWithError("a PING failed");
+      break;
+    }
+  }
+  state.SetItemsProcessed(state.iterations() * n);
+  mux.Shutdown();
+  (*loop)->Stop();
+}
+BENCHMARK(BM_RedisMux_PingCallbacks)->UseRealTime()->Arg(16)->Arg(64);
 
 }  // namespace

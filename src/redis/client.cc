@@ -7,6 +7,9 @@
 #include "keel/internal/status_macros.h"
 #include "keel/internal/strings.h"
 #include "redis/sentinel.h"
+#include "redis/transport/call.h"
+#include "redis/transport/event_loop.h"
+#include "redis/transport/mux_connection.h"
 
 namespace keel::redis {
 namespace {
@@ -29,7 +32,13 @@ Client::Client(Options options, Clock& clock, Backoff backoff,
       own_random_(random ? std::nullopt : std::optional<absl::BitGen>(std::in_place)),
       random_(random ? *random : absl::BitGenRef(*own_random_)),
       locator_(std::make_unique<internal::PrimaryLocator>(options_)),
-      delays_(backoff_.Start()) {}
+      delays_(backoff_.Start()),
+      timeout_message_(StrCat(name_,
+                              ": no reply within the deadline (the connection is kept; the late "
+                              "reply will be discarded)")),
+      timeout_message_inf_(StrCat(name_, ": no reply within command_timeout ",
+                                  FormatDuration(options_.command_timeout),
+                                  " (the connection is kept; the late reply will be discarded)")) {}
 
 Client::~Client() { Shutdown(); }
 
@@ -48,6 +57,11 @@ absl::StatusOr<std::unique_ptr<Client>> Client::CreateImpl(Options options, Cloc
                                                            MetricsRegistry* metrics,
                                                            std::optional<absl::BitGenRef> random) {
   KEEL_RETURN_IF_ERROR(options.Validate());
+  // Multiplexed, the pool serves only transactions, Acquire() and blocking commands: it opens
+  // connections when they are asked for, rather than keeping idle ones.
+  if (options.transport == Transport::kMultiplexed && !options.pool.min_idle) {
+    options.pool.min_idle = 0;
+  }
   KEEL_ASSIGN_OR_RETURN(Backoff backoff,
                         Backoff::Create(options.reconnect_backoff, "redis.reconnect_backoff"));
   std::unique_ptr<Client> client(new Client(std::move(options), clock, backoff, random));
@@ -61,8 +75,30 @@ absl::StatusOr<std::unique_ptr<Client>> Client::CreateImpl(Options options, Cloc
   };
   KEEL_ASSIGN_OR_RETURN(
       self->pool_, Pool<Connection>::Create(self->options_.pool, std::move(hooks), clock, metrics));
+  if (self->options_.transport == Transport::kMultiplexed) {
+    KEEL_RETURN_IF_ERROR(self->StartTransport());
+  }
   if (metrics != nullptr) KEEL_RETURN_IF_ERROR(self->RegisterMetrics(*metrics));
   return client;
+}
+
+absl::Status Client::StartTransport() {
+  KEEL_ASSIGN_OR_RETURN(loop_, transport::EventLoop::Start(name_));
+  const transport::MuxConnection::Options mux{
+      .name = name_,
+      .connect_timeout = options_.connect_timeout,
+      .late_reply_timeout = options_.late_reply_timeout,
+      .max_calls = options_.mux.max_queued_calls,
+      .max_bytes = options_.mux.max_bytes_in_flight,
+  };
+  for (int i = 0; i < options_.mux.connections; ++i) {
+    // Connect applies the reconnect backoff and (Sentinel mode) finds the primary. Infinite:
+    // Connection::Connect bounds the setup by connect_timeout and reports running out of it as
+    // the server's UNAVAILABLE, which is what backs off.
+    mux_.push_back(std::make_unique<transport::MuxConnection>(
+        mux, *loop_, [this](Deadline) { return Connect(Deadline::Infinite()); }));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Client::RegisterMetrics(MetricsRegistry& metrics) {
@@ -107,6 +143,37 @@ absl::Status Client::RegisterMetrics(MetricsRegistry& metrics) {
                             "Times the primary was (re)discovered through the sentinels.", labels,
                             [this] { return static_cast<double>(locator_->discoveries()); }));
   registrations_.push_back(std::move(reg));
+  if (!multiplexed()) return absl::OkStatus();
+  struct MuxSeries {
+    std::string_view name;
+    std::string_view help;
+    bool gauge;
+    uint64_t TransportStats::*field;
+  };
+  const MuxSeries mux_series[] = {
+      {"keel_redis_client_mux_calls_total", "Calls submitted to a multiplexed connection.", false,
+       &TransportStats::calls_total},
+      {"keel_redis_client_mux_late_replies_discarded_total",
+       "Replies of calls that had given up, read and discarded.", false,
+       &TransportStats::late_replies_discarded_total},
+      {"keel_redis_client_mux_rejected_full_total",
+       "Calls refused because a multiplexed connection was full.", false,
+       &TransportStats::rejected_full_total},
+      {"keel_redis_client_mux_reconnects_total",
+       "Multiplexed connections made after one was lost or closed.", false,
+       &TransportStats::reconnects_total},
+      {"keel_redis_client_mux_in_flight", "Calls queued or awaiting replies.", true,
+       &TransportStats::in_flight},
+      {"keel_redis_client_mux_queued_bytes", "Request bytes queued or awaiting replies.", true,
+       &TransportStats::queued_bytes},
+  };
+  for (const MuxSeries& m : mux_series) {
+    auto read = [this, field = m.field] { return static_cast<double>(MuxStats(nullptr).*field); };
+    KEEL_ASSIGN_OR_RETURN(MetricsRegistry::Registration mux_reg,
+                          m.gauge ? metrics.AddGaugeCallback(m.name, m.help, labels, read)
+                                  : metrics.AddCounterCallback(m.name, m.help, labels, read));
+    registrations_.push_back(std::move(mux_reg));
+  }
   return absl::OkStatus();
 }
 
@@ -173,6 +240,8 @@ bool Client::Unusable(const Connection& conn) {
 }
 
 void Client::Shutdown() {
+  for (const auto& mux : mux_) mux->Shutdown();
+  if (loop_) loop_->Stop();
   if (pool_) pool_->Shutdown();
 }
 
@@ -219,11 +288,54 @@ absl::StatusOr<Reply> Client::CommandArgv(Deadline deadline,
   if (absl::Status ok = internal::CheckPooledCommand(name_, argv); !ok.ok()) {
     return Refuse(std::move(ok));
   }
+  const bool infinite = deadline.IsInfinite();
   deadline = Effective(deadline);
+  if (multiplexed() && !internal::IsBlockingCommand(argv)) {
+    thread_local std::string request;
+    request.clear();
+    AppendRespCommand(argv, request);
+    transport::CallResult result = RunMux(deadline, request, 1);
+    if (!result.status.ok()) {
+      if (infinite && result.status.code() == absl::StatusCode::kDeadlineExceeded) {
+        return absl::DeadlineExceededError(timeout_message_inf_);
+      }
+      return std::move(result.status);
+    }
+    Reply& reply = result.replies.front();
+    if (!reply.is_error()) return std::move(reply);
+    Demoted(reply.str());
+    return ServerErrorToStatus(name_, reply.str());
+  }
   KEEL_ASSIGN_OR_RETURN(Lease<Connection> lease, AcquireFresh(deadline));
   absl::StatusOr<Reply> reply = lease->CommandArgv(deadline, argv);
   AfterCall(lease, reply.status());
   return reply;
+}
+
+transport::CallResult Client::RunMux(Deadline deadline, std::string_view request,
+                                     uint32_t expected) {
+  if (deadline.Expired()) {
+    return transport::CallResult{
+        .status = absl::DeadlineExceededError(StrCat(name_, ": deadline passed before sending")),
+        .replies = {}};
+  }
+  auto call = std::make_shared<transport::Call>(expected, deadline);
+  const uint32_t pick = mux_.size() == 1 ? 0
+                                         : next_mux_.fetch_add(1, std::memory_order_relaxed) %
+                                               static_cast<uint32_t>(mux_.size());
+  mux_[pick]->Submit(call, request);
+  return call->Wait(timeout_message_);
+}
+
+void Client::Demoted(std::string_view error) {
+  if (error.rfind("READONLY", 0) != 0) return;
+  // The primary became a replica (failover): find the new one and move every connection there.
+  generation_.fetch_add(1, std::memory_order_relaxed);
+  locator_->Forget();
+  // Only the sentinels can name another server; a fixed address would reconnect to the same
+  // replica, and closing the connection would fail the reads in flight on it for nothing.
+  if (!options_.sentinel_mode()) return;
+  for (const auto& mux : mux_) mux->Reconnect("the server is no longer the primary (READONLY)");
 }
 
 absl::StatusOr<PipelineReplies> Client::Run(Deadline deadline, const Pipeline& pipeline) {
@@ -231,7 +343,34 @@ absl::StatusOr<PipelineReplies> Client::Run(Deadline deadline, const Pipeline& p
     return Refuse(absl::InvalidArgumentError(StrCat(name_, ": ", ok.message())));
   }
   if (absl::Status ok = pipeline.CheckPooled(name_); !ok.ok()) return Refuse(std::move(ok));
+  if (pipeline.empty()) return PipelineReplies();
+  const bool infinite = deadline.IsInfinite();
   deadline = Effective(deadline);
+  if (multiplexed() && !pipeline.has_blocking()) {
+    transport::CallResult result =
+        RunMux(deadline, pipeline.encoded(), static_cast<uint32_t>(pipeline.size()));
+    if (!result.status.ok()) {
+      if (infinite && result.status.code() == absl::StatusCode::kDeadlineExceeded) {
+        return absl::DeadlineExceededError(timeout_message_inf_);
+      }
+      return std::move(result.status);
+    }
+    PipelineReplies replies;
+    replies.reserve(result.replies.size());
+    bool demoted = false;
+    for (Reply& r : result.replies) {
+      if (r.is_error()) {
+        if (!demoted && r.str().rfind("READONLY", 0) == 0) {
+          demoted = true;
+          Demoted(r.str());
+        }
+        replies.emplace_back(ServerErrorToStatus(name_, r.str()));
+      } else {
+        replies.emplace_back(std::move(r));
+      }
+    }
+    return replies;
+  }
   KEEL_ASSIGN_OR_RETURN(Lease<Connection> lease, AcquireFresh(deadline));
   absl::StatusOr<PipelineReplies> replies = lease->Run(deadline, pipeline);
   if (!replies.ok()) {
@@ -364,16 +503,35 @@ absl::StatusOr<PipelineReplies> Client::Transaction(
   return RunTransaction(lease, deadline, *commands);
 }
 
+TransportStats Client::MuxStats(uint64_t* late_closed) const {
+  TransportStats total;
+  for (const auto& mux : mux_) {
+    const transport::MuxStats s = mux->Stats();
+    total.calls_total += s.calls_total;
+    total.late_replies_discarded_total += s.late_replies_discarded_total;
+    total.rejected_full_total += s.rejected_full_total;
+    total.reconnects_total += s.reconnects_total;
+    total.in_flight += s.in_flight;
+    total.queued_bytes += s.queued_bytes;
+    if (late_closed != nullptr) *late_closed += s.late_connections_closed_total;
+  }
+  return total;
+}
+
 ClientStats Client::Stats() const {
+  uint64_t mux_late_closed = 0;
+  TransportStats transport = MuxStats(&mux_late_closed);
   return ClientStats{
       .pool = pool_->Stats(),
+      .transport = transport,
       .connections_retired_total = retired_.load(std::memory_order_relaxed),
       .primary_discoveries_total = locator_->discoveries(),
       .connect_attempts_total = connect_attempts_.load(std::memory_order_relaxed),
       .connect_failures_total = connect_failures_.load(std::memory_order_relaxed),
       .connects_delayed_total = connects_delayed_.load(std::memory_order_relaxed),
       .late_replies_drained_total = late_drained_.load(std::memory_order_relaxed),
-      .late_connections_closed_total = late_closed_.load(std::memory_order_relaxed),
+      .late_connections_closed_total =
+          late_closed_.load(std::memory_order_relaxed) + mux_late_closed,
       .dirty_connections_closed_total = dirty_closed_.load(std::memory_order_relaxed),
       .commands_refused_total = refused_.load(std::memory_order_relaxed),
   };

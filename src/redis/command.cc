@@ -84,6 +84,26 @@ SessionEffect SessionEffectOf(std::span<const std::string_view> argv) {
   return SessionEffect::kNone;
 }
 
+bool IsBlockingCommand(std::span<const std::string_view> argv) {
+  if (argv.empty()) return false;
+  constexpr std::string_view kBlocking[] = {"BLPOP",    "BRPOP",    "BLMOVE", "BRPOPLPUSH",
+                                            "BZPOPMIN", "BZPOPMAX", "BLMPOP", "BZMPOP",
+                                            "WAIT",     "WAITAOF"};
+  const std::string_view name = argv[0];
+  if (name.size() < 4 || name.size() > 10) return false;
+  for (std::string_view b : kBlocking) {
+    if (NameIs(name, b)) return true;
+  }
+  if (NameIs(name, "XREAD") || NameIs(name, "XREADGROUP")) {
+    // Options come before STREAMS; after it only keys and IDs follow.
+    for (size_t i = 1; i < argv.size(); ++i) {
+      if (NameIs(argv[i], "STREAMS")) return false;
+      if (NameIs(argv[i], "BLOCK")) return true;
+    }
+  }
+  return false;
+}
+
 absl::Status CheckPooledCommand(std::string_view who, std::span<const std::string_view> argv) {
   if (argv.empty()) {
     return absl::InvalidArgumentError(StrCat(who, ": empty command (no arguments)"));
@@ -112,6 +132,7 @@ Pipeline& Pipeline::AddArgv(std::span<const std::string_view> argv) {
     return *this;
   }
   AppendRespCommand(argv, encoded_);
+  if (internal::IsBlockingCommand(argv)) has_blocking_ = true;
   if (const SessionEffect effect = internal::SessionEffectOf(argv);
       effect != SessionEffect::kNone) {
     if (effects_.empty()) {
@@ -130,6 +151,7 @@ Pipeline& Pipeline::Append(const Pipeline& other) {
   effects_.insert(effects_.end(), other.effects_.begin(), other.effects_.end());
   encoded_ += other.encoded_;
   count_ += other.count_;
+  has_blocking_ = has_blocking_ || other.has_blocking_;
   return *this;
 }
 

@@ -60,9 +60,19 @@ Connection::Connection(redisContext* context, Endpoint endpoint, const Options& 
       name_(Name(endpoint_)),
       command_timeout_(options.command_timeout) {}
 
-Connection::~Connection() { redisFree(context_); }
+Connection::~Connection() {
+  if (context_ != nullptr) redisFree(context_);
+}
 
 int Connection::fd() const { return context_ != nullptr ? context_->fd : -1; }
+
+int Connection::ReleaseSocket() {
+  if (context_ == nullptr) return -1;
+  const int fd = redisFreeKeepFd(context_);
+  context_ = nullptr;
+  broken_ = true;
+  return fd;
+}
 
 absl::StatusOr<std::unique_ptr<Connection>> Connection::Connect(const Endpoint& endpoint,
                                                                 const Options& options,

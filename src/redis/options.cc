@@ -257,6 +257,13 @@ absl::Status Options::Validate() const {
     return bad("command_timeout",
                StrCat("must be positive, got ", FormatDuration(command_timeout)));
   }
+  if (mux.connections < 1 || mux.connections > 64) {
+    return bad("mux.connections", StrCat("must be in 1..64, got ", mux.connections));
+  }
+  if (mux.max_queued_calls < 1) return bad("mux.max_queued_calls", "must be at least 1, got 0");
+  if (mux.max_bytes_in_flight < 1) {
+    return bad("mux.max_bytes_in_flight", "must be at least 1, got 0");
+  }
   if (late_reply_timeout <= Duration::zero()) {
     return bad("late_reply_timeout",
                StrCat("must be positive, got ", FormatDuration(late_reply_timeout)));

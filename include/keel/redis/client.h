@@ -1,7 +1,19 @@
 // keel/redis/client.h: the pooled, failover-aware Redis client every Redis-backed keel block uses.
 //
-// Defines `keel::redis::Client` and `keel::redis::ClientStats`. A Client owns a
-// `keel::Pool<redis::Connection>` and runs each call on a leased connection:
+// Defines `keel::redis::Client`, `keel::redis::ClientStats` and `keel::redis::TransportStats`.
+//
+// Transport (Options::transport). By default (Transport::kMultiplexed) Command, CommandArgv and
+// Run share Options::mux.connections connections (default 1), driven by the client's I/O thread:
+// every caller's command is queued, everything queued goes out in one write, and each caller
+// gets its own reply (automatic pipelining; docs/redis-transport.md). A call whose deadline passes
+// returns DEADLINE_EXCEEDED at once and its late reply is discarded with the connection kept; a
+// lost connection fails every call in flight with UNAVAILABLE and reconnects; a full connection
+// refuses calls with RESOURCE_EXHAUSTED and a retry-after hint. Transaction, the WATCH
+// transaction, Acquire() and blocking commands (BLPOP, BRPOP, BLMOVE, BRPOPLPUSH, BZPOPMIN/MAX,
+// BLMPOP, BZMPOP, WAIT, WAITAOF, XREAD/XREADGROUP with BLOCK) always run on connections of the
+// client's `keel::Pool<redis::Connection>`, which in multiplexed mode opens them on demand.
+// Transport::kPooled runs every call on a leased pooled connection. The rules below hold for
+// both unless they say otherwise:
 //
 //   - Commands are argument vectors (binary-safe; never formatted strings), replies are typed
 //     `Reply` values, server error replies are Status values with the server's message (codes in
@@ -13,7 +25,7 @@
 //     network cut), so the calls after the first failure don't each trip over a dead socket.
 //     Nothing is retried automatically: a failed write may or may not have been applied; wrap
 //     calls in keel::Retry where the command is idempotent.
-//   - Timeouts return DEADLINE_EXCEEDED and keep the connection: its late reply is read and
+//   - Timeouts return DEADLINE_EXCEEDED and keep the connection. Pooled: its late reply is read and
 //     discarded by the next call on it, within that call's deadline, before it sends anything
 //     (see keel/redis/connection.h), so a paused or slow server costs each caller only its own
 //     deadline and never a new TCP connection. A connection still behind after
@@ -76,9 +88,32 @@ namespace keel::redis {
 namespace internal {
 class PrimaryLocator;
 }
+namespace transport {
+class Call;
+class EventLoop;
+class MuxConnection;
+struct CallResult;
+}  // namespace transport
+
+// The multiplexed transport's counters and gauges (zero with Transport::kPooled), summed over
+// its connections.
+struct TransportStats {
+  // Calls submitted to a multiplexed connection.
+  uint64_t calls_total = 0;
+  // Replies of calls that had given up (deadline), read and discarded.
+  uint64_t late_replies_discarded_total = 0;
+  // Calls refused with RESOURCE_EXHAUSTED because a connection was full (mux limits).
+  uint64_t rejected_full_total = 0;
+  // Connections made after a connection was lost or closed.
+  uint64_t reconnects_total = 0;
+  // Calls queued or awaiting replies now, and their request bytes (gauges).
+  uint64_t in_flight = 0;
+  uint64_t queued_bytes = 0;
+};
 
 struct ClientStats {
   PoolStats pool;
+  TransportStats transport;
   // Connections discarded because an I/O error on a sibling showed they were probably dead.
   uint64_t connections_retired_total = 0;
   // Times the primary's address was (re)discovered through the sentinels (Sentinel mode).
@@ -91,7 +126,8 @@ struct ClientStats {
   uint64_t connects_delayed_total = 0;
   // Late replies (of calls that timed out) read and discarded before a connection was reused.
   uint64_t late_replies_drained_total = 0;
-  // Connections closed because they still owed late replies after late_reply_timeout.
+  // Connections closed because they still owed late replies after late_reply_timeout (pooled and
+  // multiplexed).
   uint64_t late_connections_closed_total = 0;
   // Leased connections closed because they came back in a changed session state (inside MULTI,
   // after WATCH, SUBSCRIBE, SELECT, ...).
@@ -108,7 +144,9 @@ class Client {
   // name=<options.pool.name>, and the client registers counters mirroring ClientStats:
   // keel_redis_client_{connections_retired,primary_discoveries,connect_attempts,connect_failures,
   // connects_delayed,late_replies_drained,late_connections_closed,dirty_connections_closed,
-  // commands_refused}_total{name=<options.pool.name>}.
+  // commands_refused}_total{name=<options.pool.name>}; multiplexed, also mirrors of
+  // TransportStats: keel_redis_client_mux_{calls,late_replies_discarded,rejected_full,
+  // reconnects}_total and the gauges keel_redis_client_mux_{in_flight,queued_bytes}.
   // Errors: INVALID_ARGUMENT naming the bad field.
   static absl::StatusOr<std::unique_ptr<Client>> Create(Options options,
                                                         Clock& clock = SteadyClock(),
@@ -200,6 +238,14 @@ class Client {
   Deadline Effective(Deadline deadline) const;
   // Leases a connection made after the last failure (older ones are discarded on the way).
   absl::StatusOr<Lease<Connection>> AcquireFresh(Deadline deadline);
+  // The multiplexed path of CommandArgv and Run: submits `request` (`expected` replies) and waits.
+  transport::CallResult RunMux(Deadline deadline, std::string_view request, uint32_t expected);
+  // After a multiplexed call whose replies hold a -READONLY: the primary moved.
+  void Demoted(std::string_view error);
+  bool multiplexed() const { return !mux_.empty(); }
+  absl::Status StartTransport();
+  TransportStats MuxStats(uint64_t* late_closed) const;
+
   // After a call: discards a broken connection; on a lost connection or READONLY retires its
   // siblings and, in Sentinel mode, forgets the primary.
   void AfterCall(Lease<Connection>& lease, const absl::Status& status);
@@ -231,6 +277,13 @@ class Client {
   std::atomic<uint64_t> dirty_closed_{0};
   std::atomic<uint64_t> refused_{0};
   std::unique_ptr<Pool<Connection>> pool_;
+  // The multiplexed transport (empty with Transport::kPooled): the connections go before the
+  // loop that drives them.
+  std::unique_ptr<transport::EventLoop> loop_;
+  std::vector<std::unique_ptr<transport::MuxConnection>> mux_;
+  std::atomic<uint32_t> next_mux_{0};
+  std::string timeout_message_;      // a multiplexed call's DEADLINE_EXCEEDED
+  std::string timeout_message_inf_;  // the same when the caller's deadline was infinite
   // Last: removed from the registry before anything their callbacks read is destroyed.
   std::vector<MetricsRegistry::Registration> registrations_;
 };

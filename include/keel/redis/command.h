@@ -89,6 +89,12 @@ enum class SessionEffect : uint8_t {
 // The effect of `argv` (its command name compared case-insensitively). Cheap: no allocation.
 SessionEffect SessionEffectOf(std::span<const std::string_view> argv);
 
+// True for the commands that block the connection they run on until something happens (BLPOP,
+// BRPOP, BLMOVE, BRPOPLPUSH, BZPOPMIN, BZPOPMAX, BLMPOP, BZMPOP, WAIT, WAITAOF, and XREAD /
+// XREADGROUP with BLOCK): they never go on a multiplexed connection, where they would hold up
+// every other caller.
+bool IsBlockingCommand(std::span<const std::string_view> argv);
+
 // OK for a command a pooled call may run, otherwise INVALID_ARGUMENT `<who>: <COMMAND> changes
 // the connection's state and is not allowed on a pooled call: <where it belongs>`. Also refuses
 // an empty argument vector.
@@ -129,6 +135,7 @@ class Pipeline {
     effects_.clear();
     first_refusal_.clear();
     first_empty_.reset();
+    has_blocking_ = false;
   }
 
   // The RESP bytes of every command, in order.
@@ -140,6 +147,8 @@ class Pipeline {
   // The connection-state effects of the commands added, in order, leaving out kNone (empty for
   // an ordinary pipeline). What Client refuses and Connection tracks.
   const std::vector<internal::SessionEffect>& session_effects() const { return effects_; }
+  // True when a command added blocks its connection (internal::IsBlockingCommand).
+  bool has_blocking() const { return has_blocking_; }
   // OK when every command may run on a pooled connection, otherwise the INVALID_ARGUMENT of
   // internal::CheckPooledCommand for the first that may not, prefixed with `who`.
   absl::Status CheckPooled(std::string_view who) const;
@@ -150,6 +159,7 @@ class Pipeline {
   std::vector<internal::SessionEffect> effects_;
   std::string first_refusal_;          // why the first command with an effect is refused on a pool
   std::optional<size_t> first_empty_;  // index of the first empty command
+  bool has_blocking_ = false;
 };
 
 }  // namespace keel::redis

@@ -122,6 +122,11 @@ class Connection {
   // The socket, for poll() by callers that multiplex (Subscriber). -1 if none.
   int fd() const;
 
+  // Hands the connected socket to the caller (who must close it) and leaves this connection
+  // broken(): how the multiplexed transport takes over a connection set up (AUTH, SELECT, ROLE)
+  // by Connect. -1 if none. REQUIRES: no reply is owed or buffered.
+  int ReleaseSocket();
+
   // Opaque number the owner (Client) stamps on a connection, e.g. to retire every connection
   // made before a failover. Not used by Connection itself.
   uint64_t generation() const { return generation_; }

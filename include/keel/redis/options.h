@@ -47,6 +47,33 @@ struct Endpoint {
   friend bool operator==(const Endpoint&, const Endpoint&) = default;
 };
 
+// How a Client runs its calls (Options::transport).
+enum class Transport {
+  // Calls share a few connections per server, driven by the client's I/O thread; commands are
+  // pipelined automatically (docs/redis-transport.md). Transactions, Acquire() and blocking
+  // commands still
+  // use dedicated pooled connections.
+  kMultiplexed,
+  // Every call leases a pooled connection for its whole round trip (keel before the
+  // multiplexed transport).
+  kPooled,
+};
+
+// The multiplexed transport's limits (Options::mux).
+struct MuxOptions {
+  // Multiplexed connections to the server. One connection already carries what one Redis
+  // thread can serve; a second helps only when the client's one I/O thread, not Redis, is the
+  // bottleneck. Default: 1. Range: 1..64.
+  int connections = 1;
+  // Calls queued or awaiting replies per connection; one more is refused at once with
+  // RESOURCE_EXHAUSTED and a retry-after hint, so a stalled server costs memory and waiting
+  // callers only up to this bound. Default: 4096.
+  size_t max_queued_calls = 4096;
+  // Request bytes queued or awaiting replies per connection, bounded the same way (large
+  // values, long pipelines). Default: 64 MiB.
+  size_t max_bytes_in_flight = size_t{64} << 20;
+};
+
 // How a Client (and a Subscriber) reaches Redis. Validate() (called by every Create) names the
 // first field that is wrong.
 struct Options {
@@ -101,10 +128,18 @@ struct Options {
       .cap = std::chrono::milliseconds(500),
   };
 
+  // How calls run: multiplexed (the default) or one pooled connection per call.
+  Transport transport = Transport::kMultiplexed;
+
+  // Limits of the multiplexed transport (ignored with Transport::kPooled).
+  MuxOptions mux;
+
   // The client's connection pool (keel/pool/pool.h; HikariCP's defaults). Its `name` appears in
   // every pool error and metric. Redis runs commands on one thread, so a handful of connections
   // per process saturates it; raise max_size only for blocking commands or long pipelines.
-  // Default: PoolOptions{} named "redis" (10 connections, kept open).
+  // With the multiplexed transport the pool serves only transactions, Acquire() and blocking
+  // commands, and opens its connections on demand (min_idle 0 unless set).
+  // Default: PoolOptions{} named "redis" (10 connections, kept open in pooled mode).
   PoolOptions pool = {.name = "redis"};
 
   // Parses a redis:// or redis+sentinel:// URL (grammar in the banner); fields the URL does not

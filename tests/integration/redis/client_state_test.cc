@@ -21,9 +21,12 @@ using namespace std::chrono_literals;
 namespace {
 
 // One connection, so every call after a lease is returned would get that same connection back.
+// Pooled transport: these tests are about what the next pooled caller inherits (on the
+// multiplexed transport plain calls never share a leased connection).
 std::unique_ptr<Client> OneConnectionClient(const std::string& url) {
   auto o = Options::FromUrl(url);
   REQUIRE(o.ok());
+  o->transport = keel::redis::Transport::kPooled;
   o->pool.max_size = 1;
   o->pool.validation_bypass = std::chrono::minutes(1);  // handouts skip the PING
   auto c = Client::Create(*o);
@@ -266,6 +269,9 @@ TEST_CASE("client: a connection still owing a late reply after late_reply_timeou
   keel::test::RedisServer server({"--enable-debug-command", "yes"});
   keel::ManualClock clock;
   auto o = Options::FromUrl(server.url());
+  // Pooled: the next call on the same connection drains the late reply (the multiplexed
+  // counterpart is in mux_test.cc).
+  o->transport = keel::redis::Transport::kPooled;
   o->pool.max_size = 1;
   o->pool.background_maintenance = false;
   o->pool.validation_bypass = std::chrono::hours(1);

@@ -18,10 +18,12 @@ using namespace std::chrono_literals;
 
 namespace {
 
-std::unique_ptr<Client> MakeClient(const std::string& url, int max_size = 4,
-                                   keel::Duration validation_bypass = 500ms) {
+std::unique_ptr<Client> MakeClient(
+    const std::string& url, int max_size = 4, keel::Duration validation_bypass = 500ms,
+    keel::redis::Transport transport = keel::redis::Transport::kMultiplexed) {
   auto o = Options::FromUrl(url);
   REQUIRE(o.ok());
+  o->transport = transport;
   o->pool.max_size = max_size;
   o->pool.validation_bypass = validation_bypass;
   auto c = Client::Create(*o);
@@ -75,8 +77,10 @@ TEST_CASE("client: creation succeeds while Redis is down and calls fail fast wit
 
 TEST_CASE("client: a lost connection retires every older connection, not just itself") {
   keel::test::RedisServer server;
-  // No validation on lease (it would hide the dead sockets this test is about).
-  auto client = MakeClient(server.url(), 4, std::chrono::minutes(1));
+  // No validation on lease (it would hide the dead sockets this test is about). Pooled: the
+  // first call must run on one of the pool's dead connections.
+  auto client =
+      MakeClient(server.url(), 4, std::chrono::minutes(1), keel::redis::Transport::kPooled);
   // Lease all four so the pool holds four connections, then return them.
   {
     std::vector<keel::Lease<keel::redis::Connection>> leases;
@@ -132,7 +136,9 @@ TEST_CASE("client: pool metrics are registered under the pool's name") {
 }
 
 TEST_CASE("client: the deadline also bounds waiting for a connection from a full pool") {
-  auto client = MakeClient(keel::test::RequireEnv("KEEL_TEST_REDIS_URL"), 1);
+  // Pooled: on the multiplexed transport a plain command needs no pooled connection.
+  auto client = MakeClient(keel::test::RequireEnv("KEEL_TEST_REDIS_URL"), 1, 500ms,
+                           keel::redis::Transport::kPooled);
   auto held = client->Acquire(Deadline::After(1s));
   REQUIRE(held.ok());
   const auto start = std::chrono::steady_clock::now();

@@ -131,4 +131,9 @@ TEST_CASE("sentinel: the client follows a failover after the primary is killed u
   // The writes went to the promoted replica, which also kept what was written before.
   CHECK(Ask(replica.port(), {"GET", "keel:before"})->str() == "1");
   CHECK(client->Stats().primary_discoveries_total >= 2);
+  // The calls ran multiplexed (the default), and the multiplexed connection moved to the new
+  // primary.
+  CHECK(client->options().transport == keel::redis::Transport::kMultiplexed);
+  CHECK(client->Stats().transport.reconnects_total >= 1);
+  CHECK(client->Stats().transport.calls_total > 0);
 }

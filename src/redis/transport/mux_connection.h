@@ -1,0 +1,169 @@
+// Private to keel::redis: one multiplexed Redis connection. Not part of keel's API.
+//
+// Many callers share the connection; each call's request goes out in order and its replies are
+// matched to it by the ReplyMatcher (reply_matcher.h). Who does what:
+//
+//   - Callers Submit (request bytes + Call) under a short lock: the bytes are appended to the
+//     pending buffer and the call to the list the I/O thread moves into the matcher, in the same
+//     critical section, so the order of bytes is the order of slots. No I/O under the lock.
+//   - Writing: at most one thread writes at a time (the `writing_` flag), outside the lock,
+//     taking the whole pending buffer out under the lock, so everything queued goes out in one
+//     write. A caller that finds no write in progress writes itself (no wake-up of the I/O
+//     thread on the one-caller path); a write that hits EAGAIN hands the rest to the I/O thread,
+//     which finishes it on EPOLLOUT.
+//   - The I/O thread reads, feeds the matcher, and so completes the calls. Before feeding bytes
+//     it adopts the calls submitted so far: any reply read was sent for bytes written after their
+//     call was listed, so its slot is always there.
+//   - Deadlines: a blocking caller claims its own call at its deadline (Call::Wait); a callback
+//     call's deadline is on the I/O thread's deadline heap. The late replies are discarded by the
+//     matcher and the connection is kept, unless it still owes them late_reply_timeout after the
+//     oldest one's deadline: then it is closed and reconnected.
+//   - A connection error fails every call in flight with UNAVAILABLE (a write may have been
+//     applied) and reconnects at once, then on demand; the connector (Client::Connect) applies the
+//     reconnect backoff, so while it runs calls fail fast with the last connect error.
+//   - Backpressure: at most max_calls calls and max_bytes request bytes queued or in flight;
+//     beyond, RESOURCE_EXHAUSTED with a retry-after hint, without queueing.
+//   - Shutdown fails everything with CANCELLED.
+//
+// The connection's setup (TCP connect, AUTH, SELECT, and ROLE in Sentinel mode) is the blocking
+// Connection::Connect, run on the I/O thread and bounded by connect_timeout; the socket is then
+// taken over non-blocking.
+//
+// Thread safety: Submit, Reconnect, Stats and Shutdown are thread-safe; the rest runs on the
+// loop thread.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "keel/clock.h"
+#include "keel/deadline.h"
+#include "keel/redis/connection.h"
+#include "keel/sync.h"
+#include "redis/transport/call.h"
+#include "redis/transport/event_loop.h"
+#include "redis/transport/reply_matcher.h"
+
+namespace keel::redis::transport {
+
+struct MuxStats {
+  uint64_t calls_total = 0;                    // calls submitted
+  uint64_t late_replies_discarded_total = 0;   // replies of calls that gave up, read and dropped
+  uint64_t rejected_full_total = 0;            // calls refused by backpressure
+  uint64_t reconnects_total = 0;               // connections made after the first
+  uint64_t late_connections_closed_total = 0;  // closed for owing late replies too long
+  uint64_t in_flight = 0;                      // calls queued or awaiting replies (gauge)
+  uint64_t queued_bytes = 0;                   // their request bytes (gauge)
+};
+
+class MuxConnection final : public EventLoop::Watcher {
+ public:
+  using Connector = std::function<absl::StatusOr<std::unique_ptr<Connection>>(Deadline)>;
+  struct Options {
+    std::string name;  // `redis "<pool name>"`, the prefix of errors
+    Duration connect_timeout = std::chrono::seconds(1);
+    Duration late_reply_timeout = std::chrono::seconds(10);
+    size_t max_calls = 4096;
+    size_t max_bytes = 64 << 20;
+  };
+
+  // Connects on the first Submit (on `loop`), not before. `loop` and whatever `connect` uses must
+  // outlive the connection; Shutdown() before destroying it, then stop the loop.
+  MuxConnection(Options options, EventLoop& loop, Connector connect);
+  ~MuxConnection() override;
+  MuxConnection(const MuxConnection&) = delete;
+  MuxConnection& operator=(const MuxConnection&) = delete;
+
+  // Queues `request` (the RESP bytes of call->expected() commands) for `call`. Refusals
+  // complete the call at once: CANCELLED after Shutdown, RESOURCE_EXHAUSTED when full.
+  void Submit(std::shared_ptr<Call> call, std::string_view request) ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Closes the current connection (its calls fail with UNAVAILABLE: `why`) and connects again:
+  // after a -READONLY reply, so the connection follows a new primary.
+  void Reconnect(std::string why) ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Fails every call with CANCELLED, closes the socket; later Submits are refused. Idempotent;
+  // bounded (the I/O thread may be inside a connect, bounded by connect_timeout).
+  void Shutdown() ABSL_LOCKS_EXCLUDED(mu_);
+
+  MuxStats Stats() const ABSL_LOCKS_EXCLUDED(mu_);
+
+  // EventLoop::Watcher.
+  void OnReady(uint32_t events) override ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  // A socket shared by the I/O thread and a writing caller: closed when the last one lets go,
+  // so a caller never writes to a descriptor number that was closed and reused.
+  struct Socket {
+    explicit Socket(int fd) : fd(fd) {}
+    ~Socket();
+    const int fd;
+  };
+  enum class State { kDown, kConnecting, kUp };
+
+  void Connect() ABSL_LOCKS_EXCLUDED(mu_);
+  // Writes the pending buffer until it is empty, EAGAIN (handed to the I/O thread) or an error.
+  // REQUIRES: the caller set writing_.
+  void Flush(bool on_loop) ABSL_LOCKS_EXCLUDED(mu_);
+  enum class WriteOutcome { kDone, kFailed, kHandedOver };
+  // Writes `buf` to `sock`: kDone when written (or the socket was replaced meanwhile), kFailed
+  // (the failure is posted to the I/O thread), kHandedOver when EAGAIN handed the rest and the
+  // write side to the I/O thread.
+  WriteOutcome WriteAll(const std::shared_ptr<Socket>& sock, std::string& buf, bool on_loop)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Reads until EAGAIN; feeds the matcher.
+  void ReadAll() ABSL_LOCKS_EXCLUDED(mu_);
+  // Moves the submitted calls into the matcher (arming timers of callback calls) and subtracts
+  // the retired ones from the backpressure counts.
+  void Adopt() ABSL_LOCKS_EXCLUDED(mu_);
+  // Closes the connection and fails every call in flight with `code`/`message`; reconnects
+  // unless shutting down.
+  void Close(absl::StatusCode code, std::string_view message, bool reconnect)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  void Housekeep();
+  // Loop thread: arms EPOLLOUT after a write hit EAGAIN.
+  void WatchWrites(bool on);
+  // Completes `calls` (listed, not yet in the matcher) with code/message.
+  static void FailCalls(std::vector<std::shared_ptr<Call>>& calls, absl::StatusCode code,
+                        std::string_view message);
+
+  const Options options_;
+  EventLoop& loop_;
+  const Connector connect_;
+  const std::string lost_suffix_;
+
+  mutable Mutex mu_;
+  State state_ ABSL_GUARDED_BY(mu_) = State::kDown;
+  bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;  // a thread owns the write side
+  std::shared_ptr<Socket> socket_ ABSL_GUARDED_BY(mu_);
+  std::string pending_ ABSL_GUARDED_BY(mu_);  // bytes not yet written, in slot order
+  std::vector<std::shared_ptr<Call>> submitted_ ABSL_GUARDED_BY(mu_);  // not yet in the matcher
+  size_t calls_ ABSL_GUARDED_BY(mu_) = 0;                              // queued or in flight
+  size_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  bool loop_writes_ ABSL_GUARDED_BY(mu_) = false;  // writing_ was handed to the I/O thread
+  bool ever_connected_ ABSL_GUARDED_BY(mu_) = false;
+
+  // Loop thread only.
+  ReplyMatcher matcher_;
+  std::shared_ptr<Socket> read_socket_;  // the socket the loop watches
+  std::string conn_name_;                // `redis "host:port"` of the current connection
+  std::vector<std::shared_ptr<Call>> adopting_;
+  std::unique_ptr<char[]> read_buf_;
+
+  std::atomic<uint64_t> calls_total_{0};
+  std::atomic<uint64_t> discarded_{0};
+  std::atomic<uint64_t> rejected_{0};
+  std::atomic<uint64_t> reconnects_{0};
+  std::atomic<uint64_t> late_closed_{0};
+};
+
+}  // namespace keel::redis::transport
