@@ -294,22 +294,122 @@ absl::StatusOr<Reply> Client::CommandArgv(Deadline deadline,
     thread_local std::string request;
     request.clear();
     AppendRespCommand(argv, request);
-    transport::CallResult result = RunMux(deadline, request, 1);
-    if (!result.status.ok()) {
-      if (infinite && result.status.code() == absl::StatusCode::kDeadlineExceeded) {
-        return absl::DeadlineExceededError(timeout_message_inf_);
-      }
-      return std::move(result.status);
-    }
-    Reply& reply = result.replies.front();
-    if (!reply.is_error()) return std::move(reply);
-    Demoted(reply.str());
-    return ServerErrorToStatus(name_, reply.str());
+    return CommandResult(RunMux(deadline, request, 1), infinite);
   }
   KEEL_ASSIGN_OR_RETURN(Lease<Connection> lease, AcquireFresh(deadline));
   absl::StatusOr<Reply> reply = lease->CommandArgv(deadline, argv);
   AfterCall(lease, reply.status());
   return reply;
+}
+
+absl::StatusOr<Reply> Client::CommandResult(transport::CallResult&& result, bool infinite) {
+  if (!result.status.ok()) {
+    if (infinite && result.status.code() == absl::StatusCode::kDeadlineExceeded) {
+      return absl::DeadlineExceededError(timeout_message_inf_);
+    }
+    return std::move(result.status);
+  }
+  Reply& reply = result.replies.front();
+  if (!reply.is_error()) return std::move(reply);
+  Demoted(reply.str());
+  return ServerErrorToStatus(name_, reply.str());
+}
+
+absl::StatusOr<PipelineReplies> Client::RunResult(transport::CallResult&& result, bool infinite) {
+  if (!result.status.ok()) {
+    if (infinite && result.status.code() == absl::StatusCode::kDeadlineExceeded) {
+      return absl::DeadlineExceededError(timeout_message_inf_);
+    }
+    return std::move(result.status);
+  }
+  PipelineReplies replies;
+  replies.reserve(result.replies.size());
+  bool demoted = false;
+  for (Reply& r : result.replies) {
+    if (r.is_error()) {
+      if (!demoted && r.str().rfind("READONLY", 0) == 0) {
+        demoted = true;
+        Demoted(r.str());
+      }
+      replies.emplace_back(ServerErrorToStatus(name_, r.str()));
+    } else {
+      replies.emplace_back(std::move(r));
+    }
+  }
+  return replies;
+}
+
+void Client::SubmitAsync(Deadline deadline, std::string_view request, uint32_t expected,
+                         std::function<void(transport::CallResult&&)> done) {
+  if (deadline.Expired()) {
+    done(transport::CallResult{
+        .status = absl::DeadlineExceededError(StrCat(name_, ": deadline passed before sending")),
+        .replies = {}});
+    return;
+  }
+  auto call = std::make_shared<transport::Call>(expected, deadline, std::move(done));
+  const uint32_t pick = mux_.size() == 1 ? 0
+                                         : next_mux_.fetch_add(1, std::memory_order_relaxed) %
+                                               static_cast<uint32_t>(mux_.size());
+  mux_[pick]->Submit(std::move(call), request);
+}
+
+Future<Reply> Client::AsyncCommandArgv(Deadline deadline, std::span<const std::string_view> argv) {
+  if (absl::Status ok = internal::CheckPooledCommand(name_, argv); !ok.ok()) {
+    return Future<Reply>::Ready(Refuse(std::move(ok)));
+  }
+  if (absl::Status ok = AsyncAllowed(internal::IsBlockingCommand(argv), argv.front()); !ok.ok()) {
+    return Future<Reply>::Ready(Refuse(std::move(ok)));
+  }
+  const bool infinite = deadline.IsInfinite();
+  deadline = Effective(deadline);
+  std::string request;
+  AppendRespCommand(argv, request);
+  // Call::Callback is copyable: the promise is shared with it.
+  auto promise = std::make_shared<Promise<Reply>>(clock_);
+  Future<Reply> future = promise->future();
+  SubmitAsync(deadline, request, 1, [this, promise, infinite](transport::CallResult&& r) {
+    promise->Set(CommandResult(std::move(r), infinite));
+  });
+  return future;
+}
+
+Future<PipelineReplies> Client::AsyncRun(Deadline deadline, const Pipeline& pipeline) {
+  if (absl::Status ok = pipeline.Validate(); !ok.ok()) {
+    return Future<PipelineReplies>::Ready(
+        Refuse(absl::InvalidArgumentError(StrCat(name_, ": ", ok.message()))));
+  }
+  if (absl::Status ok = pipeline.CheckPooled(name_); !ok.ok()) {
+    return Future<PipelineReplies>::Ready(Refuse(std::move(ok)));
+  }
+  if (absl::Status ok = AsyncAllowed(pipeline.has_blocking(), "a blocking command"); !ok.ok()) {
+    return Future<PipelineReplies>::Ready(Refuse(std::move(ok)));
+  }
+  if (pipeline.empty()) return Future<PipelineReplies>::Ready(PipelineReplies());
+  const bool infinite = deadline.IsInfinite();
+  deadline = Effective(deadline);
+  auto promise = std::make_shared<Promise<PipelineReplies>>(clock_);
+  Future<PipelineReplies> future = promise->future();
+  SubmitAsync(deadline, pipeline.encoded(), static_cast<uint32_t>(pipeline.size()),
+              [this, promise, infinite](transport::CallResult&& r) {
+                promise->Set(RunResult(std::move(r), infinite));
+              });
+  return future;
+}
+
+absl::Status Client::AsyncAllowed(bool blocking, std::string_view what) const {
+  if (!multiplexed()) {
+    return absl::FailedPreconditionError(
+        StrCat(name_,
+               ": async calls run on the multiplexed transport; this client uses "
+               "Transport::kPooled"));
+  }
+  if (blocking) {
+    return absl::InvalidArgumentError(
+        StrCat(name_, ": ", what,
+               " blocks its connection and cannot share one: run it with Command or Run"));
+  }
+  return absl::OkStatus();
 }
 
 transport::CallResult Client::RunMux(Deadline deadline, std::string_view request,
@@ -347,29 +447,8 @@ absl::StatusOr<PipelineReplies> Client::Run(Deadline deadline, const Pipeline& p
   const bool infinite = deadline.IsInfinite();
   deadline = Effective(deadline);
   if (multiplexed() && !pipeline.has_blocking()) {
-    transport::CallResult result =
-        RunMux(deadline, pipeline.encoded(), static_cast<uint32_t>(pipeline.size()));
-    if (!result.status.ok()) {
-      if (infinite && result.status.code() == absl::StatusCode::kDeadlineExceeded) {
-        return absl::DeadlineExceededError(timeout_message_inf_);
-      }
-      return std::move(result.status);
-    }
-    PipelineReplies replies;
-    replies.reserve(result.replies.size());
-    bool demoted = false;
-    for (Reply& r : result.replies) {
-      if (r.is_error()) {
-        if (!demoted && r.str().rfind("READONLY", 0) == 0) {
-          demoted = true;
-          Demoted(r.str());
-        }
-        replies.emplace_back(ServerErrorToStatus(name_, r.str()));
-      } else {
-        replies.emplace_back(std::move(r));
-      }
-    }
-    return replies;
+    return RunResult(RunMux(deadline, pipeline.encoded(), static_cast<uint32_t>(pipeline.size())),
+                     infinite);
   }
   KEEL_ASSIGN_OR_RETURN(Lease<Connection> lease, AcquireFresh(deadline));
   absl::StatusOr<PipelineReplies> replies = lease->Run(deadline, pipeline);

@@ -72,6 +72,7 @@
 #include "absl/random/bit_gen_ref.h"
 #include "absl/random/random.h"
 #include "absl/status/statusor.h"
+#include "keel/async/future.h"
 #include "keel/clock.h"
 #include "keel/deadline.h"
 #include "keel/metrics.h"
@@ -177,6 +178,23 @@ class Client {
   // INVALID_ARGUMENT.
   absl::StatusOr<Reply> CommandArgv(Deadline deadline, std::span<const std::string_view> argv);
 
+  // Async forms of Command, CommandArgv and Run: return at once with a keel::Future
+  // (keel/async/future.h: Get with a deadline, Then, or co_await), completed on the client's I/O
+  // thread, so callbacks and coroutines resumed there must never block. Same routing, deadlines
+  // (the future completes DEADLINE_EXCEEDED at the deadline; the late reply is discarded),
+  // errors and server error mapping as the blocking forms. FAILED_PRECONDITION with
+  // Transport::kPooled; INVALID_ARGUMENT for blocking commands (BLPOP, XREAD BLOCK, ...), which
+  // cannot share a connection: run those with Command. CANCELLED at Shutdown.
+  template <typename... Args>
+  Future<Reply> AsyncCommand(Deadline deadline, const Args&... args) {
+    const Arg argv[] = {Arg(args)...};
+    std::string_view views[sizeof...(Args)];
+    for (size_t i = 0; i < sizeof...(Args); ++i) views[i] = argv[i].view();
+    return AsyncCommandArgv(deadline, views);
+  }
+  Future<Reply> AsyncCommandArgv(Deadline deadline, std::span<const std::string_view> argv);
+  Future<PipelineReplies> AsyncRun(Deadline deadline, const Pipeline& pipeline);
+
   // Runs a pipeline on one connection in one round trip: one result per command, in order (see
   // Connection::Run). The outer Status carries connection-level failures as for Command, and
   // INVALID_ARGUMENT (without I/O) for a pipeline holding an empty or a state command.
@@ -240,6 +258,15 @@ class Client {
   absl::StatusOr<Lease<Connection>> AcquireFresh(Deadline deadline);
   // The multiplexed path of CommandArgv and Run: submits `request` (`expected` replies) and waits.
   transport::CallResult RunMux(Deadline deadline, std::string_view request, uint32_t expected);
+  // The async path: submits `request` and calls `done` with its result on the completing thread.
+  void SubmitAsync(Deadline deadline, std::string_view request, uint32_t expected,
+                   std::function<void(transport::CallResult&&)> done);
+  // What a multiplexed call's result becomes for Command and Run (server errors mapped, READONLY
+  // handled).
+  absl::StatusOr<Reply> CommandResult(transport::CallResult&& result, bool infinite);
+  absl::StatusOr<PipelineReplies> RunResult(transport::CallResult&& result, bool infinite);
+  // OK when an async call may run: the multiplexed transport, no blocking command.
+  absl::Status AsyncAllowed(bool blocking, std::string_view what) const;
   // After a multiplexed call whose replies hold a -READONLY: the primary moved.
   void Demoted(std::string_view error);
   bool multiplexed() const { return !mux_.empty(); }

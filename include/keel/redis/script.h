@@ -23,6 +23,7 @@
 #pragma once
 
 #include <initializer_list>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -30,6 +31,7 @@
 
 #include "absl/container/inlined_vector.h"
 #include "absl/status/statusor.h"
+#include "keel/async/future.h"
 #include "keel/deadline.h"
 #include "keel/redis/command.h"
 #include "keel/redis/reply.h"
@@ -71,6 +73,43 @@ class Script {
     argv[0] = "EVAL";
     argv[1] = source_;
     return executor.CommandArgv(deadline, argv);
+  }
+
+  // The async form of RunArgv on a Client (anything with `AsyncCommandArgv`): returns at once;
+  // the future completes on the client's I/O thread. On NOSCRIPT the EVAL fallback is sent from
+  // there. Keys and arguments are copied; the Script and `executor` must outlive the future.
+  // Errors: as RunArgv's, plus those of Client::AsyncCommandArgv.
+  template <typename Executor>
+  Future<Reply> AsyncRunArgv(Executor& executor, Deadline deadline,
+                             std::span<const std::string_view> keys,
+                             std::span<const std::string_view> args) const {
+    std::string numkeys;
+    const Argv views = BuildArgv(keys, args, numkeys);
+    auto owned = std::make_shared<std::vector<std::string>>(views.begin(), views.end());
+    auto as_views = [](const std::vector<std::string>& v) {
+      return std::vector<std::string_view>(v.begin(), v.end());
+    };
+    auto promise = std::make_shared<Promise<Reply>>();
+    Future<Reply> future = promise->future();
+    executor.AsyncCommandArgv(deadline, as_views(*owned))
+        .Then([this, &executor, deadline, owned, promise, as_views](absl::StatusOr<Reply> reply) {
+          if (reply.ok() || !IsServerError(reply.status(), "NOSCRIPT")) {
+            return promise->Set(std::move(reply));
+          }
+          (*owned)[0] = "EVAL";
+          (*owned)[1] = source_;
+          executor.AsyncCommandArgv(deadline, as_views(*owned))
+              .Then([promise](absl::StatusOr<Reply> again) { promise->Set(std::move(again)); });
+        });
+    return future;
+  }
+  template <typename Executor>
+  Future<Reply> AsyncRun(Executor& executor, Deadline deadline, std::initializer_list<Arg> keys,
+                         std::initializer_list<Arg> args = {}) const {
+    std::vector<std::string_view> k, a;
+    for (const Arg& key : keys) k.push_back(key.view());
+    for (const Arg& arg : args) a.push_back(arg.view());
+    return AsyncRunArgv(executor, deadline, k, a);
   }
 
   // The keys and arguments of one run in a RunMany batch (views: keep them alive for the call).
