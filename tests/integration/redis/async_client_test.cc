@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "integration/redis/test_server.h"
 #include "keel/async/task.h"
 #include "keel/limit/token_bucket.h"
@@ -36,7 +37,7 @@ TEST_CASE("async commands from one thread each complete with their own reply", "
   constexpr int kCalls = 1000;
   std::vector<Future<Reply>> calls;
   for (int i = 0; i < kCalls; ++i) {
-    calls.push_back(client->AsyncCommand(Deadline::After(5s), "ECHO", "v" + std::to_string(i)));
+    calls.push_back(client->AsyncCommand(Deadline::After(5s), "ECHO", absl::StrCat("v", i)));
   }
   Pipeline p;
   p.Add("SET", "async:k", "1").Add("INCR", "async:k").Add("HGET", "async:k", "f");
@@ -44,7 +45,7 @@ TEST_CASE("async commands from one thread each complete with their own reply", "
   for (int i = 0; i < kCalls; ++i) {
     absl::StatusOr<Reply> r = calls[i].Get(Deadline::After(5s));
     REQUIRE(r.ok());
-    CHECK(r->str() == "v" + std::to_string(i));
+    CHECK(r->str() == absl::StrCat("v", i));
   }
   absl::StatusOr<PipelineReplies> replies = batch.Get(Deadline::After(5s));
   REQUIRE(replies.ok());
@@ -109,7 +110,7 @@ Task<std::string> Handle(limit::TokenBucket& limiter, CircuitBreaker& breaker, C
   absl::StatusOr<CircuitBreaker::Permit> permit = breaker.TryAcquire();
   if (!permit.ok()) co_return permit.status();
   absl::StatusOr<Reply> cached =
-      co_await redis.AsyncCommand(Deadline::After(2s), "GET", "user:" + std::to_string(id));
+      co_await redis.AsyncCommand(Deadline::After(2s), "GET", absl::StrCat("user:", id));
   if (!cached.ok()) {
     permit->Record(cached.status(), Duration::zero());
     co_return cached.status();
@@ -121,7 +122,7 @@ Task<std::string> Handle(limit::TokenBucket& limiter, CircuitBreaker& breaker, C
   if (!row.ok()) co_return row.status();
   const std::string name(row->Text(0, 0));
   absl::StatusOr<Reply> stored = co_await redis.AsyncCommand(
-      Deadline::After(2s), "SET", "user:" + std::to_string(id), name, "PX", 60000);
+      Deadline::After(2s), "SET", absl::StrCat("user:", id), name, "PX", 60000);
   if (!stored.ok()) co_return stored.status();
   co_return name;
 }
@@ -139,7 +140,7 @@ TEST_CASE("a coroutine chain: limiter, breaker, Redis GET, PostgreSQL, Redis SET
   for (int id = 0; id < 20; ++id)
     first.push_back(Handle(limiter, *breaker, *redis, *db, id).Start());
   for (int id = 0; id < 20; ++id) {
-    CHECK(first[id].Get(Deadline::After(5s)).value() == "user-" + std::to_string(id));
+    CHECK(first[id].Get(Deadline::After(5s)).value() == absl::StrCat("user-", id));
   }
   CHECK(db->GetAsyncStats().completed_total == 20);  // every first read went to the database
   // Second time round the cache answers.
