@@ -138,7 +138,11 @@ class [[nodiscard]] Task {
 namespace internal {
 template <typename T>
 Detached RunDetached(Task<T> task, Promise<T> promise) {
-  promise.Set(co_await std::move(task));
+  FutureResult<T> result = co_await std::move(task);
+  // The finished frame (and the parameters it still holds) goes before the result is delivered:
+  // whoever it wakes may destroy what those parameters refer to.
+  { Task<T> finished = std::move(task); }
+  promise.Set(std::move(result));
 }
 }  // namespace internal
 
