@@ -49,11 +49,6 @@ absl::Status ValidateOptions(const PoolOptions& o) {
   return absl::OkStatus();
 }
 
-TimePoint AddSaturating(TimePoint t, Duration d) {
-  if (d >= TimePoint::max() - t) return TimePoint::max();
-  return t + d;
-}
-
 std::string HumanDuration(Duration d) {
   // Whole milliseconds below 10 s, tenths of a second up to a minute, whole seconds above: enough
   // precision to read, no "2.000134517s".

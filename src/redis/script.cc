@@ -39,9 +39,9 @@ std::vector<size_t> Script::UnknownScript(const PipelineReplies& replies) {
 void Script::MergeRetried(PipelineReplies& replies, const std::vector<size_t>& unknown,
                           absl::StatusOr<PipelineReplies> retried) {
   if (!retried.ok() || retried->size() != unknown.size() + 1) {
-    const absl::Status failed =
-        retried.ok() ? absl::InternalError("script: a retried pipeline lost replies")
-                     : std::move(retried).status();
+    const absl::Status failed = retried.ok()
+                                    ? absl::InternalError("script: a retried pipeline lost replies")
+                                    : std::move(retried).status();
     for (size_t i : unknown) replies[i] = failed;
     return;
   }

@@ -8,15 +8,13 @@
 #include "keel/internal/format.h"
 #include "keel/internal/status_macros.h"
 #include "keel/internal/strings.h"
+#include "keel/internal/time_math.h"
 #include "keel/internal/validate.h"
 
 namespace keel {
 namespace {
 
-// `t + d`, saturating at TimePoint::max() (d >= 0).
-TimePoint AddSaturating(TimePoint t, Duration d) {
-  return d >= TimePoint::max() - t ? TimePoint::max() : t + d;
-}
+using internal::AddSaturating;
 
 // `status` with `prefix` before its message; code and payloads (retry-after) are kept.
 absl::Status Annotate(const absl::Status& status, const std::string& prefix) {

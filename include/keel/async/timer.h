@@ -31,6 +31,7 @@
 #include "absl/status/statusor.h"
 #include "keel/async/future.h"
 #include "keel/clock.h"
+#include "keel/internal/time_math.h"
 #include "keel/metrics.h"
 #include "keel/sync.h"
 
@@ -73,7 +74,7 @@ class Timer {
 
   // A future completed with OK once the clock reaches `at`, or CANCELLED at Shutdown.
   Future<void> SleepUntil(TimePoint at);
-  Future<void> Sleep(Duration d) { return SleepUntil(AddSaturating(clock_.Now(), d)); }
+  Future<void> Sleep(Duration d) { return SleepUntil(internal::AddSaturating(clock_.Now(), d)); }
 
   // Drops every pending callback unrun (those of SleepUntil complete their futures with
   // CANCELLED) and joins the thread; later Schedules are dropped. Idempotent. REQUIRES: not
@@ -91,9 +92,6 @@ class Timer {
   };
   Timer(TimerOptions options, Clock& clock);
   void Loop() ABSL_LOCKS_EXCLUDED(mu_);
-  static TimePoint AddSaturating(TimePoint t, Duration d) {
-    return d >= TimePoint::max() - t ? TimePoint::max() : t + d;
-  }
 
   const TimerOptions options_;
   Clock& clock_;

@@ -195,10 +195,11 @@ class BulkheadStage final : public Policy<T> {
     Future<T> out = promise.future();
     next(ctx).Then(
         [permit = std::move(*permit), promise = std::move(promise)](absl::StatusOr<T> r) mutable {
-          // Released before the result is delivered: whoever it wakes may see the bulkhead free, and
-      // may destroy it, which must not happen while this lambda still holds a permit.
-      permit.Release();
-      promise.Set(std::move(r));
+          // Released before the result is delivered: whoever it wakes may see the bulkhead free,
+          // and
+          // may destroy it, which must not happen while this lambda still holds a permit.
+          permit.Release();
+          promise.Set(std::move(r));
         });
     return out;
   }

@@ -37,9 +37,9 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "keel/async/future.h"
 #include "keel/clock.h"
 #include "keel/metrics.h"
-#include "keel/async/future.h"
 #include "keel/sync.h"
 
 namespace keel {

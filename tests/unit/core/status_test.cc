@@ -8,7 +8,8 @@
 using namespace std::chrono_literals;
 
 TEST_CASE("retry-after survives a round trip through the status payload") {
-  absl::Status s = keel::WithRetryAfter(absl::ResourceExhaustedError("limiter \"x\": full"), 1500ms);
+  absl::Status s =
+      keel::WithRetryAfter(absl::ResourceExhaustedError("limiter \"x\": full"), 1500ms);
   REQUIRE(keel::RetryAfter(s).has_value());
   CHECK(*keel::RetryAfter(s) == 1500ms);
   CHECK(s.message() == "limiter \"x\": full");

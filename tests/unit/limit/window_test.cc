@@ -173,13 +173,13 @@ TEST_CASE("sliding window counter decisions carry the estimate they were made on
   CHECK(counter.TryAcquire(42).value().estimate == 0.0);  // nothing counted yet
   clock.Advance(75s);
   CHECK(counter.Check(0, clock.Now()).value().estimate == 31.5);  // 42 x 45/60
-  CHECK(counter.TryAcquire(17).value().estimate == 31.5);        // before this request's 17
+  CHECK(counter.TryAcquire(17).value().estimate == 31.5);         // before this request's 17
   const Decision one = counter.TryAcquire().value();
   CHECK(one.allowed);
   CHECK(one.estimate == 48.5);  // 48.5 + 1 <= 50
   const Decision denied = counter.TryAcquire().value();
   CHECK_FALSE(denied.allowed);
-  CHECK(denied.estimate == 49.5);  // 49.5 + 1 > 50
+  CHECK(denied.estimate == 49.5);                          // 49.5 + 1 > 50
   CHECK(counter.TryAcquire(51).value().estimate == 49.5);  // never fits: still the figure
   // 16s into the next window the 18 admitted weigh 44/60: 13.2, which no double holds exactly.
   clock.Advance(61s);

@@ -230,8 +230,7 @@ TEST_CASE("an open circuit breaker rejects with UNAVAILABLE and the remaining op
   REQUIRE_FALSE(permit.ok());
   CHECK(absl::IsUnavailable(permit.status()));
   // The time left prints as every keel duration does (FormatDuration), not "7000 ms".
-  CHECK(std::string(permit.status().message()) ==
-        "circuit breaker \"test\": open; retry after 7s");
+  CHECK(std::string(permit.status().message()) == "circuit breaker \"test\": open; retry after 7s");
   CHECK(keel::RetryAfter(permit.status()) == std::optional<keel::Duration>(7s));
   CHECK(b->Stats().not_permitted_total == 1);
 }

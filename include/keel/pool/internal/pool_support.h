@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "keel/clock.h"
+#include "keel/internal/time_math.h"
 #include "keel/metrics.h"
 
 namespace keel {
@@ -24,8 +25,7 @@ namespace keel::pool_internal {
 // INVALID_ARGUMENT naming the first bad field of `options`.
 absl::Status ValidateOptions(const PoolOptions& options);
 
-// `t + d`, saturating at TimePoint::max() (d >= 0).
-TimePoint AddSaturating(TimePoint t, Duration d);
+using keel::internal::AddSaturating;
 
 // A measured duration for people, rounded to what is worth reading and printed by
 // internal::FormatDuration: "250ms", "3s", "1.5s", "2m30s".
