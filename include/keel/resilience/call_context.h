@@ -1,9 +1,9 @@
 // keel/resilience/call_context.h: what every policy passes down to the call it protects.
 //
 // Defines `keel::CallContext`: the deadline the call must honour, the cancellation token it may
-// poll, and which attempt this is. Policies derive the context they pass inward from the one they
-// received (a Timeout shortens the deadline, a Retry sets the attempt number), so the innermost
-// call sees the tightest bound of every layer around it.
+// poll, which attempt this is, and how critical the call is. Policies derive the context they pass
+// inward from the one they received (a Timeout shortens the deadline, a Retry sets the attempt
+// number), so the innermost call sees the tightest bound of every layer around it.
 //
 // Thread safety: a value; copy it freely.
 //
@@ -17,6 +17,36 @@
 
 namespace keel {
 
+// How much a caller loses when this call is shed, from most to least critical. Overload controls
+// shed lower criticalities first. The names and their meaning follow the Google SRE book
+// ("Handling Overload"):
+//   kCriticalPlus   the user sees a failure if this call fails; reserve for the few that matter
+//                   most (payment, login).
+//   kCritical       the default: traffic served to users, failure is visible.
+//   kSheddablePlus  partial unavailability is expected and tolerated (batch work that retries).
+//   kSheddable      frequent partial unavailability is fine (prefetch, analytics).
+enum class Criticality : int {
+  kCriticalPlus = 0,
+  kCritical = 1,
+  kSheddablePlus = 2,
+  kSheddable = 3,
+};
+
+// "critical_plus", "critical", "sheddable_plus" or "sheddable": for messages and metric labels.
+constexpr const char* CriticalityName(Criticality c) {
+  switch (c) {
+    case Criticality::kCriticalPlus:
+      return "critical_plus";
+    case Criticality::kCritical:
+      return "critical";
+    case Criticality::kSheddablePlus:
+      return "sheddable_plus";
+    case Criticality::kSheddable:
+      return "sheddable";
+  }
+  return "unknown";
+}
+
 struct CallContext {
   // The time by which the call must have returned. Infinite unless a caller or a policy set one.
   Deadline deadline = Deadline::Infinite();
@@ -25,6 +55,9 @@ struct CallContext {
   CancellationToken cancellation;
   // 1 for the first attempt, 2 for the first retry, ...
   int attempt = 1;
+  // How critical the call is; overload controls shed the least critical first. Policies pass it
+  // inward unchanged.
+  Criticality criticality = Criticality::kCritical;
 };
 
 }  // namespace keel

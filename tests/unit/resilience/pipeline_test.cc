@@ -94,6 +94,26 @@ TEST_CASE("pipeline retry outside timeout gives every attempt its own deadline")
   CHECK(deadlines == std::vector<keel::TimePoint>{start + 100ms, start + 110ms, start + 120ms});
 }
 
+TEST_CASE("pipeline policies pass the caller's criticality to every attempt") {
+  keel::testing::RecordingClock clock;
+  auto pipeline = Pipeline<int>::Builder()
+                      .Add(ConstantRetry(clock, 2))
+                      .Add(keel::Timeout::Create({.timeout = 100ms}, clock).value())
+                      .Build();
+  std::vector<keel::Criticality> seen;
+  auto r = pipeline.Execute(CallContext{.criticality = keel::Criticality::kSheddable},
+                            [&](const CallContext& ctx) -> absl::StatusOr<int> {
+                              seen.push_back(ctx.criticality);
+                              if (ctx.attempt < 2) return absl::UnavailableError("down");
+                              return 1;
+                            });
+  CHECK(*r == 1);
+  CHECK(seen == std::vector<keel::Criticality>{keel::Criticality::kSheddable,
+                                               keel::Criticality::kSheddable});
+  CHECK(std::string(keel::CriticalityName(keel::Criticality::kSheddablePlus)) == "sheddable_plus");
+  CHECK(CallContext{}.criticality == keel::Criticality::kCritical);
+}
+
 TEST_CASE("pipeline fallback outermost answers the failure after retries are exhausted") {
   keel::testing::RecordingClock clock;
   std::string seen;
