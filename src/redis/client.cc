@@ -423,8 +423,7 @@ transport::CallResult Client::RunMux(Deadline deadline, std::string_view request
   const uint32_t pick = mux_.size() == 1 ? 0
                                          : next_mux_.fetch_add(1, std::memory_order_relaxed) %
                                                static_cast<uint32_t>(mux_.size());
-  mux_[pick]->Submit(call, request);
-  return call->Wait(timeout_message_);
+  return mux_[pick]->Run(std::move(call), request, timeout_message_);
 }
 
 void Client::Demoted(std::string_view error) {

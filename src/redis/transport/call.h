@@ -26,6 +26,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "keel/clock.h"
 #include "keel/deadline.h"
 #include "keel/redis/reply.h"
 #include "keel/sync.h"
@@ -53,9 +54,11 @@ class Call {
 
   uint32_t expected() const { return expected_; }
   bool has_callback() const { return callback_ != nullptr; }
-  // Bytes of the call's request, for the transport's bytes-in-flight cap. Set by the transport
-  // before it publishes the call to another thread; read-only afterwards.
+  // Bytes of the call's request, for the transport's bytes-in-flight cap, and when a callback
+  // call expires on the steady clock (TimePoint::max() for none). Set by the transport before it
+  // publishes the call to another thread; read-only afterwards.
   size_t request_bytes = 0;
+  TimePoint expires_at = TimePoint::max();
   const Deadline& deadline() const { return deadline_; }
 
   // True once some party claimed the completion (finished or finishing). The matcher skips

@@ -6,8 +6,9 @@
 // every call of the client. (The one exception, written down where it happens: a connection's
 // setup (TCP connect, AUTH, SELECT, ROLE) runs on it, bounded by connect_timeout.)
 //
-// Thread safety: Post and InLoop are thread-safe; Watch, Rewatch, Unwatch and At are for the loop
-// thread only (from a watcher, task or timer).
+// Thread safety: Post, InLoop and Rewatch are thread-safe (Rewatch is one epoll_ctl: a caller
+// reading its own reply disarms and re-arms its socket with it); Watch, Unwatch and At are for the
+// loop thread only (from a watcher, task or timer).
 #pragma once
 
 #include <sys/epoll.h>
@@ -54,6 +55,7 @@ class EventLoop {
 
   // Loop thread only. Watches `fd` for `events` (level-triggered), calling `watcher`.
   absl::Status Watch(int fd, uint32_t events, Watcher* watcher);
+  // Any thread. Changes the events of a watched `fd`.
   absl::Status Rewatch(int fd, uint32_t events, Watcher* watcher);
   void Unwatch(int fd);
   // Loop thread only. Runs `task` at `when` (steady clock) or soon after.

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -26,6 +27,12 @@ constexpr Duration kHousekeepingPeriod = std::chrono::milliseconds(50);
 // answers thousands of calls per millisecond while Redis keeps up, so a short pause is enough
 // unless Redis is stalled (then the caller's deadline decides).
 constexpr Duration kFullRetryAfter = std::chrono::milliseconds(10);
+// Requests up to this size may be sent by a lone caller reading its own reply: an idle socket's
+// send buffer takes them in one send.
+constexpr size_t kDirectMaxRequest = 16 * 1024;
+// A direct caller re-checks its deadline at least this often while it waits in poll(), so a
+// deadline on an injected clock is noticed when the clock moves.
+constexpr Duration kDirectPollSlice = std::chrono::milliseconds(50);
 
 }  // namespace
 
@@ -37,7 +44,8 @@ MuxConnection::MuxConnection(Options options, EventLoop& loop, Connector connect
       connect_(std::move(connect)),
       lost_suffix_(" (a command in flight may or may not have been applied)"),
       matcher_(options_.name),
-      read_buf_(new char[kReadChunk]) {
+      read_buf_(new char[kReadChunk]),
+      direct_matcher_(options_.name) {
   // No I/O until the first call (as Client::Create promises): it finds kDown and connects.
   loop_.Post([this] { Housekeep(); });
 }
@@ -59,9 +67,24 @@ void MuxConnection::FailCalls(std::vector<std::shared_ptr<Call>>& calls, absl::S
 }
 
 void MuxConnection::Submit(std::shared_ptr<Call> call, std::string_view request) {
+  Enqueue(std::move(call), request, /*may_read_reply=*/false);
+}
+
+CallResult MuxConnection::Run(std::shared_ptr<Call> call, std::string_view request,
+                              std::string_view timeout_message) {
+  Enqueue(call, request, /*may_read_reply=*/!call->has_callback());
+  return call->Wait(timeout_message);
+}
+
+void MuxConnection::Enqueue(std::shared_ptr<Call> call, std::string_view request,
+                            bool may_read_reply) {
   call->request_bytes = request.size();
+  if (call->has_callback() && !call->deadline().IsInfinite()) {
+    call->expires_at = std::chrono::steady_clock::now() + call->deadline().Remaining();
+  }
   calls_total_.fetch_add(1, std::memory_order_relaxed);
-  bool write = false, connect = false, kick = false, shut = false, full = false;
+  bool write = false, connect = false, shut = false, full = false, arm = false;
+  std::shared_ptr<Socket> direct;
   size_t calls = 0, bytes = 0;
   {
     MutexLock lock(mu_);
@@ -70,26 +93,29 @@ void MuxConnection::Submit(std::shared_ptr<Call> call, std::string_view request)
     calls = calls_;
     bytes = bytes_;
     if (!shut && !full) {
-      pending_.append(request.data(), request.size());
-      submitted_.push_back(call);
-      ++calls_;
-      bytes_ += request.size();
-      if (state_ == State::kDown) {
-        state_ = State::kConnecting;
-        connect = true;
-      } else if (state_ == State::kUp && !writing_) {
+      if (may_read_reply && options_.lone_caller_reads && state_ == State::kUp &&
+          socket_ != nullptr && calls_ == 0 && !writing_ && !loop_reading_ &&
+          request.size() <= kDirectMaxRequest) {
+        direct_ = true;
         writing_ = true;
-        // A blocking caller writes itself; a callback call goes through the I/O thread, which
-        // arms its deadline anyway.
-        if (call->has_callback()) {
-          loop_writes_ = true;
-          kick = true;
-        } else {
+        direct = socket_;
+      } else {
+        pending_.append(request.data(), request.size());
+        submitted_.push_back(call);
+        if (state_ == State::kDown) {
+          state_ = State::kConnecting;
+          connect = true;
+        } else if (state_ == State::kUp && !writing_) {
+          writing_ = true;
           write = true;
         }
-      } else if (call->has_callback()) {
-        kick = true;
+        if (call->expires_at < expiry_armed_) {
+          expiry_armed_ = call->expires_at;
+          arm = true;
+        }
       }
+      ++calls_;
+      bytes_ += request.size();
     }
   }
   if (shut) {
@@ -109,23 +135,150 @@ void MuxConnection::Submit(std::shared_ptr<Call> call, std::string_view request)
         .replies = {}});
     return;
   }
+  if (direct != nullptr) {
+    RunDirect(call, request, std::move(direct));
+    return;
+  }
+  // Only a callback call whose deadline is earlier than every armed one wakes the I/O thread.
+  if (arm) loop_.Post([this, when = call->expires_at] { ArmExpiry(when); });
   if (connect) {
     loop_.Post([this] { Connect(); });
   } else if (write) {
     Flush(/*on_loop=*/false);
-  } else if (kick) {
-    loop_.Post([this] {
-      Adopt();
-      bool flush = false;
-      {
-        MutexLock lock(mu_);
-        if (loop_writes_ && writing_) {
-          loop_writes_ = false;
-          flush = true;
-        }
+  }
+}
+
+void MuxConnection::RunDirect(const std::shared_ptr<Call>& call, std::string_view request,
+                              std::shared_ptr<Socket> sock) {
+  direct_calls_.fetch_add(1, std::memory_order_relaxed);
+  if (direct_buf_ == nullptr) direct_buf_.reset(new char[kReadChunk]);
+  // The I/O thread must not read this reply: one-shot with no events reports only an error,
+  // once (the I/O thread then finds direct_ set and leaves the socket alone).
+  const bool disarmed = loop_.Rewatch(sock->fd, EPOLLONESHOT, this).ok();
+  const Deadline& deadline = call->deadline();
+  // Waits in poll() for `events` until the deadline; false at the deadline.
+  auto wait_for = [&](short events) {
+    while (true) {
+      const Duration left = deadline.Remaining();
+      if (left <= Duration::zero()) return false;
+      const Duration slice = std::min<Duration>(left, kDirectPollSlice);
+      pollfd p{.fd = sock->fd, .events = events, .revents = 0};
+      const int n = poll(
+          &p, 1, static_cast<int>(std::chrono::ceil<std::chrono::milliseconds>(slice).count()));
+      if (n > 0) return true;
+      if (n < 0 && errno != EINTR) return true;  // the next send or recv reports the error
+    }
+  };
+  std::string failure;  // why the connection is lost, empty when it is not
+  bool late = false;    // the deadline passed before the reply was read
+  size_t off = 0;
+  while (failure.empty() && off < request.size()) {
+    const ssize_t n = send(sock->fd, request.data() + off, request.size() - off, MSG_NOSIGNAL);
+    if (n > 0) {
+      off += static_cast<size_t>(n);
+    } else if (n < 0 && errno == EINTR) {
+    } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      // Part of the request is out: the stream cannot be resumed by anyone else.
+      if (!wait_for(POLLOUT)) failure = "no room to send the request before the deadline";
+    } else {
+      failure = StrCat("write failed: ", strerror(errno));
+    }
+  }
+  if (failure.empty() && disarmed) direct_matcher_.Push(call);
+  while (failure.empty() && disarmed && !call->claimed()) {
+    const ssize_t n = recv(sock->fd, direct_buf_.get(), kReadChunk, 0);
+    if (n > 0) {
+      if (absl::Status fed = direct_matcher_.Feed(std::string_view(direct_buf_.get(), n));
+          !fed.ok()) {
+        failure = std::string(fed.message());  // the call has been failed with it
       }
-      if (flush) Flush(/*on_loop=*/true);
+    } else if (n < 0 && errno == EINTR) {
+    } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      if (!wait_for(POLLIN)) {
+        late = true;
+        break;
+      }
+    } else {
+      failure = n == 0 ? std::string("closed by the server") : std::string(strerror(errno));
+    }
+  }
+  // A reply ends where its bytes end; anything after it, or a late reply partly read, leaves the
+  // stream where no one can pick it up.
+  if (failure.empty() && direct_matcher_.mid_reply()) {
+    failure = "the stream cannot be resumed after a partly read reply";
+  }
+  if (failure.empty() && !disarmed) {
+    // The I/O thread reads this reply as any other (the socket is being closed, or epoll failed).
+    late = true;
+  }
+  // Let the I/O thread read again, then give up the read side. Re-arming first: a readiness the
+  // I/O thread sees before direct_ clears is reported again (level-triggered) after it.
+  if (disarmed) (void)loop_.Rewatch(sock->fd, EPOLLIN | EPOLLRDHUP, this);
+  direct_matcher_.Clear();
+  bool shut = false, handed_over = false;
+  {
+    MutexLock lock(mu_);
+    shut = shutdown_;
+    direct_ = false;
+    if (late && failure.empty() && socket_ == sock && !call->claimed()) {
+      // First in line: its bytes went out before those of every call listed since.
+      submitted_.insert(submitted_.begin(), call);
+      handed_over = true;
+    } else {
+      --calls_;
+      bytes_ -= call->request_bytes;
+    }
+  }
+  if (!handed_over && !call->claimed()) {
+    // Failed, or the connection was closed under the call (its socket replaced).
+    if (failure.empty()) failure = "closed while the call was in flight";
+    if (shut) {
+      call->TryFail(absl::StatusCode::kCancelled, StrCat(options_.name, ": client shut down"));
+    } else {
+      call->TryFail(absl::StatusCode::kUnavailable,
+                    StrCat(options_.name, ": connection lost: ", failure, lost_suffix_));
+    }
+  }
+  if (!failure.empty()) {
+    std::string message = StrCat(options_.name, ": connection lost: ", failure, lost_suffix_);
+    loop_.Post([this, sock, message = std::move(message)] {
+      if (read_socket_ == sock) Close(absl::StatusCode::kUnavailable, message, true);
     });
+  }
+  // What was queued meanwhile goes out now (Flush clears writing_ when nothing is).
+  Flush(/*on_loop=*/false);
+}
+
+void MuxConnection::ArmExpiry(TimePoint when) {
+  loop_.At(when, [this] { Expire(); });
+}
+
+void MuxConnection::Expire() {
+  Adopt();
+  const TimePoint now = std::chrono::steady_clock::now();
+  TimePoint next = TimePoint::max();
+  std::vector<std::shared_ptr<Call>> expired;
+  auto visit = [&](const std::shared_ptr<Call>& call) {
+    if (call->expires_at == TimePoint::max() || call->claimed()) return;
+    if (call->expires_at <= now) {
+      expired.push_back(call);
+    } else {
+      next = std::min(next, call->expires_at);
+    }
+  };
+  matcher_.ForEach(visit);
+  {
+    MutexLock lock(mu_);
+    // Listed but not adopted (a direct call holds the read side): they expire all the same.
+    for (const std::shared_ptr<Call>& call : submitted_) visit(call);
+    expiry_armed_ = next;
+  }
+  if (next != TimePoint::max()) ArmExpiry(next);
+  for (const std::shared_ptr<Call>& call : expired) {
+    call->TryFail(absl::StatusCode::kDeadlineExceeded,
+                  StrCat(options_.name,
+                         ": no reply within the deadline (the connection is kept; the late reply "
+                         "will be discarded)"));
   }
 }
 
@@ -230,29 +383,23 @@ void MuxConnection::Adopt() {
   const ReplyMatcher::Retired retired = matcher_.TakeRetired();
   {
     MutexLock lock(mu_);
-    adopting_.swap(submitted_);
+    // While a direct call holds the read side, a direct call that runs late goes first in line:
+    // nothing listed after it may enter the matcher before it.
+    if (!direct_) adopting_.swap(submitted_);
     calls_ -= retired.slots;
     bytes_ -= retired.bytes;
   }
-  for (std::shared_ptr<Call>& call : adopting_) {
-    if (call->has_callback() && !call->deadline().IsInfinite()) {
-      const Duration left = call->deadline().Remaining();
-      loop_.At(std::chrono::steady_clock::now() + left,
-               [weak = std::weak_ptr<Call>(call), name = &options_.name] {
-                 if (std::shared_ptr<Call> c = weak.lock()) {
-                   c->TryFail(absl::StatusCode::kDeadlineExceeded,
-                              StrCat(*name,
-                                     ": no reply within the deadline (the connection is "
-                                     "kept; the late reply will be discarded)"));
-                 }
-               });
-    }
-    matcher_.Push(std::move(call));
-  }
+  for (std::shared_ptr<Call>& call : adopting_) matcher_.Push(std::move(call));
   adopting_.clear();
 }
 
 void MuxConnection::ReadAll() {
+  {
+    MutexLock lock(mu_);
+    // A lone caller is reading its own reply on this socket: leave it alone.
+    if (direct_) return;
+    loop_reading_ = true;
+  }
   while (read_socket_ != nullptr) {
     const ssize_t n = recv(read_socket_->fd, read_buf_.get(), kReadChunk, 0);
     if (n > 0) {
@@ -278,6 +425,7 @@ void MuxConnection::ReadAll() {
   MutexLock lock(mu_);
   calls_ -= retired.slots;
   bytes_ -= retired.bytes;
+  loop_reading_ = false;
 }
 
 void MuxConnection::Close(absl::StatusCode code, std::string_view message, bool reconnect) {
@@ -438,6 +586,7 @@ MuxStats MuxConnection::Stats() const {
       .rejected_full_total = rejected_.load(std::memory_order_relaxed),
       .reconnects_total = reconnects_.load(std::memory_order_relaxed),
       .late_connections_closed_total = late_closed_.load(std::memory_order_relaxed),
+      .direct_calls_total = direct_calls_.load(std::memory_order_relaxed),
   };
   MutexLock lock(mu_);
   stats.in_flight = calls_;

@@ -8,16 +8,25 @@
 //     critical section, so the order of bytes is the order of slots. No I/O under the lock.
 //   - Writing: at most one thread writes at a time (the `writing_` flag), outside the lock,
 //     taking the whole pending buffer out under the lock, so everything queued goes out in one
-//     write. A caller that finds no write in progress writes itself (no wake-up of the I/O
-//     thread on the one-caller path); a write that hits EAGAIN hands the rest to the I/O thread,
-//     which finishes it on EPOLLOUT.
+//     write. A caller that finds no write in progress writes itself, callback calls included (no
+//     wake-up of the I/O thread to send); a write that hits EAGAIN hands the rest to the I/O
+//     thread, which finishes it on EPOLLOUT.
 //   - The I/O thread reads, feeds the matcher, and so completes the calls. Before feeding bytes
 //     it adopts the calls submitted so far: any reply read was sent for bytes written after their
 //     call was listed, so its slot is always there.
-//   - Deadlines: a blocking caller claims its own call at its deadline (Call::Wait); a callback
-//     call's deadline is on the I/O thread's deadline heap. The late replies are discarded by the
-//     matcher and the connection is kept, unless it still owes them late_reply_timeout after the
-//     oldest one's deadline: then it is closed and reconnected.
+//   - A lone blocking caller reads its own reply: when nothing else is queued or in flight, the
+//     caller takes the read side too (`direct_`), disarms the socket in epoll, writes, and waits
+//     in poll() on the socket itself, so its reply wakes it directly instead of waking the I/O
+//     thread, which would then wake the caller. Calls submitted meanwhile queue (their bytes go
+//     out when the direct call ends, at most one round trip later) and the I/O thread neither
+//     reads nor adopts until it ends. A direct call whose deadline passes hands its slot to the
+//     I/O thread, first in line, so its late reply is discarded there like any other.
+//   - Deadlines: a blocking caller claims its own call at its deadline (Call::Wait); for callback
+//     calls the I/O thread keeps one timer armed at or before the earliest of their deadlines
+//     and, when it fires, fails the expired ones and re-arms for the next (a timer per call would
+//     stay in the heap until its deadline, long after the reply). The late replies are discarded
+//     by the matcher and the connection is kept, unless it still owes them late_reply_timeout
+//     after the oldest one's deadline: then it is closed and reconnected.
 //   - A connection error fails every call in flight with UNAVAILABLE (a write may have been
 //     applied) and reconnects at once, then on demand; the connector (Client::Connect) applies the
 //     reconnect backoff, so while it runs calls fail fast with the last connect error.
@@ -60,6 +69,7 @@ struct MuxStats {
   uint64_t rejected_full_total = 0;            // calls refused by backpressure
   uint64_t reconnects_total = 0;               // connections made after the first
   uint64_t late_connections_closed_total = 0;  // closed for owing late replies too long
+  uint64_t direct_calls_total = 0;             // calls whose caller read its own reply
   uint64_t in_flight = 0;                      // calls queued or awaiting replies (gauge)
   uint64_t queued_bytes = 0;                   // their request bytes (gauge)
 };
@@ -73,6 +83,9 @@ class MuxConnection final : public EventLoop::Watcher {
     Duration late_reply_timeout = std::chrono::seconds(10);
     size_t max_calls = 4096;
     size_t max_bytes = 64 << 20;
+    // A lone blocking caller in Run reads its own reply (see the banner). Off only to measure
+    // the difference.
+    bool lone_caller_reads = true;
   };
 
   // Connects on the first Submit (on `loop`), not before. `loop` and whatever `connect` uses must
@@ -85,6 +98,11 @@ class MuxConnection final : public EventLoop::Watcher {
   // Queues `request` (the RESP bytes of call->expected() commands) for `call`. Refusals
   // complete the call at once: CANCELLED after Shutdown, RESOURCE_EXHAUSTED when full.
   void Submit(std::shared_ptr<Call> call, std::string_view request) ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Submits `call` (no callback) and waits for its result: what a blocking caller does. When
+  // nothing else is queued or in flight the caller reads its own reply (see the banner).
+  CallResult Run(std::shared_ptr<Call> call, std::string_view request,
+                 std::string_view timeout_message) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Closes the current connection (its calls fail with UNAVAILABLE: `why`) and connects again:
   // after a -READONLY reply, so the connection follows a new primary.
@@ -109,6 +127,9 @@ class MuxConnection final : public EventLoop::Watcher {
   };
   enum class State { kDown, kConnecting, kUp };
 
+  // Submit, or Run's submission when `may_read_reply`.
+  void Enqueue(std::shared_ptr<Call> call, std::string_view request, bool may_read_reply)
+      ABSL_LOCKS_EXCLUDED(mu_);
   void Connect() ABSL_LOCKS_EXCLUDED(mu_);
   // Writes the pending buffer until it is empty, EAGAIN (handed to the I/O thread) or an error.
   // REQUIRES: the caller set writing_.
@@ -121,6 +142,15 @@ class MuxConnection final : public EventLoop::Watcher {
       ABSL_LOCKS_EXCLUDED(mu_);
   // Reads until EAGAIN; feeds the matcher.
   void ReadAll() ABSL_LOCKS_EXCLUDED(mu_);
+  // The lone caller's round trip on `sock` (see the banner). REQUIRES: the caller set direct_
+  // and writing_ for `call`, counted in calls_.
+  void RunDirect(const std::shared_ptr<Call>& call, std::string_view request,
+                 std::shared_ptr<Socket> sock) ABSL_LOCKS_EXCLUDED(mu_);
+  // Loop thread: arms the callback-deadline timer for `when` (posted by Submit, or re-armed by
+  // Expire).
+  void ArmExpiry(TimePoint when);
+  // Loop thread: fails the callback calls whose deadline passed and re-arms for the next.
+  void Expire() ABSL_LOCKS_EXCLUDED(mu_);
   // Moves the submitted calls into the matcher (arming timers of callback calls) and subtracts
   // the retired ones from the backpressure counts.
   void Adopt() ABSL_LOCKS_EXCLUDED(mu_);
@@ -151,6 +181,11 @@ class MuxConnection final : public EventLoop::Watcher {
   size_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
   bool loop_writes_ ABSL_GUARDED_BY(mu_) = false;  // writing_ was handed to the I/O thread
   bool ever_connected_ ABSL_GUARDED_BY(mu_) = false;
+  bool loop_reading_ ABSL_GUARDED_BY(mu_) = false;  // the I/O thread is inside ReadAll
+  bool direct_ ABSL_GUARDED_BY(mu_) = false;        // a lone caller reads its own reply
+  // A timer is armed (or posted to be) at or before this time, which is at or before the
+  // deadline of every unclaimed callback call; TimePoint::max() when none is.
+  TimePoint expiry_armed_ ABSL_GUARDED_BY(mu_) = TimePoint::max();
 
   // Loop thread only.
   ReplyMatcher matcher_;
@@ -158,12 +193,16 @@ class MuxConnection final : public EventLoop::Watcher {
   std::string conn_name_;                // `redis "host:port"` of the current connection
   std::vector<std::shared_ptr<Call>> adopting_;
   std::unique_ptr<char[]> read_buf_;
+  // The direct caller's only (it owns direct_).
+  ReplyMatcher direct_matcher_;
+  std::unique_ptr<char[]> direct_buf_;
 
   std::atomic<uint64_t> calls_total_{0};
   std::atomic<uint64_t> discarded_{0};
   std::atomic<uint64_t> rejected_{0};
   std::atomic<uint64_t> reconnects_{0};
   std::atomic<uint64_t> late_closed_{0};
+  std::atomic<uint64_t> direct_calls_{0};
 };
 
 }  // namespace keel::redis::transport

@@ -26,6 +26,18 @@ void ReplyMatcher::ResetReader() {
   current_count_ = 0;
 }
 
+bool ReplyMatcher::mid_reply() const {
+  // Unparsed bytes, or an aggregate reply under construction (ridx alone is not a sign: it is 0
+  // after a read found nothing).
+  return current_count_ > 0 || reader_->pos < reader_->len || reader_->reply != nullptr;
+}
+
+void ReplyMatcher::Clear() {
+  slots_.clear();
+  retired_ = Retired{};
+  ResetReader();
+}
+
 void ReplyMatcher::Push(std::shared_ptr<Call> call) { slots_.push_back(std::move(call)); }
 
 void ReplyMatcher::Take(void* raw) {

@@ -52,12 +52,24 @@ class ReplyMatcher {
   // skipped) and starts a new stream: what a connection error or shutdown does.
   void FailAll(absl::StatusCode code, std::string_view message);
 
+  // Drops every slot without completing it and starts a new stream: for a matcher whose slots
+  // were handed to another.
+  void Clear();
+
   // Slots in flight, abandoned ones included.
   size_t in_flight() const { return slots_.size(); }
   // The oldest slot's call, or nullptr: the one the next reply belongs to.
   const Call* front() const { return slots_.empty() ? nullptr : slots_.front().get(); }
   // True when the oldest slot's caller gave up: the connection owes late replies.
   bool owes_late_replies() const { return !slots_.empty() && slots_.front()->claimed(); }
+  // Calls `f(const std::shared_ptr<Call>&)` for every slot, oldest first.
+  template <typename F>
+  void ForEach(F&& f) const {
+    for (const std::shared_ptr<Call>& call : slots_) f(call);
+  }
+  // True when bytes of a reply not yet complete have been fed: the stream cannot be handed to
+  // another matcher at this point.
+  bool mid_reply() const;
   // Replies read and discarded because their caller had given up (monotonic).
   uint64_t late_replies_discarded() const { return discarded_; }
   // Slots that left the FIFO (answered or failed) and their request bytes since the last call;

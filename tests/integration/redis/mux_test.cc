@@ -230,6 +230,91 @@ TEST_CASE("redis mux: a slowed and a paused server cost each call only its deadl
   CHECK(stats.late_replies_discarded_total >= 1000);
 }
 
+// Run's blocking ECHO: a lone caller reads its own reply.
+absl::StatusOr<std::string> RunEcho(Transport& t, const std::string& value, Deadline deadline) {
+  CallResult r =
+      t.mux->Run(std::make_shared<Call>(1, deadline), Encode({"ECHO", value}), "timed out");
+  if (!r.status.ok()) return r.status;
+  return r.replies[0].str();
+}
+
+TEST_CASE("redis mux: a lone blocking caller reads its own reply; a late one is discarded") {
+  keel::test::RedisServer server({"--enable-debug-command", "yes"});
+  Transport t(OptionsFor(server));
+  REQUIRE(Echo(t, "warm", Deadline::After(2s)).ok());  // Submit: the I/O thread reads
+  CHECK(t.mux->Stats().direct_calls_total == 0);
+  for (int i = 0; i < 100; ++i) {
+    const std::string v = "direct" + std::to_string(i);
+    REQUIRE(RunEcho(t, v, Deadline::After(2s)).value_or("") == v);
+  }
+  CHECK(t.mux->Stats().direct_calls_total == 100);
+
+  // A direct call that runs out of time: DEADLINE_EXCEEDED by its deadline; while it waits,
+  // calls submitted by others queue and get their own replies once it has handed its slot on.
+  const auto start = SteadyTime::now();
+  std::atomic<bool> slept_done{false};
+  absl::StatusCode slept_code = absl::StatusCode::kUnknown;
+  std::thread sleeper([&] {
+    CallResult r = t.mux->Run(std::make_shared<Call>(1, Deadline::After(100ms)),
+                              Encode({"DEBUG", "SLEEP", "0.3"}), "timed out");
+    slept_code = r.status.code();
+    slept_done = true;
+  });
+  while (t.mux->Stats().direct_calls_total < 101) std::this_thread::sleep_for(1ms);
+  std::vector<std::unique_ptr<Probe>> probes;
+  for (int i = 0; i < 10; ++i) {
+    probes.push_back(std::make_unique<Probe>(Deadline::After(2s)));
+    t.mux->Submit(probes.back()->call, Encode({"ECHO", "queued" + std::to_string(i)}));
+  }
+  sleeper.join();
+  CHECK(slept_code == absl::StatusCode::kDeadlineExceeded);
+  CHECK(SteadyTime::now() - start < 100ms + 50ms);
+  REQUIRE(WaitAll(probes, 2s));
+  for (int i = 0; i < 10; ++i) {
+    CHECK(probes[i]->code == absl::StatusCode::kOk);
+    CHECK(probes[i]->reply == "queued" + std::to_string(i));
+  }
+  // The late reply was read and dropped by the I/O thread; the connection was kept, and the
+  // next lone call reads its own reply again, not the late one.
+  const auto stats = t.mux->Stats();
+  CHECK(stats.late_replies_discarded_total == 1);
+  CHECK(stats.reconnects_total == 0);
+  CHECK(RunEcho(t, "after", Deadline::After(2s)).value_or("") == "after");
+  CHECK(t.mux->Stats().direct_calls_total == 102);
+  CHECK(t.mux->Stats().in_flight == 0);
+}
+
+TEST_CASE("redis mux: a lone caller's connection lost mid-call fails it UNAVAILABLE and recovers") {
+  keel::test::RedisServer server({"--enable-debug-command", "yes"});
+  Transport t(OptionsFor(server));
+  REQUIRE(RunEcho(t, "warm", Deadline::After(2s)).ok());
+  const uint64_t direct_before = t.mux->Stats().direct_calls_total;
+  absl::StatusCode code = absl::StatusCode::kUnknown;
+  std::string message;
+  std::thread caller([&] {
+    CallResult r = t.mux->Run(std::make_shared<Call>(1, Deadline::After(5s)),
+                              Encode({"DEBUG", "SLEEP", "2"}), "timed out");
+    code = r.status.code();
+    message = std::string(r.status.message());
+  });
+  while (t.mux->Stats().direct_calls_total == direct_before) std::this_thread::sleep_for(1ms);
+  std::this_thread::sleep_for(50ms);
+  const auto killed = SteadyTime::now();
+  server.Kill();
+  caller.join();
+  CHECK(code == absl::StatusCode::kUnavailable);
+  CHECK(message.find("connection lost") != std::string::npos);
+  CHECK(SteadyTime::now() - killed < 500ms);
+  REQUIRE(server.Start());
+  absl::StatusOr<std::string> after = absl::UnavailableError("not yet");
+  for (int i = 0; i < 100 && !after.ok(); ++i) {
+    after = RunEcho(t, "back", Deadline::After(1s));
+    if (!after.ok()) std::this_thread::sleep_for(20ms);
+  }
+  CHECK(after.value_or("") == "back");
+  CHECK(t.mux->Stats().in_flight == 0);
+}
+
 TEST_CASE("redis mux: kill -9 fails every call in flight and new calls work after a restart") {
   keel::test::RedisServer server({"--enable-debug-command", "yes"});
   Options options = OptionsFor(server);
