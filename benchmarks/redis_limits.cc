@@ -12,10 +12,22 @@
 //                                            full with N running entries: target flat in N (the
 //                                            cache is ordered by expiry, so making room does not
 //                                            scan it)
+//   BM_RedisLimiter_GcraAsync/64             64 TryAcquireAsync in flight from one thread on the
+//                                            multiplexed transport (one connection): target
+//                                            throughput >= 90% of BM_Baseline_RedisPipelinedGcra/64
+//                                            and process CPU per check (cpu_us_per_check, all
+//                                            threads: the I/O thread included) <= 1/3 of
+//                                            BM_RedisLimiter_GcraPooled/threads:16's
+//   BM_Baseline_RedisPipelinedGcra/64        the floor: the limiter's own script with its own
+//                                            keys and arguments, 64 EVALSHA written at once on one
+//                                            plain hiredis connection
+//   BM_RedisLimiter_GcraPooled/threads:N     TryAcquire with Transport::kPooled (a connection per
+//                                            call in flight)
 // The floor (baselines.cc: plain hiredis, `return 1`, one connection per thread) runs at 1 and 16
 // threads, the limiter's concurrencies. Reads KEEL_TEST_REDIS_URL; skips when it is absent.
 #include <benchmark/benchmark.h>
 #include <hiredis/hiredis.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -29,6 +41,7 @@
 #include "keel/redis/client.h"
 #include "keel/redis/rate_limiter.h"
 #include "keel/redis/script.h"
+#include "redis/rate_limiter_plan.h"
 
 namespace {
 
@@ -41,9 +54,28 @@ constexpr int kMaxThreads = 16;
 struct Shared {
   std::unique_ptr<keel::redis::Client> client;
   std::unique_ptr<keel::redis::RateLimiter> limiter;
+  // The same limit on a Transport::kPooled client.
+  std::unique_ptr<keel::redis::Client> pooled_client;
+  std::unique_ptr<keel::redis::RateLimiter> pooled_limiter;
   std::unique_ptr<keel::redis::RateLimiter> two_limits;
   std::string error;
 };
+
+// A limit no benchmark reaches, so every check runs the whole script and writes its key.
+keel::redis::RateLimiter::Options GcraOptions() {
+  return {.name = "bench-gcra",
+          .algorithm =
+              keel::limit::Gcra::Options{.count = 1'000'000, .period = 1s, .max_burst = 1'000'000},
+          .fail_mode = keel::redis::FailMode::kClosed};
+}
+
+// Process CPU time (every thread: user + system), for client CPU per check.
+std::chrono::microseconds ProcessCpu() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return std::chrono::seconds(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+         std::chrono::microseconds(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+}
 
 Shared& GetShared() {
   static Shared* shared = [] {
@@ -65,13 +97,20 @@ Shared& GetShared() {
       return s;
     }
     s->client = std::move(*client);
-    // A limit no benchmark reaches, so every check runs the whole script and writes its key.
-    auto limiter = keel::redis::RateLimiter::Create(
-        {.name = "bench-gcra",
-         .algorithm =
-             keel::limit::Gcra::Options{.count = 1'000'000, .period = 1s, .max_burst = 1'000'000},
-         .fail_mode = keel::redis::FailMode::kClosed},
-        *s->client);
+    options->transport = keel::redis::Transport::kPooled;
+    auto pooled = keel::redis::Client::Create(*options);
+    if (!pooled.ok()) {
+      s->error = std::string(pooled.status().message());
+      return s;
+    }
+    s->pooled_client = std::move(*pooled);
+    auto limiter = keel::redis::RateLimiter::Create(GcraOptions(), *s->client);
+    auto pooled_limiter = keel::redis::RateLimiter::Create(GcraOptions(), *s->pooled_client);
+    if (!pooled_limiter.ok()) {
+      s->error = std::string(pooled_limiter.status().message());
+      return s;
+    }
+    s->pooled_limiter = std::move(*pooled_limiter);
     if (!limiter.ok()) {
       s->error = std::string(limiter.status().message());
       return s;
@@ -92,6 +131,9 @@ Shared& GetShared() {
     s->two_limits = std::move(*two);
     // Load the script and open the connections outside the measurement.
     if (auto d = s->limiter->TryAcquire(Deadline::After(1s), "warm-up", 1); !d.ok()) {
+      s->error = std::string(d.status().message());
+    }
+    if (auto d = s->pooled_limiter->TryAcquire(Deadline::After(1s), "warm-up", 1); !d.ok()) {
       s->error = std::string(d.status().message());
     }
     return s;
@@ -116,6 +158,152 @@ void BM_RedisLimiter_Gcra(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_RedisLimiter_Gcra)->UseRealTime()->Threads(1)->Threads(kMaxThreads);
+
+// Reports cpu_us_per_check: the process's CPU time (all threads) over the run, per check, as
+// measured by thread 0 (counters are summed over threads: only thread 0 sets it).
+class CpuPerCheck {
+ public:
+  explicit CpuPerCheck(benchmark::State& state) : state_(state), start_(ProcessCpu()) {}
+  void Report(int64_t checks_per_iteration) {
+    if (state_.thread_index() != 0 || state_.iterations() == 0) return;
+    const double checks = static_cast<double>(state_.iterations()) *
+                          static_cast<double>(state_.threads()) *
+                          static_cast<double>(checks_per_iteration);
+    state_.counters["cpu_us_per_check"] =
+        static_cast<double>((ProcessCpu() - start_).count()) / checks;
+  }
+
+ private:
+  benchmark::State& state_;
+  const std::chrono::microseconds start_;
+};
+
+void BM_RedisLimiter_GcraPooled(benchmark::State& state) {
+  Shared& shared = GetShared();
+  if (!shared.error.empty()) {
+    state.SkipWithError(shared.error.c_str());
+    return;
+  }
+  const std::string key = "user:" + std::to_string(state.thread_index());
+  CpuPerCheck cpu(state);
+  for (auto _ : state) {
+    auto d = shared.pooled_limiter->TryAcquire(Deadline::After(1s), key, 1);
+    if (!d.ok() || !d->allowed) {
+      state.SkipWithError("check failed or denied");
+      break;
+    }
+    benchmark::DoNotOptimize(d);
+  }
+  cpu.Report(1);
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_RedisLimiter_GcraPooled)->UseRealTime()->Threads(1)->Threads(kMaxThreads);
+
+// N async checks in flight from one thread: submit N, wait for the N decisions, repeat.
+void BM_RedisLimiter_GcraAsync(benchmark::State& state) {
+  Shared& shared = GetShared();
+  if (!shared.error.empty()) {
+    state.SkipWithError(shared.error.c_str());
+    return;
+  }
+  const auto n = static_cast<int>(state.range(0));
+  std::vector<std::string> keys;
+  for (int i = 0; i < n; ++i) keys.push_back("user:" + std::to_string(i));
+  std::vector<keel::Future<keel::limit::Decision>> checks;
+  checks.reserve(static_cast<size_t>(n));
+  CpuPerCheck cpu(state);
+  for (auto _ : state) {
+    const Deadline deadline = Deadline::After(1s);
+    for (int i = 0; i < n; ++i)
+      checks.push_back(shared.limiter->TryAcquireAsync(deadline, keys[i]));
+    bool failed = false;
+    for (auto& f : checks) {
+      auto d = f.Get(deadline);
+      failed = failed || !d.ok() || !d->allowed;
+    }
+    checks.clear();
+    if (failed) {
+      state.SkipWithError("check failed or denied");
+      break;
+    }
+  }
+  cpu.Report(n);
+  state.SetItemsProcessed(state.iterations() * n);
+  state.counters["connections"] = static_cast<double>(shared.client->options().mux.connections);
+}
+BENCHMARK(BM_RedisLimiter_GcraAsync)->UseRealTime()->Arg(64);
+
+// The limiter's own script, keys and arguments, N EVALSHA written at once on one plain hiredis
+// connection, then the N replies read: the pipelined floor of BM_RedisLimiter_GcraAsync/N.
+void BM_Baseline_RedisPipelinedGcra(benchmark::State& state) {
+  const auto url = keel::bench::Env("KEEL_TEST_REDIS_URL");
+  auto options = keel::redis::Options::FromUrl(url ? *url : "");
+  auto plan = keel::redis::internal::MakePlan(GcraOptions());
+  if (!url || !options.ok() || !plan.ok()) {
+    state.SkipWithError("KEEL_TEST_REDIS_URL is not set or not a redis URL");
+    return;
+  }
+  redisContext* c = redisConnect(options->server.host.c_str(), options->server.port);
+  if (c == nullptr || c->err != 0) {
+    state.SkipWithError("cannot connect");
+    if (c) redisFree(c);
+    return;
+  }
+  const auto n = static_cast<int>(state.range(0));
+  // EVALSHA sha numkeys keys... n control plan.args... (the generated GCRA script's layout:
+  // the server's clock, no late allowance: an empty control).
+  std::vector<std::vector<std::string>> argvs;
+  for (int i = 0; i < n; ++i) {
+    std::vector<std::string> argv = {"EVALSHA", plan->script->sha1(),
+                                     std::to_string(plan->suffixes.size())};
+    for (const std::string& suffix : plan->suffixes) {
+      argv.push_back("{bench-gcra:user:" + std::to_string(i) + "}" + suffix);
+    }
+    argv.push_back("1");
+    if (plan->compact_argv) {
+      argv.push_back("");
+    } else {
+      argv.push_back("");
+      argv.push_back("");
+    }
+    for (const std::string& a : plan->args) argv.push_back(a);
+    argvs.push_back(std::move(argv));
+  }
+  std::vector<std::vector<const char*>> ptrs(argvs.size());
+  std::vector<std::vector<size_t>> lens(argvs.size());
+  for (size_t i = 0; i < argvs.size(); ++i) {
+    for (const std::string& a : argvs[i]) {
+      ptrs[i].push_back(a.data());
+      lens[i].push_back(a.size());
+    }
+  }
+  // Load the script (EVAL once) outside the measurement.
+  auto* load =
+      static_cast<redisReply*>(redisCommand(c, "SCRIPT LOAD %s", plan->script->source().c_str()));
+  if (load) freeReplyObject(load);
+  for (auto _ : state) {
+    for (size_t i = 0; i < argvs.size(); ++i) {
+      redisAppendCommandArgv(c, static_cast<int>(ptrs[i].size()), ptrs[i].data(), lens[i].data());
+    }
+    bool failed = false;
+    for (int i = 0; i < n; ++i) {
+      void* reply = nullptr;
+      if (redisGetReply(c, &reply) != REDIS_OK) {
+        failed = true;
+        break;
+      }
+      failed = failed || static_cast<redisReply*>(reply)->type == REDIS_REPLY_ERROR;
+      freeReplyObject(reply);
+    }
+    if (failed) {
+      state.SkipWithError("pipelined EVALSHA failed");
+      break;
+    }
+  }
+  state.SetItemsProcessed(state.iterations() * n);
+  redisFree(c);
+}
+BENCHMARK(BM_Baseline_RedisPipelinedGcra)->UseRealTime()->Arg(64);
 
 void BM_RedisLimiter_ClientFloor(benchmark::State& state) {
   Shared& shared = GetShared();

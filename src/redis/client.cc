@@ -250,7 +250,18 @@ Deadline Client::Effective(Deadline deadline) const {
   return Deadline::After(options_.command_timeout, clock_);
 }
 
+bool Client::OnIoThread() const { return loop_ != nullptr && loop_->InLoop(); }
+
+absl::Status Client::BlockingRefused() {
+  return Refuse(absl::FailedPreconditionError(
+      StrCat(name_,
+             ": a blocking call on the client's I/O thread (in a future's callback or a coroutine "
+             "resumed there) would stall every call of the client: use the Async form, or resume "
+             "on another executor")));
+}
+
 absl::StatusOr<Lease<Connection>> Client::AcquireFresh(Deadline deadline) {
+  if (OnIoThread()) return BlockingRefused();
   while (true) {
     KEEL_ASSIGN_OR_RETURN(Lease<Connection> lease, pool_->Acquire(deadline));
     if (lease->generation() >= generation_.load(std::memory_order_relaxed)) return lease;
@@ -414,6 +425,7 @@ absl::Status Client::AsyncAllowed(bool blocking, std::string_view what) const {
 
 transport::CallResult Client::RunMux(Deadline deadline, std::string_view request,
                                      uint32_t expected) {
+  if (OnIoThread()) return transport::CallResult{.status = BlockingRefused(), .replies = {}};
   if (deadline.Expired()) {
     return transport::CallResult{
         .status = absl::DeadlineExceededError(StrCat(name_, ": deadline passed before sending")),

@@ -70,13 +70,18 @@ ConcurrencyLimiter::TryAcquireAtForTesting(Deadline deadline, std::string_view k
   return Acquire(key, std::to_string(server_time.count()), deadline);
 }
 
-absl::StatusOr<std::optional<ConcurrencyLimiter::Permit>> ConcurrencyLimiter::Acquire(
-    std::string_view key, const std::string& now, Deadline deadline) {
+absl::Status ConcurrencyLimiter::ValidateKey(std::string_view key) const {
   if (key.empty() || key.size() > limit::kMaxKeyBytes) {
     return absl::InvalidArgumentError(StrCat("redis concurrency limiter \"", options_.name,
                                              "\": key must be 1 to ", limit::kMaxKeyBytes,
                                              " bytes, got ", key.size()));
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::optional<ConcurrencyLimiter::Permit>> ConcurrencyLimiter::Acquire(
+    std::string_view key, const std::string& now, Deadline deadline) {
+  KEEL_RETURN_IF_ERROR(ValidateKey(key));
   std::string redis_key = RedisKey(key);
   std::string id = NewId();
   absl::StatusOr<Reply> reply =
@@ -84,6 +89,42 @@ absl::StatusOr<std::optional<ConcurrencyLimiter::Permit>> ConcurrencyLimiter::Ac
           ? absl::StatusOr<Reply>(absl::DeadlineExceededError("the deadline passed"))
           : AcquireScript().Run(client_, deadline, {redis_key},
                                 {id, now, LeaseMicros(options_.lease), options_.max});
+  return Decide(std::move(reply), std::move(redis_key), std::move(id));
+}
+
+Future<std::optional<ConcurrencyLimiter::Permit>> ConcurrencyLimiter::TryAcquireAsync(
+    Deadline deadline, std::string_view key) {
+  using Result = std::optional<Permit>;
+  if (absl::Status valid = ValidateKey(key); !valid.ok()) {
+    return Future<Result>::Ready(std::move(valid));
+  }
+  if (client_.options().transport != Transport::kMultiplexed) {
+    return Future<Result>::Ready(absl::FailedPreconditionError(
+        StrCat("redis concurrency limiter \"", options_.name,
+               "\": async acquires run on the multiplexed transport; the client uses kPooled")));
+  }
+  std::string redis_key = RedisKey(key);
+  std::string id = NewId();
+  if (deadline.Expired()) {
+    return Future<Result>::Ready(
+        Decide(absl::DeadlineExceededError("the deadline passed"), redis_key, id));
+  }
+  auto promise = std::make_shared<Promise<Result>>();
+  Future<Result> future = promise->future();
+  const std::string lease = std::to_string(LeaseMicros(options_.lease));
+  const std::string max = std::to_string(options_.max);
+  const std::string_view keys[] = {redis_key};
+  const std::string_view args[] = {id, std::string_view(), lease, max};
+  AcquireScript()
+      .AsyncRunArgv(client_, deadline, keys, args)
+      .Then([this, promise, redis_key, id](absl::StatusOr<Reply> reply) mutable {
+        promise->Set(Decide(std::move(reply), std::move(redis_key), std::move(id)));
+      });
+  return future;
+}
+
+absl::StatusOr<std::optional<ConcurrencyLimiter::Permit>> ConcurrencyLimiter::Decide(
+    absl::StatusOr<Reply> reply, std::string redis_key, std::string id) {
   if (reply.ok() &&
       (!reply->is_array() || reply->elements().empty() || !reply->elements()[0].is_integer())) {
     reply = absl::InternalError(
@@ -130,7 +171,14 @@ void ConcurrencyLimiter::Permit::Release() {
   ConcurrencyLimiter* owner = std::exchange(owner_, nullptr);
   if (owner == nullptr || id_.empty()) return;
   // Best effort: if this fails, the lease gives the slot back.
-  (void)owner->client_.Command(Deadline::After(owner->options_.release_timeout), "ZREM", key_, id_);
+  const Deadline deadline = Deadline::After(owner->options_.release_timeout);
+  if (owner->client_.OnIoThread()) {
+    // Released in a callback or coroutine on the I/O thread, which must not block: sent, not
+    // waited for. The ZREM is queued before anything this thread sends next.
+    owner->client_.AsyncCommand(deadline, "ZREM", key_, id_).Then([](absl::StatusOr<Reply>) {});
+    return;
+  }
+  (void)owner->client_.Command(deadline, "ZREM", key_, id_);
 }
 
 absl::Status ConcurrencyLimiter::Permit::Renew(Deadline deadline) {

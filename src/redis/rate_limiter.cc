@@ -194,7 +194,11 @@ absl::StatusOr<Decision> RateLimiter::Run(Deadline deadline, std::string_view ke
   const Argv argv(*plan_, name_, key, n, now, control);
   // EVALSHA, falling back to EVAL on NOSCRIPT (first use on this server, after a restart, a
   // failover or SCRIPT FLUSH).
-  absl::StatusOr<Reply> reply = plan_->script->RunArgv(client_, deadline, argv.keys(), argv.args());
+  return Decide(plan_->script->RunArgv(client_, deadline, argv.keys(), argv.args()), key, n, mode);
+}
+
+absl::StatusOr<Decision> RateLimiter::Decide(absl::StatusOr<Reply> reply, std::string_view key,
+                                             int64_t n, Mode mode) {
   if (!reply.ok()) return Fail(reply.status(), key, n, mode);
   std::optional<Decision> while_blocked;
   absl::StatusOr<Decision> d = internal::DecodeReply(*plan_, n, *reply, &while_blocked);
@@ -203,6 +207,35 @@ absl::StatusOr<Decision> RateLimiter::Run(Deadline deadline, std::string_view ke
     Record(key, n, *d, while_blocked, /*use_cache=*/mode == Mode::kConsume);
   }
   return *d;
+}
+
+Future<Decision> RateLimiter::TryAcquireAsync(Deadline deadline, std::string_view key, int64_t n) {
+  if (absl::Status valid = ValidateKey(key, n); !valid.ok()) {
+    return Future<Decision>::Ready(std::move(valid), clock_);
+  }
+  if (client_.options().transport != Transport::kMultiplexed) {
+    return Future<Decision>::Ready(
+        absl::FailedPreconditionError(
+            StrCat("redis rate limiter \"", name_,
+                   "\": async checks run on the multiplexed transport; the client uses kPooled")),
+        clock_);
+  }
+  if (std::optional<Decision> d = CachedDenial(key, n)) return Future<Decision>::Ready(*d, clock_);
+  if (deadline.Expired()) {
+    return Future<Decision>::Ready(
+        Fail(absl::DeadlineExceededError("the deadline passed before the call"), key, n,
+             Mode::kConsume),
+        clock_);
+  }
+  const std::string control = Control(Mode::kConsume, deadline);
+  const Argv argv(*plan_, name_, key, n, /*now=*/"", control);
+  auto promise = std::make_shared<Promise<Decision>>(clock_);
+  Future<Decision> future = promise->future();
+  plan_->script->AsyncRunArgv(client_, deadline, argv.keys(), argv.args())
+      .Then([this, promise, key = std::string(key), n](absl::StatusOr<Reply> reply) {
+        promise->Set(Decide(std::move(reply), key, n, Mode::kConsume));
+      });
+  return future;
 }
 
 absl::StatusOr<std::vector<Decision>> RateLimiter::TryAcquireMany(

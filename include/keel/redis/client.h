@@ -133,7 +133,8 @@ struct ClientStats {
   // Leased connections closed because they came back in a changed session state (inside MULTI,
   // after WATCH, SUBSCRIBE, SELECT, ...).
   uint64_t dirty_connections_closed_total = 0;
-  // Calls refused with INVALID_ARGUMENT before any I/O (state commands, empty commands).
+  // Calls refused before any I/O: INVALID_ARGUMENT (state commands, empty commands), and
+  // FAILED_PRECONDITION (async calls on kPooled, blocking calls on the I/O thread).
   uint64_t commands_refused_total = 0;
 };
 
@@ -227,6 +228,10 @@ class Client {
 
   ClientStats Stats() const ABSL_LOCKS_EXCLUDED(connect_mu_);
   const Options& options() const { return options_; }
+  // True on the client's I/O thread, where future callbacks and coroutines resumed there run.
+  // Blocking calls (Command, Run, Transaction, Acquire, Script::Run) made there return
+  // FAILED_PRECONDITION at once: they would wait for a reply only that thread can read.
+  bool OnIoThread() const;
 
   // Fails waiting callers with CANCELLED and closes idle connections; later calls fail with
   // FAILED_PRECONDITION. Idempotent; the destructor calls it.
@@ -270,6 +275,8 @@ class Client {
   // After a multiplexed call whose replies hold a -READONLY: the primary moved.
   void Demoted(std::string_view error);
   bool multiplexed() const { return !mux_.empty(); }
+  // FAILED_PRECONDITION (counted as refused) for a blocking call made on the I/O thread.
+  absl::Status BlockingRefused();
   absl::Status StartTransport();
   TransportStats MuxStats(uint64_t* late_closed) const;
 

@@ -40,6 +40,7 @@
 #include <utility>
 
 #include "absl/status/statusor.h"
+#include "keel/async/future.h"
 #include "keel/deadline.h"
 #include "keel/redis/client.h"
 #include "keel/redis/fail_mode.h"
@@ -109,6 +110,13 @@ class ConcurrencyLimiter {
   // Redis failed and fail_mode is kClosed.
   absl::StatusOr<std::optional<Permit>> TryAcquire(Deadline deadline, std::string_view key);
 
+  // TryAcquire without a thread waiting: returns at once; the future completes on the client's
+  // I/O thread (docs/async.md: never block there) with what TryAcquire would have returned. A
+  // permit released on the I/O thread sends its ZREM without waiting for the reply. The limiter
+  // must outlive the future's completion and its permits. Requires the multiplexed transport
+  // (else FAILED_PRECONDITION).
+  Future<std::optional<Permit>> TryAcquireAsync(Deadline deadline, std::string_view key);
+
   // TryAcquire with the script's clock set to `server_time` (microseconds since the epoch)
   // instead of TIME. For tests of lease expiry.
   absl::StatusOr<std::optional<Permit>> TryAcquireAtForTesting(
@@ -124,6 +132,10 @@ class ConcurrencyLimiter {
       : options_(std::move(options)), client_(client) {}
   absl::StatusOr<std::optional<Permit>> Acquire(std::string_view key, const std::string& now,
                                                 Deadline deadline);
+  absl::Status ValidateKey(std::string_view key) const;
+  // The permit (or refusal, or fail_mode's answer) the acquire script's reply stands for.
+  absl::StatusOr<std::optional<Permit>> Decide(absl::StatusOr<Reply> reply, std::string redis_key,
+                                               std::string id);
   std::string NewId();
 
   const Options options_;

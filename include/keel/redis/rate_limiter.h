@@ -83,6 +83,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/node_hash_map.h"
 #include "absl/status/statusor.h"
+#include "keel/async/future.h"
 #include "keel/clock.h"
 #include "keel/deadline.h"
 #include "keel/limit/decision.h"
@@ -223,6 +224,13 @@ class RateLimiter {
   absl::StatusOr<limit::Decision> TryAcquire(Deadline deadline, std::string_view key,
                                              int64_t n = 1);
 
+  // TryAcquire without a thread waiting: returns at once; the future completes on the client's
+  // I/O thread (docs/async.md: never block there) with what TryAcquire would have returned,
+  // fallback and fail_mode included. A denial remembered in the blocked-key cache, or a bad
+  // argument, completes it before it is returned. The limiter must outlive the future's
+  // completion. Requires the multiplexed transport (else FAILED_PRECONDITION).
+  Future<limit::Decision> TryAcquireAsync(Deadline deadline, std::string_view key, int64_t n = 1);
+
   // TryAcquire for each of `keys` (quantity `n` each, independently: one may be admitted while
   // another is denied), in one pipelined round trip; decisions in the order of `keys`.
   // Errors: INVALID_ARGUMENT as TryAcquire (for any key: then nothing is checked); UNAVAILABLE
@@ -268,6 +276,9 @@ class RateLimiter {
   // `now` is "" (TIME) or a time in microseconds.
   absl::StatusOr<limit::Decision> Run(Deadline deadline, std::string_view key, int64_t n,
                                       std::string_view now, Mode mode);
+  // The decision a script reply (or its failure) stands for: what Run returns after the call.
+  absl::StatusOr<limit::Decision> Decide(absl::StatusOr<Reply> reply, std::string_view key,
+                                         int64_t n, Mode mode);
   // The result of a failed call: the local fallback's decision, else fail_mode's (counted).
   absl::StatusOr<limit::Decision> Fail(const absl::Status& cause, std::string_view key, int64_t n,
                                        Mode mode);

@@ -83,7 +83,7 @@ void MuxConnection::Enqueue(std::shared_ptr<Call> call, std::string_view request
     call->expires_at = std::chrono::steady_clock::now() + call->deadline().Remaining();
   }
   calls_total_.fetch_add(1, std::memory_order_relaxed);
-  bool write = false, connect = false, shut = false, full = false, arm = false;
+  bool write = false, connect = false, shut = false, full = false, arm = false, kick = false;
   std::shared_ptr<Socket> direct;
   size_t calls = 0, bytes = 0;
   {
@@ -107,7 +107,15 @@ void MuxConnection::Enqueue(std::shared_ptr<Call> call, std::string_view request
           connect = true;
         } else if (state_ == State::kUp && !writing_) {
           writing_ = true;
-          write = true;
+          if (call->has_callback()) {
+            // A thread submitting callback calls usually submits several in a row: the I/O
+            // thread writes them all at once (one wake-up per batch, not a send per call).
+            loop_writes_ = true;
+            kick = !flush_posted_;
+            flush_posted_ = true;
+          } else {
+            write = true;
+          }
         }
         if (call->expires_at < expiry_armed_) {
           expiry_armed_ = call->expires_at;
@@ -145,6 +153,19 @@ void MuxConnection::Enqueue(std::shared_ptr<Call> call, std::string_view request
     loop_.Post([this] { Connect(); });
   } else if (write) {
     Flush(/*on_loop=*/false);
+  } else if (kick) {
+    loop_.Post([this] {
+      bool flush = false;
+      {
+        MutexLock lock(mu_);
+        flush_posted_ = false;
+        if (loop_writes_ && writing_) {
+          loop_writes_ = false;
+          flush = true;
+        }
+      }
+      if (flush) Flush(/*on_loop=*/true);
+    });
   }
 }
 

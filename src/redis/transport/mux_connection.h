@@ -8,9 +8,10 @@
 //     critical section, so the order of bytes is the order of slots. No I/O under the lock.
 //   - Writing: at most one thread writes at a time (the `writing_` flag), outside the lock,
 //     taking the whole pending buffer out under the lock, so everything queued goes out in one
-//     write. A caller that finds no write in progress writes itself, callback calls included (no
-//     wake-up of the I/O thread to send); a write that hits EAGAIN hands the rest to the I/O
-//     thread, which finishes it on EPOLLOUT.
+//     write. A blocking caller that finds no write in progress writes itself (no wake-up of the
+//     I/O thread to send); a callback call hands the write to the I/O thread with one posted
+//     task per batch, so a thread submitting many in a row gets them out in one write. A write
+//     that hits EAGAIN hands the rest to the I/O thread, which finishes it on EPOLLOUT.
 //   - The I/O thread reads, feeds the matcher, and so completes the calls. Before feeding bytes
 //     it adopts the calls submitted so far: any reply read was sent for bytes written after their
 //     call was listed, so its slot is always there.
@@ -180,6 +181,7 @@ class MuxConnection final : public EventLoop::Watcher {
   size_t calls_ ABSL_GUARDED_BY(mu_) = 0;                              // queued or in flight
   size_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
   bool loop_writes_ ABSL_GUARDED_BY(mu_) = false;  // writing_ was handed to the I/O thread
+  bool flush_posted_ ABSL_GUARDED_BY(mu_) = false;  // a task to flush for callback calls is queued
   bool ever_connected_ ABSL_GUARDED_BY(mu_) = false;
   bool loop_reading_ ABSL_GUARDED_BY(mu_) = false;  // the I/O thread is inside ReadAll
   bool direct_ ABSL_GUARDED_BY(mu_) = false;        // a lone caller reads its own reply
