@@ -65,7 +65,7 @@ TEST_CASE("postgres async calls pipelined over one connection each get their own
   CHECK(pool->GetAsyncStats().connects_total == 1);  // a statement error keeps the connection
 }
 
-TEST_CASE("postgres AsyncPipeline returns one result per statement; a failure skips the rest",
+TEST_CASE("postgres AsyncPipeline returns one result per statement, a failure skips the rest",
           "[postgres][async]") {
   auto pool = MakePool(test::RequireEnv("KEEL_TEST_POSTGRES_URL"));
   std::vector<Statement> batch;
@@ -141,7 +141,7 @@ TEST_CASE("postgres pool destroyed under awaiting coroutines completes them CANC
 
 TEST_CASE(
     "postgres async calls with the server paused hold futures, not threads, and keep the "
-    "connection; kill and restart; backpressure; Shutdown",
+    "connection, kill and restart, backpressure, Shutdown",
     "[postgres][async]") {
   auto server = test::PgServer::StartPrimary();
   REQUIRE(server.ok());

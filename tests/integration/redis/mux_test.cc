@@ -230,6 +230,17 @@ TEST_CASE("redis mux: a slowed and a paused server cost each call only its deadl
   CHECK(stats.late_replies_discarded_total >= 1000);
 }
 
+// Polls `done` every millisecond for up to `limit`.
+template <typename Pred>
+bool WaitFor(Pred done, std::chrono::milliseconds limit = 5s) {
+  const auto until = SteadyTime::now() + limit;
+  while (!done()) {
+    if (SteadyTime::now() > until) return false;
+    std::this_thread::sleep_for(1ms);
+  }
+  return true;
+}
+
 // Run's blocking ECHO: a lone caller reads its own reply.
 absl::StatusOr<std::string> RunEcho(Transport& t, const std::string& value, Deadline deadline) {
   CallResult r =
@@ -238,11 +249,13 @@ absl::StatusOr<std::string> RunEcho(Transport& t, const std::string& value, Dead
   return r.replies[0].str();
 }
 
-TEST_CASE("redis mux: a lone blocking caller reads its own reply; a late one is discarded") {
+TEST_CASE("redis mux: a lone blocking caller reads its own reply, and a late one is discarded") {
   keel::test::RedisServer server({"--enable-debug-command", "yes"});
   Transport t(OptionsFor(server));
   REQUIRE(Echo(t, "warm", Deadline::After(2s)).ok());  // Submit: the I/O thread reads
   CHECK(t.mux->Stats().direct_calls_total == 0);
+  // The warm call's completion runs before the I/O thread retires its slot: idle only then.
+  REQUIRE(WaitFor([&] { return t.mux->Stats().in_flight == 0; }));
   for (int i = 0; i < 100; ++i) {
     const std::string v = "direct" + std::to_string(i);
     REQUIRE(RunEcho(t, v, Deadline::After(2s)).value_or("") == v);
@@ -260,7 +273,7 @@ TEST_CASE("redis mux: a lone blocking caller reads its own reply; a late one is 
     slept_code = r.status.code();
     slept_done = true;
   });
-  while (t.mux->Stats().direct_calls_total < 101) std::this_thread::sleep_for(1ms);
+  REQUIRE(WaitFor([&] { return t.mux->Stats().direct_calls_total == 101; }));
   std::vector<std::unique_ptr<Probe>> probes;
   for (int i = 0; i < 10; ++i) {
     probes.push_back(std::make_unique<Probe>(Deadline::After(2s)));
@@ -287,7 +300,8 @@ TEST_CASE("redis mux: a lone blocking caller reads its own reply; a late one is 
 TEST_CASE("redis mux: a lone caller's connection lost mid-call fails it UNAVAILABLE and recovers") {
   keel::test::RedisServer server({"--enable-debug-command", "yes"});
   Transport t(OptionsFor(server));
-  REQUIRE(RunEcho(t, "warm", Deadline::After(2s)).ok());
+  REQUIRE(RunEcho(t, "warm", Deadline::After(2s)).ok());  // connects: not direct
+  REQUIRE(WaitFor([&] { return t.mux->Stats().in_flight == 0; }));
   const uint64_t direct_before = t.mux->Stats().direct_calls_total;
   absl::StatusCode code = absl::StatusCode::kUnknown;
   std::string message;
@@ -297,7 +311,7 @@ TEST_CASE("redis mux: a lone caller's connection lost mid-call fails it UNAVAILA
     code = r.status.code();
     message = std::string(r.status.message());
   });
-  while (t.mux->Stats().direct_calls_total == direct_before) std::this_thread::sleep_for(1ms);
+  REQUIRE(WaitFor([&] { return t.mux->Stats().direct_calls_total == direct_before + 1; }));
   std::this_thread::sleep_for(50ms);
   const auto killed = SteadyTime::now();
   server.Kill();

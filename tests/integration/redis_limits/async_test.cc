@@ -96,10 +96,10 @@ TEST_CASE("redis rate limiter async: bad input, the pooled transport and a dead 
 }
 
 TEST_CASE(
-    "redis concurrency limiter async: permits up to max; one released on the I/O thread "
+    "redis concurrency limiter async: permits up to max, one released on the I/O thread "
     "frees its slot without blocking it",
     "[redis_limits][async]") {
-  keel::test::RedisServer server;
+  keel::test::RedisServer server({"--enable-debug-command", "yes"});
   auto client = ClientOn(server);
   auto created = ConcurrencyLimiter::Create({.name = "async-conc", .max = 3}, *client);
   REQUIRE(created.ok());
@@ -122,22 +122,22 @@ TEST_CASE(
   CHECK(limiter.Stats().acquired_total == 3);
   CHECK(limiter.Stats().rejected_total == 1);
 
-  // A permit taken and dropped in a continuation on the I/O thread: its release is sent, not
-  // waited for there (a blocking call on that thread would be refused).
-  held.pop_back();  // released here, blocking: a free slot again
-  std::atomic<bool> released_on_loop{false};
+  // A permit dropped in a continuation on the I/O thread (after a DEBUG SLEEP, so the
+  // continuation is attached before the reply comes and runs there): its release is sent, not
+  // waited for (a blocking call on that thread would be refused).
+  std::optional<ConcurrencyLimiter::Permit> last = std::move(held.back());
+  held.pop_back();
+  std::atomic<bool> on_loop{false};
   Promise<bool> done;
   Future<bool> done_future = done.future();
-  limiter.TryAcquireAsync(Deadline::After(5s), "k")
-      .Then([&](absl::StatusOr<std::optional<ConcurrencyLimiter::Permit>> p) {
-        const bool ok = p.ok() && p->has_value();
-        CHECK(client->OnIoThread());
-        if (ok) p->reset();  // Release() on the I/O thread
-        released_on_loop = ok;
-        done.Set(ok);
+  client->AsyncCommand(Deadline::After(5s), "DEBUG", "SLEEP", "0.2")
+      .Then([&](absl::StatusOr<Reply> slept) {
+        on_loop = client->OnIoThread();
+        last.reset();  // Release() on the I/O thread
+        done.Set(slept.ok());
       });
   REQUIRE(done_future.Get(Deadline::After(5s)).value_or(false));
-  CHECK(released_on_loop.load());
+  CHECK(on_loop.load());
   // The ZREM went out before this acquire on the same connection: the slot is free.
   auto again = limiter.TryAcquire(Deadline::After(1s), "k");
   REQUIRE(again.ok());
@@ -147,20 +147,22 @@ TEST_CASE(
 
 TEST_CASE("a blocking call on the client's I/O thread is refused at once, not deadlocked",
           "[redis][async]") {
-  keel::test::RedisServer server;
+  keel::test::RedisServer server({"--enable-debug-command", "yes"});
   auto client = ClientOn(server);
   CHECK_FALSE(client->OnIoThread());
   Promise<absl::StatusCode> seen;
   Future<absl::StatusCode> seen_future = seen.future();
   const auto start = std::chrono::steady_clock::now();
-  client->AsyncCommand(Deadline::After(5s), "PING").Then([&](absl::StatusOr<Reply>) {
-    // On the I/O thread: this call would wait for a reply only this thread can read.
-    seen.Set(client->Command(Deadline::After(2s), "PING").status().code());
-  });
+  // The continuation is attached long before the reply comes: it runs on the I/O thread.
+  client->AsyncCommand(Deadline::After(5s), "DEBUG", "SLEEP", "0.2")
+      .Then([&](absl::StatusOr<Reply>) {
+        // On the I/O thread: this call would wait for a reply only this thread can read.
+        seen.Set(client->Command(Deadline::After(2s), "PING").status().code());
+      });
   absl::StatusOr<absl::StatusCode> code = seen_future.Get(Deadline::After(5s));
   REQUIRE(code.ok());
   CHECK(*code == absl::StatusCode::kFailedPrecondition);
-  CHECK(std::chrono::steady_clock::now() - start < 1s);
+  CHECK(std::chrono::steady_clock::now() - start < 200ms + 500ms);
   CHECK(client->Stats().commands_refused_total >= 1);
   // The client is still fine.
   CHECK(client->Command(Deadline::After(1s), "PING").ok());

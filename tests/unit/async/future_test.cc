@@ -41,7 +41,7 @@ TEST_CASE("future Then runs once with the result, set before or after", "[async]
   }
 }
 
-TEST_CASE("future Then posts to its executor; a throwing callback is dropped", "[async]") {
+TEST_CASE("future Then posts to its executor, a throwing callback is dropped", "[async]") {
   ManualExecutor executor;
   Promise<void> p;
   int calls = 0;

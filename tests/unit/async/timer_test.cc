@@ -87,7 +87,7 @@ Task<int> SleepThenAnswer(Timer& timer) {
   co_return 42;
 }
 
-TEST_CASE("a coroutine sleeps on the timer; Shutdown completes pending sleeps CANCELLED",
+TEST_CASE("a coroutine sleeps on the timer, Shutdown completes pending sleeps CANCELLED",
           "[async]") {
   ManualClock clock;
   auto timer = MakeTimer(clock);

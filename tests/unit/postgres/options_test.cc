@@ -44,7 +44,7 @@ TEST_CASE("postgres pool names the bad field", "[postgres][unit]") {
   }
 }
 
-TEST_CASE("postgres pool errors start with the pool's name; an empty lease is refused",
+TEST_CASE("postgres pool errors start with the pool's name, an empty lease is refused",
           "[postgres][unit]") {
   auto pool = Offline();
   auto lease = pool->Acquire(Deadline::After(1s));  // refused at once: port 1

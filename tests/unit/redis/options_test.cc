@@ -18,7 +18,7 @@ std::string ErrorOf(const char* url) {
 
 }  // namespace
 
-TEST_CASE("redis url: host, port and db are parsed; omitted parts keep their defaults") {
+TEST_CASE("redis url: host, port and db are parsed, omitted parts keep their defaults") {
   auto o = Options::FromUrl("redis://cache.internal:6380/3");
   REQUIRE(o.ok());
   CHECK(o->server == Endpoint{"cache.internal", 6380});

@@ -71,7 +71,7 @@ TEST_CASE("async pipeline: fallback, bulkhead, breaker, retry, timeout around a 
 }
 
 TEST_CASE(
-    "async timeout stage completes DEADLINE_EXCEEDED on the timer; the late result is "
+    "async timeout stage completes DEADLINE_EXCEEDED on the timer, the late result is "
     "dropped",
     "[async][pipeline]") {
   Fixture f;
