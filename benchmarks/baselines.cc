@@ -12,9 +12,11 @@
 #include <pqxx/pqxx>
 #include <string>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
 #include "bench_env.h"
 #include "keel/sync.h"
+#include "zipf.h"
 
 namespace {
 
@@ -57,6 +59,36 @@ void BM_Baseline_KeelMutexLockUnlock(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_Baseline_KeelMutexLockUnlock)->Threads(1)->Threads(2);
+
+// The floor of a local cache hit: an absl::flat_hash_map<std::string, uint64_t> lookup of a
+// 16-byte key under one absl::Mutex, over the same 1M keys and Zipf(0.99) order as
+// BM_LocalStore_Hit (benchmarks/zipf.h). Items per second is the throughput of all threads.
+void BM_Baseline_MutexFlatHashMapHit(benchmark::State& state) {
+  const keel::bench::HitWorkload& w = keel::bench::Hits();
+  static absl::Mutex mu;
+  static const auto* map = [&] {
+    auto* m = new absl::flat_hash_map<std::string, uint64_t>;
+    m->reserve(w.keys.size());
+    for (size_t i = 0; i < w.keys.size(); ++i) m->emplace(w.keys[i], i);
+    return m;
+  }();
+  size_t i = static_cast<size_t>(state.thread_index()) * (keel::bench::kHitOrder / 2);
+  uint64_t misses = 0;
+  for (auto _ : state) {
+    const std::string& key = w.keys[w.order[i++ & (keel::bench::kHitOrder - 1)]];
+    mu.Lock();
+    const auto it = map->find(key);
+    if (it == map->end()) {
+      ++misses;
+    } else {
+      benchmark::DoNotOptimize(it->second);
+    }
+    mu.Unlock();
+  }
+  if (misses > 0) state.SkipWithError("a key was missing");
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_Baseline_MutexFlatHashMapHit)->UseRealTime()->Threads(1)->Threads(2);
 
 struct RedisContextDeleter {
   void operator()(redisContext* c) const { redisFree(c); }

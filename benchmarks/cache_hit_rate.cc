@@ -27,6 +27,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "keel/cache/local_store.h"
+#include "zipf.h"
 
 namespace {
 
@@ -50,25 +51,9 @@ struct Trace {
   std::vector<uint32_t> keys;
 };
 
-// Zipf(s) over ranks [0, n): inverse CDF by binary search on a table, exact and deterministic.
-class Zipf {
- public:
-  Zipf(uint32_t n, double s) : cdf_(n) {
-    double sum = 0;
-    for (uint32_t i = 0; i < n; ++i) cdf_[i] = (sum += 1.0 / std::pow(i + 1.0, s));
-    for (double& c : cdf_) c /= sum;
-  }
-  uint32_t operator()(std::mt19937_64& rng) const {
-    const double u = std::uniform_real_distribution<double>(0, 1)(rng);
-    return static_cast<uint32_t>(std::lower_bound(cdf_.begin(), cdf_.end(), u) - cdf_.begin());
-  }
-
- private:
-  std::vector<double> cdf_;
-};
-
-// Key ids are scrambled by a fixed odd multiplier so rank order does not follow key order.
-uint32_t Scramble(uint32_t rank) { return rank * 2654435761U; }
+using keel::bench::KeyOf;
+using keel::bench::Scramble;
+using keel::bench::Zipf;
 
 Trace ZipfTrace(double s, uint64_t seed) {
   Trace t{"Zipf " + std::to_string(s).substr(0, 3), Target::kZipf, {}};
@@ -103,15 +88,6 @@ Trace LoopTrace(uint32_t length, Target target) {
   for (size_t i = 0; i < kAccesses; ++i)
     t.keys.push_back(Scramble(static_cast<uint32_t>(i % length)));
   return t;
-}
-
-// A 16-byte key for an id, without allocating: "key:" + 12 hex digits.
-std::string_view KeyOf(uint32_t id, char (&buf)[16]) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::memcpy(buf, "key:", 4);
-  uint64_t v = id;
-  for (int i = 15; i >= 4; --i, v >>= 4) buf[i] = kHex[v & 15];
-  return {buf, 16};
 }
 
 double StoreHitRate(const Trace& t, size_t size, Eviction eviction) {
