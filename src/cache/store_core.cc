@@ -183,7 +183,13 @@ StoreCore::StoreCore(const CoreOptions& options, Destroy destroy, Clock& clock)
       clock_(clock),
       destroy_(destroy),
       shard_count_(EffectiveShards(options)),
-      shard_mask_(shard_count_ - 1) {
+      shard_mask_(shard_count_ - 1),
+      // The last shard's share is the smallest.
+      max_entries_per_shard_(ShareOf(options.max_entries, shard_count_, shard_count_ - 1)),
+      max_weight_per_shard_(
+          options.max_weight
+              ? std::optional<uint64_t>(ShareOf(options.max_weight, shard_count_, shard_count_ - 1))
+              : std::nullopt) {
   shards_.reserve(shard_count_);
   for (size_t i = 0; i < shard_count_; ++i) {
     const Usage budget{ShareOf(options.max_entries, shard_count_, i),
@@ -207,19 +213,6 @@ uint64_t StoreCore::Hash(std::string_view key) {
 
 StoreCore::Shard& StoreCore::ShardOf(uint64_t hash) const {
   return *shards_[static_cast<size_t>(hash >> 40) & shard_mask_];
-}
-
-size_t StoreCore::max_entries_per_shard() const {
-  MutexLock lock(shards_[0]->mu);
-  return shards_[0]->policy.budget().entries;
-}
-
-std::optional<uint64_t> StoreCore::max_weight_per_shard() const {
-  // The last shard's share is the smallest.
-  MutexLock lock(shards_.back()->mu);
-  const uint64_t w = shards_.back()->policy.budget().weight;
-  if (w == std::numeric_limits<uint64_t>::max()) return std::nullopt;
-  return w;
 }
 
 bool StoreCore::Get(std::string_view key, Reader read, void* out, Removals& removed) {

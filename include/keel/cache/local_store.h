@@ -220,7 +220,7 @@ class LocalStore {
     V value;
 
     static Node* Make(std::string_view key, V value) {
-      void* mem = ::operator new(sizeof(Node) + key.size(), std::align_val_t(alignof(Node)));
+      void* mem = Allocate(sizeof(Node) + key.size());
       Node* node = new (mem) Node(std::move(value));
       node->key_size = static_cast<uint32_t>(key.size());
       node->key_offset = static_cast<uint32_t>(sizeof(Node));
@@ -230,7 +230,22 @@ class LocalStore {
     static void Destroy(internal::NodeBase* base) {
       Node* node = static_cast<Node*>(base);
       node->~Node();
-      ::operator delete(static_cast<void*>(node), std::align_val_t(alignof(Node)));
+      Free(node);
+    }
+
+   private:
+    // The aligned operator new only when V needs it: the plain one is cheaper.
+    static constexpr bool kOverAligned = alignof(Node) > __STDCPP_DEFAULT_NEW_ALIGNMENT__;
+    static void* Allocate(size_t bytes) {
+      if constexpr (kOverAligned) return ::operator new(bytes, std::align_val_t(alignof(Node)));
+      return ::operator new(bytes);
+    }
+    static void Free(void* p) {
+      if constexpr (kOverAligned) {
+        ::operator delete(p, std::align_val_t(alignof(Node)));
+      } else {
+        ::operator delete(p);
+      }
     }
   };
 

@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "keel/cache/local_store.h"
 
 using namespace std::chrono_literals;
@@ -63,7 +64,7 @@ void Hammer(Eviction eviction) {
       int64_t mine = 0;
       for (int i = 0; i < kOpsPerThread; ++i) {
         x = x * 6364136223846793005ULL + 1442695040888963407ULL;
-        const std::string key = "k" + std::to_string((x >> 33) % 2000);
+        const std::string key = absl::StrCat("k", (x >> 33) % 2000);
         const int op = static_cast<int>((x >> 20) % 100);
         if (op < 60) {
           (void)store->GetEntry(key);

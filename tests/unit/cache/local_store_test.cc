@@ -5,6 +5,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "keel/metrics.h"
 
 using namespace std::chrono_literals;
@@ -16,7 +17,7 @@ namespace {
 
 using Store = LocalStore<std::string>;
 
-std::string Key(int i) { return "key-" + std::to_string(i); }
+std::string Key(int i) { return absl::StrCat("key-", i); }
 
 // Which keys of [0, n) the store holds (Get would count hits: read through GetEntry's
 // absence instead is the same, so tests use Contains only after the sequence they check).
@@ -94,7 +95,7 @@ TEST_CASE("W-TinyLFU keeps a frequently used key through a one-time scan that LR
     }
     // A scan of 1000 keys never seen before and never seen again.
     for (int i = 0; i < 1000; ++i) {
-      const std::string k = "scan-" + std::to_string(i);
+      const std::string k = absl::StrCat("scan-", i);
       if (!store->Get(k)) REQUIRE(store->Put(k, "cold").ok());
     }
     return Held(*store, 50).size();
@@ -268,20 +269,25 @@ TEST_CASE("Erase and Clear remove entries as explicit removals") {
 TEST_CASE("a removal listener that calls back into the store does not deadlock") {
   std::unique_ptr<Store> store;
   int reentered = 0;
-  store = Store::Create({.max_entries = 2,
-                         .eviction = Eviction::kLru,
-                         .shards = 1,
-                         .removal_listener =
-                             [&](std::string_view key, const std::string&, RemovalCause c) {
-                               // Same shard (there is one): this would deadlock under its lock.
-                               ++reentered;
-                               CHECK_FALSE(store->Get(key));
-                               if (c == RemovalCause::kSize && !key.starts_with("log:")) {
-                                 CHECK(store->Put("log:" + std::string(key), "evicted").ok());
-                               }
-                               (void)store->Stats();
-                             }})
-              .value();
+  store =
+      Store::Create(
+          {.max_entries = 2,
+           .eviction = Eviction::kLru,
+           .shards = 1,
+           .removal_listener =
+               [&](std::string_view key, const std::string&, RemovalCause c) {
+                 // Same shard (there is one): this would deadlock under its lock.
+                 ++reentered;
+                 CHECK_FALSE(store->Get(key));
+                 if (c == RemovalCause::kSize && !key.starts_with("log:")) {
+                   CHECK(store
+                             ->Put(absl::StrCat("log:", absl::string_view(key.data(), key.size())),
+                                   "evicted")
+                             .ok());
+                 }
+                 (void)store->Stats();
+               }})
+          .value();
   REQUIRE(store->Put("a", "1").ok());
   REQUIRE(store->Put("b", "2").ok());
   // Evicts a; the listener puts log:a, which evicts b, whose listener puts log:b, evicting c, ...

@@ -114,8 +114,8 @@ class StoreCore {
   const std::string& name() const { return name_; }
   size_t shards() const { return shard_count_; }
   // What one shard may hold; an entry heavier than max_weight_per_shard() is refused.
-  size_t max_entries_per_shard() const;
-  std::optional<uint64_t> max_weight_per_shard() const;
+  size_t max_entries_per_shard() const { return max_entries_per_shard_; }
+  std::optional<uint64_t> max_weight_per_shard() const { return max_weight_per_shard_; }
   Clock& clock() const { return clock_; }
 
  private:
@@ -128,6 +128,9 @@ class StoreCore {
   const size_t shard_count_;
   // (hash >> 40) & shard_mask_ is the shard: bits the table's probing and the sketch never use.
   const size_t shard_mask_;
+  // The smallest shard's share of each bound (SIZE_MAX / nullopt: unbounded).
+  const size_t max_entries_per_shard_;
+  const std::optional<uint64_t> max_weight_per_shard_;
   std::vector<std::unique_ptr<Shard>> shards_;
   // Relaxed: a count, ordering nothing.
   std::atomic<uint64_t> listener_errors_{0};
