@@ -40,18 +40,29 @@ void FrequencySketch::EnsureCapacity(size_t capacity) {
   additions_ = 0;
 }
 
-void FrequencySketch::Increment(uint64_t hash) {
+FrequencySketch::Counters FrequencySketch::Locate(uint64_t hash) const {
   const uint32_t block_hash = Spread(static_cast<uint32_t>(hash));
   const uint32_t counter_hash = Rehash(block_hash);
   const size_t block = (block_hash & block_mask_) << 3;
+  Counters c;
+  for (int i = 0; i < 4; ++i) {
+    // Byte i of the counter hash: its low bit picks a word of the i-th pair, the next four bits
+    // one of the word's 16 counters.
+    const uint32_t h = counter_hash >> (i << 3);
+    c.word[i] = block + (h & 1) + (static_cast<size_t>(i) << 1);
+    c.shift[i] = static_cast<int>((h >> 1) & 15) << 2;
+  }
+  return c;
+}
+
+void FrequencySketch::Increment(uint64_t hash) {
+  const Counters c = Locate(hash);
   bool added = false;
   for (int i = 0; i < 4; ++i) {
-    const uint32_t h = counter_hash >> (i << 3);
-    const int shift = static_cast<int>((h >> 1) & 15) << 2;
-    uint64_t& word = table_[block + (h & 1) + (static_cast<size_t>(i) << 1)];
-    const uint64_t mask = uint64_t{0xf} << shift;
+    uint64_t& word = table_[c.word[i]];
+    const uint64_t mask = uint64_t{0xf} << c.shift[i];
     if ((word & mask) != mask) {
-      word += uint64_t{1} << shift;
+      word += uint64_t{1} << c.shift[i];
       added = true;
     }
   }
@@ -59,15 +70,10 @@ void FrequencySketch::Increment(uint64_t hash) {
 }
 
 int FrequencySketch::Frequency(uint64_t hash) const {
-  const uint32_t block_hash = Spread(static_cast<uint32_t>(hash));
-  const uint32_t counter_hash = Rehash(block_hash);
-  const size_t block = (block_hash & block_mask_) << 3;
+  const Counters c = Locate(hash);
   int frequency = kMaxCount;
   for (int i = 0; i < 4; ++i) {
-    const uint32_t h = counter_hash >> (i << 3);
-    const int shift = static_cast<int>((h >> 1) & 15) << 2;
-    const uint64_t word = table_[block + (h & 1) + (static_cast<size_t>(i) << 1)];
-    frequency = std::min(frequency, static_cast<int>((word >> shift) & 0xf));
+    frequency = std::min(frequency, static_cast<int>((table_[c.word[i]] >> c.shift[i]) & 0xf));
   }
   return frequency;
 }

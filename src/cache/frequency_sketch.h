@@ -50,6 +50,12 @@ class FrequencySketch {
   size_t bytes() const { return table_.size() * sizeof(uint64_t); }
 
  private:
+  // Where a key's four counters are: word index and bit shift of each.
+  struct Counters {
+    size_t word[4];
+    int shift[4];
+  };
+  Counters Locate(uint64_t hash) const;
   void Age();
 
   std::vector<uint64_t> table_;

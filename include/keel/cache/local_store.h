@@ -43,6 +43,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -126,33 +127,10 @@ class LocalStore {
   }
 
   // The live value of `key` (a copy), or nullopt. Counts a hit or a miss.
-  std::optional<V> Get(std::string_view key) {
-    std::optional<V> out;
-    internal::Removals removed;
-    core_.Get(
-        key,
-        [](const internal::NodeBase& n, void* o) {
-          static_cast<std::optional<V>*>(o)->emplace(static_cast<const Node&>(n).value);
-        },
-        &out, removed);
-    Deliver(removed);
-    return out;
-  }
+  std::optional<V> Get(std::string_view key) { return Read<V>(key); }
 
   // As Get, with the entry's metadata.
-  std::optional<Found> GetEntry(std::string_view key) {
-    std::optional<Found> out;
-    internal::Removals removed;
-    core_.Get(
-        key,
-        [](const internal::NodeBase& n, void* o) {
-          static_cast<std::optional<Found>*>(o)->emplace(
-              Found{static_cast<const Node&>(n).value, n.Metadata()});
-        },
-        &out, removed);
-    Deliver(removed);
-    return out;
-  }
+  std::optional<Found> GetEntry(std::string_view key) { return Read<Found>(key); }
 
   // Stores `value` under `key`, replacing any value it had; the entry lives for `options.ttl`
   // (default: the store's default_ttl). The policy may evict other entries, or under W-TinyLFU
@@ -254,6 +232,26 @@ class LocalStore {
         weigher_(std::move(options.weigher)),
         listener_(std::move(options.removal_listener)),
         core_(core, &Node::Destroy, clock) {}
+
+  // A hit's value (Out = V) or value and metadata (Out = Found), copied out under the lock.
+  template <typename Out>
+  std::optional<Out> Read(std::string_view key) {
+    std::optional<Out> out;
+    internal::Removals removed;
+    core_.Get(
+        key,
+        [](const internal::NodeBase& n, void* o) {
+          const Node& node = static_cast<const Node&>(n);
+          if constexpr (std::is_same_v<Out, Found>) {
+            static_cast<std::optional<Out>*>(o)->emplace(Found{node.value, n.Metadata()});
+          } else {
+            static_cast<std::optional<Out>*>(o)->emplace(node.value);
+          }
+        },
+        &out, removed);
+    Deliver(removed);
+    return out;
+  }
 
   // Runs outside every lock: tells the listener, then frees the nodes.
   void Deliver(internal::Removals& removed) {
