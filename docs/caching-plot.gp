@@ -19,6 +19,7 @@ set grid ytics
 set key top left
 set xtics rotate by -35 scale 0
 set bmargin 7
+set rmargin 10
 plot data using 3:xtic(sprintf("%s @ %d", stringcolumn(1), column(2))) every ::1 title "LRU" lc rgb "#999999", \
      '' using 4 every ::1 title "W-TinyLFU" lc rgb "#1f77b4", \
      '' using 5 every ::1 title "Belady (offline optimum)" lc rgb "#2ca02c"
