@@ -15,12 +15,12 @@
 // budget (1% of the shard), its LRU nodes move to probation's MRU end and become candidates. While
 // the shard is over budget, the first candidate is compared with probation's LRU node (the
 // victim): the one with the lower sketch frequency is evicted, the victim winning ties (a warm
-// candidate, frequency >= 6, still wins 1 in 128 ties at random, Caffeine's defence against an
-// attacker inflating victims' counts through hash collisions). A hit in probation promotes the
-// node to protected (80% of the main space), whose LRU overflow is demoted back to probation's
-// MRU end. Every hit and every Put increments the sketch. Caffeine also adapts the window size by
-// hill climbing; keel keeps the window at 1% (see docs/caching.md for what that costs on
-// recency-heavy traces).
+// candidate, frequency >= 6, that does not win outright is still admitted 1 time in 128 at
+// random: Caffeine's defence against an attacker inflating victims' counts through collisions). A
+// hit in probation promotes the node to protected (80% of the main space), whose LRU overflow is
+// demoted back to probation's MRU end. Every hit and every Put increments the sketch. Caffeine also
+// adapts the window size by hill climbing; keel keeps the window at 1% (see docs/caching.md for
+// what that costs on recency-heavy traces).
 //
 // Not thread-safe: used under the shard's lock.
 #pragma once
