@@ -126,3 +126,60 @@ TEST_CASE("policy keeps its books and its budgets through random traffic") {
     CheckBooks(policy);
   }
 }
+
+namespace {
+
+// One admission duel in a 2-entry W-TinyLFU (window 1, main 1): a victim read `victim_reads`
+// times sits in probation; a candidate read `candidate_reads` times leaves the window. True if
+// the candidate was admitted (the victim evicted). Each Put and read counts once in the sketch.
+bool CandidateAdmitted(int candidate_reads, uint64_t seed, int victim_reads = 15) {
+  Policy p(Eviction::kWTinyLfu, {2, UINT64_MAX}, seed);
+  NodeBase victim, filler, candidate, pusher;
+  victim.hash = Mix(1);
+  filler.hash = Mix(2);
+  candidate.hash = Mix(3);
+  pusher.hash = Mix(4);
+  Victims out;
+  p.Insert(&victim, out);
+  for (int i = 0; i < victim_reads; ++i) p.Access(&victim);
+  p.Insert(&filler, out);  // the victim moves to probation
+  REQUIRE(out.empty());
+  p.Remove(&filler);
+  p.Insert(&candidate, out);
+  for (int i = 0; i < candidate_reads; ++i) p.Access(&candidate);
+  p.Insert(&pusher, out);  // the candidate leaves the window: the duel
+  REQUIRE(out.size() == 1);
+  REQUIRE((out[0] == &victim || out[0] == &candidate));
+  return out[0] == &victim;
+}
+
+}  // namespace
+
+TEST_CASE("W-TinyLFU admits a warm but less frequent candidate about 1 time in 128") {
+  int warm = 0, cold = 0, more_frequent = 0;
+  for (uint64_t seed = 1; seed <= 1280; ++seed) {
+    warm += CandidateAdmitted(/*candidate_reads=*/7, seed);  // frequency 8: >= 6, < 15
+    cold += CandidateAdmitted(/*candidate_reads=*/3, seed);  // frequency 4: never
+  }
+  for (uint64_t seed = 1; seed <= 10; ++seed) {
+    more_frequent += CandidateAdmitted(/*candidate_reads=*/4, seed, /*victim_reads=*/2);
+  }
+  CHECK(cold == 0);
+  CHECK(warm >= 3);  // 10 expected
+  CHECK(warm <= 25);
+  CHECK(more_frequent == 10);  // a candidate estimated more frequent always wins
+}
+
+TEST_CASE("a sketch of a store bounded by weight only grows with its entries") {
+  Policy p(Eviction::kWTinyLfu, {SIZE_MAX, 1'000'000}, 1);
+  REQUIRE(p.sketch()->words() == FrequencySketch::kMinWords);
+  std::vector<std::unique_ptr<NodeBase>> nodes;
+  Victims out;
+  for (uint64_t i = 0; i < 1000; ++i) {
+    nodes.push_back(std::make_unique<NodeBase>());
+    nodes.back()->hash = Mix(i);
+    p.Insert(nodes.back().get(), out);
+  }
+  CHECK(out.empty());
+  CHECK(p.sketch()->words() >= 1000);
+}
