@@ -201,7 +201,7 @@ class LocalStore {
     static Node* Make(std::string_view key, V value) {
       void* mem = Allocate(sizeof(Node) + key.size());
       Node* node = new (mem) Node(std::move(value));
-      node->key_size = static_cast<uint32_t>(key.size());
+      node->key_size = key.size();
       node->key_offset = static_cast<uint32_t>(sizeof(Node));
       std::char_traits<char>::copy(static_cast<char*>(mem) + sizeof(Node), key.data(), key.size());
       return node;

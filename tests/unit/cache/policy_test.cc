@@ -183,3 +183,8 @@ TEST_CASE("a sketch of a store bounded by weight only grows with its entries") {
   CHECK(out.empty());
   CHECK(p.sketch()->words() >= 1000);
 }
+
+TEST_CASE("an entry's node stays 72 bytes") {
+  // docs/caching.md's memory figures assume it.
+  CHECK(sizeof(NodeBase) == 72);
+}

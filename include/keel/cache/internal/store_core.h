@@ -38,7 +38,7 @@ struct NodeBase {
   TimePoint written{};
   TimePoint expires = TimePoint::max();  // TimePoint::max(): never
   Duration load_time{};
-  uint32_t key_size = 0;
+  size_t key_size = 0;  // size_t: any key a string_view can hold, never truncated
   uint32_t key_offset = 0;
   uint8_t queue = 0;  // which policy list: Policy::Queue
 
