@@ -14,11 +14,11 @@
 // - TTL per entry (PutOptions::ttl, or the store's default_ttl); no TTL means no expiry. Expiry is
 //   lazy and exact for readers: an expired entry is never returned, and is removed when read,
 //   when it would be evicted, or by PurgeExpired(); until then it takes its slot.
-// - Each entry carries metadata (write time, expiry, load time, weight: GetEntry) for refresh-
-//   after-write and probabilistic early expiration layered above.
+// - Each entry carries metadata (write time, expiry, load time, weight: GetEntry), what a caller
+//   needs to refresh entries by age or recompute them early (XFetch's delta is the load time).
 // - A removal listener hears every removal with its cause, after the shard's lock is released
 //   (it may call back into the store). An exception it throws is caught and counted.
-// - Get/Put/Erase are O(1). Memory per entry: docs/caching.md ("Memory").
+// - Get/Put/Erase are O(1). Memory per entry: docs/caching.md ("Memory per entry").
 //
 // Thread safety: thread-safe. The value is copied out under its shard's lock: for large values,
 // store a `std::shared_ptr<const T>`.
