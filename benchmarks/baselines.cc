@@ -1,20 +1,26 @@
 // The physical floors every keel benchmark target is a ratio to, measured in the same run:
-// a steady-clock read, a clock read plus one uncontended CAS, an absl::Mutex lock/unlock, a
-// hiredis PING round trip, a trivial EVALSHA, and a libpqxx SELECT 1. The server floors read
+// a steady-clock read, a clock read plus one uncontended CAS, an absl::Mutex lock/unlock, one
+// random memory load, a flat_hash_map hit under a mutex, a hiredis PING round trip, a trivial
+// EVALSHA, and a libpqxx SELECT 1. The server floors read
 // KEEL_TEST_REDIS_URL / KEEL_TEST_POSTGRES_URL and skip with a message when they are absent.
 #include <benchmark/benchmark.h>
 #include <hiredis/hiredis.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <memory>
 #include <pqxx/pqxx>
+#include <random>
 #include <string>
+#include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
 #include "bench_env.h"
 #include "keel/sync.h"
+#include "zipf.h"
 
 namespace {
 
@@ -57,6 +63,57 @@ void BM_Baseline_KeelMutexLockUnlock(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_Baseline_KeelMutexLockUnlock)->Threads(1)->Threads(2);
+
+// One random load from memory: a dependent pointer chase through a 64 MiB random cycle, so
+// every load misses the caches (what a cold entry of a large in-memory table costs per access).
+void BM_Baseline_RandomMemoryLoad(benchmark::State& state) {
+  static const std::vector<uint32_t>* next = [] {
+    const size_t n = size_t{16} << 20;  // 16M uint32_t = 64 MiB
+    std::vector<uint32_t> order(n);
+    for (size_t i = 0; i < n; ++i) order[i] = static_cast<uint32_t>(i);
+    std::mt19937_64 rng(7);
+    std::shuffle(order.begin(), order.end(), rng);
+    auto* cycle = new std::vector<uint32_t>(n);
+    for (size_t i = 0; i < n; ++i) (*cycle)[order[i]] = order[(i + 1) % n];
+    return cycle;
+  }();
+  uint32_t p = 0;
+  for (auto _ : state) {
+    p = (*next)[p];
+    benchmark::DoNotOptimize(p);
+  }
+}
+BENCHMARK(BM_Baseline_RandomMemoryLoad);
+
+// The floor of a local cache hit: an absl::flat_hash_map<std::string, uint64_t> lookup of a
+// 16-byte key under one absl::Mutex, over the same 1M keys and Zipf(0.99) order as
+// BM_LocalStore_Hit (benchmarks/zipf.h). Items per second is the throughput of all threads.
+void BM_Baseline_MutexFlatHashMapHit(benchmark::State& state) {
+  const keel::bench::HitWorkload& w = keel::bench::Hits();
+  static absl::Mutex mu;
+  static const auto* map = [&] {
+    auto* m = new absl::flat_hash_map<std::string, uint64_t>;
+    m->reserve(w.keys.size());
+    for (size_t i = 0; i < w.keys.size(); ++i) m->emplace(w.keys[i], i);
+    return m;
+  }();
+  size_t i = static_cast<size_t>(state.thread_index()) * (keel::bench::kHitOrder / 2);
+  uint64_t misses = 0;
+  for (auto _ : state) {
+    const std::string& key = w.keys[w.order[i++ & (keel::bench::kHitOrder - 1)]];
+    mu.Lock();
+    const auto it = map->find(key);
+    if (it == map->end()) {
+      ++misses;
+    } else {
+      benchmark::DoNotOptimize(it->second);
+    }
+    mu.Unlock();
+  }
+  if (misses > 0) state.SkipWithError("a key was missing");
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_Baseline_MutexFlatHashMapHit)->UseRealTime()->Threads(1)->Threads(2);
 
 struct RedisContextDeleter {
   void operator()(redisContext* c) const { redisFree(c); }

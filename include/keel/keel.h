@@ -19,6 +19,8 @@
 #include "keel/async/future.h"
 #include "keel/async/task.h"
 #include "keel/async/timer.h"
+#include "keel/cache/local_store.h"
+#include "keel/cache/store_types.h"
 #include "keel/clock.h"
 #include "keel/config.h"
 #include "keel/deadline.h"
