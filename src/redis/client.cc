@@ -601,6 +601,7 @@ TransportStats Client::MuxStats(uint64_t* late_closed) const {
     total.late_replies_discarded_total += s.late_replies_discarded_total;
     total.rejected_full_total += s.rejected_full_total;
     total.reconnects_total += s.reconnects_total;
+    total.direct_calls_total += s.direct_calls_total;
     total.in_flight += s.in_flight;
     total.queued_bytes += s.queued_bytes;
     if (late_closed != nullptr) *late_closed += s.late_connections_closed_total;

@@ -107,6 +107,9 @@ struct TransportStats {
   uint64_t rejected_full_total = 0;
   // Connections made after a connection was lost or closed.
   uint64_t reconnects_total = 0;
+  // Blocking calls that found the connection idle and read their own reply (no I/O thread
+  // hand-off; docs/redis-transport.md).
+  uint64_t direct_calls_total = 0;
   // Calls queued or awaiting replies now, and their request bytes (gauges).
   uint64_t in_flight = 0;
   uint64_t queued_bytes = 0;
