@@ -3,8 +3,8 @@
 // One thread running epoll over the sockets it watches, an eventfd that wakes it for posted
 // tasks, and a deadline heap of timers (on the steady clock). Everything a watcher, a task or a
 // timer does runs on that thread and must never block for long: a blocked I/O thread delays
-// every call of the client. (The one exception, written down where it happens: a connection's
-// setup (TCP connect, AUTH, SELECT, ROLE) runs on it, bounded by connect_timeout.)
+// every call of the client. (A connection's blocking setup runs on a connector thread of its
+// own for that reason: mux_connection.h.)
 //
 // Thread safety: Post, InLoop and Rewatch are thread-safe (Rewatch is one epoll_ctl: a caller
 // reading its own reply disarms and re-arms its socket with it); Watch, Unwatch and At are for the

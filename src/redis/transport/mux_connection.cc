@@ -51,6 +51,9 @@ MuxConnection::MuxConnection(Options options, EventLoop& loop, Connector connect
 }
 
 MuxConnection::~MuxConnection() {
+  // Bounded by connect_timeout: a setup still running finishes (its result is dropped with the
+  // stopped loop's tasks).
+  if (connector_.joinable()) connector_.join();
   // The loop is stopped: whatever Shutdown's task did not reach is cancelled here.
   std::vector<std::shared_ptr<Call>> listed;
   {
@@ -491,9 +494,34 @@ void MuxConnection::Connect() {
     MutexLock lock(mu_);
     if (shutdown_) return;
   }
-  // Blocking, on the I/O thread, bounded by connect_timeout (see the banner).
-  absl::StatusOr<std::unique_ptr<Connection>> conn =
-      connect_(Deadline::After(options_.connect_timeout));
+  if (connecting_) return;  // one setup at a time; its end decides what comes next
+  connecting_ = true;
+  // The previous connector has posted its result, so it is ending: joining it is immediate.
+  if (connector_.joinable()) connector_.join();
+  // The setup is blocking (TCP connect, AUTH, SELECT, ROLE), bounded by connect_timeout: on a
+  // thread of its own, so a slow or paused server never stalls the I/O thread, whose timers
+  // fail async calls at their deadlines meanwhile.
+  connector_ = std::thread([this] {
+    auto conn = std::make_shared<absl::StatusOr<std::unique_ptr<Connection>>>(
+        connect_(Deadline::After(options_.connect_timeout)));
+    // Dropped (closing the connection) when the loop has stopped.
+    loop_.Post([this, conn] { Connected(std::move(*conn)); });
+  });
+}
+
+void MuxConnection::Connected(absl::StatusOr<std::unique_ptr<Connection>> conn) {
+  connecting_ = false;
+  bool shut = false;
+  {
+    MutexLock lock(mu_);
+    shut = shutdown_;
+  }
+  if (shut) {
+    // Shut down while connecting: Shutdown's task has failed the calls; the connection closes
+    // here, never watched.
+    Close(absl::StatusCode::kCancelled, StrCat(options_.name, ": client shut down"), false);
+    return;
+  }
   int fd = -1;
   if (conn.ok()) {
     conn_name_ = StrCat("redis \"", (*conn)->endpoint().ToString(), "\"");
@@ -542,11 +570,8 @@ void MuxConnection::Connect() {
   bool flush = false;
   {
     MutexLock lock(mu_);
-    if (shutdown_) {
-      // Shutdown's task runs next and closes it.
-    } else {
-      state_ = State::kUp;
-    }
+    // A Shutdown from now on posts its Close after this task: it closes this socket.
+    if (!shutdown_) state_ = State::kUp;
     socket_ = sock;
     if (ever_connected_) reconnects_.fetch_add(1, std::memory_order_relaxed);
     ever_connected_ = true;

@@ -36,8 +36,9 @@
 //   - Shutdown fails everything with CANCELLED.
 //
 // The connection's setup (TCP connect, AUTH, SELECT, and ROLE in Sentinel mode) is the blocking
-// Connection::Connect, run on the I/O thread and bounded by connect_timeout; the socket is then
-// taken over non-blocking.
+// Connection::Connect, run on a connector thread of its own (one at a time per connection) and
+// bounded by connect_timeout, so a slow or paused server never stalls the I/O thread; the socket
+// is then handed to the I/O thread and taken over non-blocking.
 //
 // Thread safety: Submit, Reconnect, Stats and Shutdown are thread-safe; the rest runs on the
 // loop thread.
@@ -50,6 +51,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -131,7 +133,10 @@ class MuxConnection final : public EventLoop::Watcher {
   // Submit, or Run's submission when `may_read_reply`.
   void Enqueue(std::shared_ptr<Call> call, std::string_view request, bool may_read_reply)
       ABSL_LOCKS_EXCLUDED(mu_);
+  // Loop thread: starts the setup on the connector thread (unless one runs).
   void Connect() ABSL_LOCKS_EXCLUDED(mu_);
+  // Loop thread: installs the setup's result, or fails the calls waiting for it.
+  void Connected(absl::StatusOr<std::unique_ptr<Connection>> conn) ABSL_LOCKS_EXCLUDED(mu_);
   // Writes the pending buffer until it is empty, EAGAIN (handed to the I/O thread) or an error.
   // REQUIRES: the caller set writing_.
   void Flush(bool on_loop) ABSL_LOCKS_EXCLUDED(mu_);
@@ -180,7 +185,7 @@ class MuxConnection final : public EventLoop::Watcher {
   std::vector<std::shared_ptr<Call>> submitted_ ABSL_GUARDED_BY(mu_);  // not yet in the matcher
   size_t calls_ ABSL_GUARDED_BY(mu_) = 0;                              // queued or in flight
   size_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
-  bool loop_writes_ ABSL_GUARDED_BY(mu_) = false;  // writing_ was handed to the I/O thread
+  bool loop_writes_ ABSL_GUARDED_BY(mu_) = false;   // writing_ was handed to the I/O thread
   bool flush_posted_ ABSL_GUARDED_BY(mu_) = false;  // a task to flush for callback calls is queued
   bool ever_connected_ ABSL_GUARDED_BY(mu_) = false;
   bool loop_reading_ ABSL_GUARDED_BY(mu_) = false;  // the I/O thread is inside ReadAll
@@ -194,6 +199,8 @@ class MuxConnection final : public EventLoop::Watcher {
   std::shared_ptr<Socket> read_socket_;  // the socket the loop watches
   std::string conn_name_;                // `redis "host:port"` of the current connection
   std::vector<std::shared_ptr<Call>> adopting_;
+  bool connecting_ = false;  // the connector thread runs a setup
+  std::thread connector_;    // started and joined on the loop thread; joined by the destructor
   std::unique_ptr<char[]> read_buf_;
   // The direct caller's only (it owns direct_).
   ReplyMatcher direct_matcher_;

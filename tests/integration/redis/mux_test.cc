@@ -329,6 +329,37 @@ TEST_CASE("redis mux: a lone caller's connection lost mid-call fails it UNAVAILA
   CHECK(t.mux->Stats().in_flight == 0);
 }
 
+TEST_CASE("redis mux: a setup hanging on a paused server does not stall async deadlines") {
+  // AUTH makes the setup wait for the server after the kernel accepted the TCP connection.
+  keel::test::RedisServer server({"--requirepass", "s3cret"});
+  auto o = Options::FromUrl("redis://:s3cret@127.0.0.1:" + std::to_string(server.port()));
+  REQUIRE(o.ok());
+  o->connect_timeout = 1s;
+  Transport t(*o);
+  server.Stop();
+  std::vector<std::unique_ptr<Probe>> probes;
+  std::vector<int64_t> deadlines_ns;
+  for (int i = 0; i < 50; ++i) {
+    const Deadline d = Deadline::After(std::chrono::milliseconds(30 + i));
+    deadlines_ns.push_back(d.time().time_since_epoch().count());
+    probes.push_back(std::make_unique<Probe>(d));
+    t.mux->Submit(probes.back()->call, Encode({"ECHO", "during setup"}));
+  }
+  // Every call ends by its deadline + 50 ms, long before the setup gives up (1 s).
+  REQUIRE(WaitAll(probes, 900ms));
+  for (size_t i = 0; i < probes.size(); ++i) {
+    CHECK(probes[i]->code == absl::StatusCode::kDeadlineExceeded);
+    CHECK(probes[i]->done_ns.load() - deadlines_ns[i] <= std::chrono::nanoseconds(50ms).count());
+  }
+  server.Continue();
+  absl::StatusOr<std::string> after = absl::UnavailableError("not yet");
+  REQUIRE(WaitFor([&] {
+    after = Echo(t, "after", Deadline::After(500ms));
+    return after.ok();
+  }));
+  CHECK(*after == "after");
+}
+
 TEST_CASE("redis mux: kill -9 fails every call in flight and new calls work after a restart") {
   keel::test::RedisServer server({"--enable-debug-command", "yes"});
   Options options = OptionsFor(server);
