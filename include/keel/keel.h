@@ -67,6 +67,7 @@
 #endif  // KEEL_WITH_REDIS
 
 #if KEEL_WITH_POSTGRES
+#include "keel/postgres/batch.h"
 #include "keel/postgres/connection.h"
 #include "keel/postgres/pool.h"
 #include "keel/postgres/router.h"
