@@ -14,6 +14,7 @@
 // docs/overload.md is drawn from them by docs/overload.gnuplot).
 #include <algorithm>
 #include <catch2/catch.hpp>
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -123,7 +124,11 @@ RampResult RunRamp(const std::string& label, keel::ManualClock& clock, AdaptiveL
   std::vector<Bucket> buckets(10);
   std::FILE* csv = nullptr;
   if (const char* dir = std::getenv("KEEL_OVERLOAD_SIM_DIR")) {
-    csv = std::fopen((std::string(dir) + "/" + label + ".csv").c_str(), "w");
+    std::string file = label;  // "vegas (windowed)" -> vegas__windowed_.csv
+    for (char& ch : file) {
+      if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+    }
+    csv = std::fopen((std::string(dir) + "/" + file + ".csv").c_str(), "w");
     if (csv) std::fprintf(csv, "t_s,load,limit,p99_ms,rejected\n");
   }
   TimePoint next_tick = t0;
