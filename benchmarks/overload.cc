@@ -14,6 +14,13 @@ namespace {
 
 using keel::overload::AdaptiveLimiter;
 
+void AcquireRecord(benchmark::State& state, AdaptiveLimiter& limiter) {
+  for (auto _ : state) {
+    absl::StatusOr<AdaptiveLimiter::Permit> permit = limiter.TryAcquire();
+    permit->OnSuccess();
+  }
+}
+
 // What every limited call pays: TryAcquire (a CAS on the in-flight count and a clock read) and
 // OnSuccess (a clock read, the decrement and one Vegas update under the spin lock). Vegas is
 // Netflix's default algorithm; the limit is far above the threads in flight, so every call is
@@ -24,10 +31,7 @@ void BM_AdaptiveLimiter_AcquireRecord(benchmark::State& state) {
                               keel::overload::VegasLimit::Create({.initial_limit = 1000}).value())
           .value()
           .release();
-  for (auto _ : state) {
-    absl::StatusOr<AdaptiveLimiter::Permit> permit = limiter->TryAcquire();
-    permit->OnSuccess();
-  }
+  AcquireRecord(state, *limiter);
 }
 BENCHMARK(BM_AdaptiveLimiter_AcquireRecord)->Threads(1)->Threads(2);
 
@@ -40,10 +44,7 @@ void BM_AdaptiveLimiter_AcquireRecord_Gradient(benchmark::State& state) {
           keel::overload::GradientLimit::Create({.min_concurrency = 100}).value())
           .value()
           .release();
-  for (auto _ : state) {
-    absl::StatusOr<AdaptiveLimiter::Permit> permit = limiter->TryAcquire();
-    permit->OnSuccess();
-  }
+  AcquireRecord(state, *limiter);
 }
 BENCHMARK(BM_AdaptiveLimiter_AcquireRecord_Gradient)->Threads(1)->Threads(2);
 

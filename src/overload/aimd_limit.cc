@@ -4,17 +4,13 @@
 
 #include "keel/internal/status_macros.h"
 #include "keel/internal/validate.h"
+#include "overload/limit_range.h"
 
 namespace keel::overload {
 
 absl::StatusOr<std::unique_ptr<AimdLimit>> AimdLimit::Create(Options o) {
   const keel::internal::OptionsOf of("aimd_limit");
-  KEEL_RETURN_IF_ERROR(keel::internal::RequireAtLeast(of, "min_limit", o.min_limit, 1));
-  KEEL_RETURN_IF_ERROR(keel::internal::RequireAtLeast(of, "max_limit", o.max_limit, o.min_limit));
-  if (o.initial_limit < o.min_limit || o.initial_limit > o.max_limit) {
-    return keel::internal::InvalidOption(of, "initial_limit", "in [min_limit, max_limit]",
-                                         o.initial_limit);
-  }
+  KEEL_RETURN_IF_ERROR(internal::ValidateLimitRange(of, o.min_limit, o.max_limit, o.initial_limit));
   if (!(o.backoff_ratio >= 0.5 && o.backoff_ratio < 1.0)) {
     return keel::internal::InvalidOption(of, "backoff_ratio", "in [0.5, 1)", o.backoff_ratio);
   }

@@ -4,17 +4,13 @@
 
 #include "keel/internal/status_macros.h"
 #include "keel/internal/validate.h"
+#include "overload/limit_range.h"
 
 namespace keel::overload {
 
 absl::StatusOr<std::unique_ptr<Gradient2Limit>> Gradient2Limit::Create(Options o) {
   const keel::internal::OptionsOf of("gradient2_limit");
-  KEEL_RETURN_IF_ERROR(keel::internal::RequireAtLeast(of, "min_limit", o.min_limit, 1));
-  KEEL_RETURN_IF_ERROR(keel::internal::RequireAtLeast(of, "max_limit", o.max_limit, o.min_limit));
-  if (o.initial_limit < o.min_limit || o.initial_limit > o.max_limit) {
-    return keel::internal::InvalidOption(of, "initial_limit", "in [min_limit, max_limit]",
-                                         o.initial_limit);
-  }
+  KEEL_RETURN_IF_ERROR(internal::ValidateLimitRange(of, o.min_limit, o.max_limit, o.initial_limit));
   KEEL_RETURN_IF_ERROR(keel::internal::RequireFraction(of, "smoothing", o.smoothing));
   KEEL_RETURN_IF_ERROR(keel::internal::RequireAtLeast(of, "queue_size", o.queue_size, 0));
   KEEL_RETURN_IF_ERROR(keel::internal::RequireAtLeast(of, "long_window", o.long_window, 1));

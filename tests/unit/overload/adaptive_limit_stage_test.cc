@@ -18,6 +18,17 @@ using keel::overload::AdaptiveLimitStage;
 using keel::overload::LimitSample;
 using Outcome = AdaptiveLimiter::Outcome;
 
+std::unique_ptr<AdaptiveLimiter> Limiter(keel::ManualClock& clock, int limit,
+                                         std::vector<LimitSample>* samples = nullptr) {
+  return AdaptiveLimiter::Create({.name = "db"},
+                                 std::make_unique<keel_test::FakeLimit>(limit, samples), clock)
+      .value();
+}
+
+keel::Pipeline<int> Through(AdaptiveLimiter& limiter) {
+  return keel::Pipeline<int>::Builder().Add(AdaptiveLimitStage<int>::Make(limiter)).Build();
+}
+
 TEST_CASE("adaptive limit stage's default outcome: drops for timeouts and refusals") {
   using keel::overload::DefaultOutcome;
   CHECK(DefaultOutcome(absl::OkStatus()) == Outcome::kSuccess);
@@ -32,11 +43,8 @@ TEST_CASE("adaptive limit stage's default outcome: drops for timeouts and refusa
 TEST_CASE("adaptive limit stage records each call's latency and outcome") {
   keel::ManualClock clock;
   std::vector<LimitSample> samples;
-  auto limiter = AdaptiveLimiter::Create({.name = "db"},
-                                         std::make_unique<keel_test::FakeLimit>(1, &samples), clock)
-                     .value();
-  auto pipeline =
-      keel::Pipeline<int>::Builder().Add(AdaptiveLimitStage<int>::Make(*limiter)).Build();
+  auto limiter = Limiter(clock, 1, &samples);
+  auto pipeline = Through(*limiter);
   auto ok = pipeline.Execute(keel::Deadline::Infinite(), [&](const keel::CallContext&) {
     clock.Advance(7ms);
     CHECK(limiter->in_flight() == 1);
@@ -119,11 +127,8 @@ TEST_CASE("adaptive limit stage uses a custom classifier and survives one that t
 TEST_CASE("adaptive limit stage async form records the outcome and refuses at once") {
   keel::ManualClock clock;
   std::vector<LimitSample> samples;
-  auto limiter = AdaptiveLimiter::Create({.name = "db"},
-                                         std::make_unique<keel_test::FakeLimit>(1, &samples), clock)
-                     .value();
-  auto pipeline =
-      keel::Pipeline<int>::Builder().Add(AdaptiveLimitStage<int>::Make(*limiter)).Build();
+  auto limiter = Limiter(clock, 1, &samples);
+  auto pipeline = Through(*limiter);
   std::unique_ptr<keel::Timer> timer_owner = keel::Timer::Create({}, clock).value();
   keel::Timer& timer = *timer_owner;
   keel::Promise<int> inner;
