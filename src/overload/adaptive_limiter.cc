@@ -44,6 +44,7 @@ AdaptiveLimiter::AdaptiveLimiter(Options options, std::unique_ptr<LimitAlgorithm
     : options_(std::move(options)),
       clock_(clock),
       queued_(options_.queue.has_value()),
+      algorithm_name_(algorithm->name()),
       limit_(algorithm->limit()),
       algorithm_(std::move(algorithm)),
       delivered_limit_(limit_.load(std::memory_order_relaxed)) {

@@ -178,7 +178,7 @@ class AdaptiveLimiter {
   int in_flight() const { return in_flight_.load(std::memory_order_relaxed); }
   AdaptiveLimiterStats Stats() const ABSL_LOCKS_EXCLUDED(mu_, algo_mu_);
   const std::string& name() const { return options_.name; }
-  const char* algorithm_name() const { return algorithm_->name(); }
+  const std::string& algorithm_name() const { return algorithm_name_; }
   Clock& clock() const { return clock_; }
 
  private:
@@ -198,6 +198,7 @@ class AdaptiveLimiter {
   const Options options_;
   Clock& clock_;
   const bool queued_;  // options_.queue is set
+  const std::string algorithm_name_;
 
   // The hot words, on their own line: the limit (written under algo_mu_, read relaxed: a stale
   // limit admits or rejects one call as if it came a moment earlier) and the in-flight count
@@ -210,7 +211,8 @@ class AdaptiveLimiter {
   // Guards the algorithm and the outcome counters: a few nanoseconds per sample (Envoy's window
   // close sorts at most max_samples_per_window samples), never blocks, never calls user code.
   alignas(64) mutable internal::SpinLock algo_mu_;
-  std::unique_ptr<LimitAlgorithm> algorithm_ ABSL_GUARDED_BY(algo_mu_);
+  // The pointer never changes after construction; what it points at is guarded.
+  const std::unique_ptr<LimitAlgorithm> algorithm_ ABSL_PT_GUARDED_BY(algo_mu_);
   uint64_t success_ ABSL_GUARDED_BY(algo_mu_) = 0;
   uint64_t dropped_ ABSL_GUARDED_BY(algo_mu_) = 0;
   bool change_pending_ ABSL_GUARDED_BY(algo_mu_) = false;

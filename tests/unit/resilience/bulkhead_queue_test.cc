@@ -86,16 +86,23 @@ TEST_CASE("semaphore bulkhead queue times out at interval, then at target once s
 
 TEST_CASE("semaphore bulkhead queue serves the newest waiter first while standing") {
   keel::ManualClock clock;
-  auto b = Make(clock, {.target = 50ms, .interval = 100ms});
+  auto b = Make(clock);
   auto held = b->TryAcquire();
-  Result old_one, new_one;
-  std::thread o([&] { old_one.emplace(b->Acquire(keel::Deadline::After(1s, clock))); });
+  // f keeps the queue non-empty from t = 0 (and times out at 100ms); o and n arrive later, with
+  // the 100ms timeout of a queue that is not standing yet.
+  Result filler, old_one, new_one;
+  std::thread f([&] { filler.emplace(b->Acquire(keel::Deadline::Infinite())); });
   clock.AwaitSleepers(1);
-  clock.Advance(99ms);
-  std::thread n([&] { new_one.emplace(b->Acquire(keel::Deadline::After(1s, clock))); });
+  clock.Advance(50ms);
+  std::thread o([&] { old_one.emplace(b->Acquire(keel::Deadline::Infinite())); });
   clock.AwaitSleepers(2);
-  clock.Advance(1ms);  // not empty for 100ms: standing, so LIFO
-  held->Release();
+  clock.Advance(49ms);
+  std::thread n([&] { new_one.emplace(b->Acquire(keel::Deadline::Infinite())); });
+  clock.AwaitSleepers(3);
+  clock.Advance(1ms);  // t = 100ms: f times out; the queue has not been empty for 100ms
+  f.join();
+  CHECK(absl::IsResourceExhausted(filler->status()));
+  held->Release();  // standing: LIFO, so n (newest) before o
   n.join();
   CHECK(new_one->ok());
   CHECK(b->Stats().waiting == 1);
