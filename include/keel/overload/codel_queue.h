@@ -25,8 +25,11 @@
 //
 //   keel::MutexLock lock(mu_);
 //   keel::overload::CodelQueue::Waiter me(ctx.criticality);
+//   const keel::Duration timeout = queue_.TimeoutFor(clock_.Now());
 //   if (!queue_.Push(me, clock_.Now())) return Full();
-//   switch (queue_.Wait(mu_, me, deadline, clock_, shut_down_)) { ... }
+//   switch (queue_.Wait(mu_, me, timeout, deadline, clock_, shut_down_)) { ... }
+//   // and where a permit frees: if (auto* w = queue_.Next(now)) { queue_.Grant(*w, now);
+//   //                                                             w->cv.Signal(); }
 #pragma once
 
 #include <array>

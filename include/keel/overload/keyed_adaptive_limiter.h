@@ -64,9 +64,9 @@ class KeyedAdaptiveLimiter {
     // Options of every key's AdaptiveLimiter (its name and on_limit_change listener are set per
     // key: the name as above, the listener as Options::on_limit_change). Default: defaults.
     AdaptiveLimiter::Options limiter;
-    // Hard cap on keys held (memory: a limiter and its algorithm per key, ~1 KiB with Envoy's
-    // gradient and its sample buffer reserved lazily; ~300 bytes for Vegas). Must be >= shards.
-    // Default: 10'000.
+    // Hard cap on keys held. Memory per key: the key, an AdaptiveLimiter (a few hundred bytes)
+    // and its algorithm (Vegas, Gradient2, AIMD: under 200 bytes; Envoy's gradient reserves
+    // 8 bytes x max_samples_per_window, 8 KiB by default). Must be >= shards. Default: 10'000.
     size_t max_keys = 10'000;
     // Drop an idle key after this long without use. Must be > 0. Default: 10 minutes.
     Duration idle_ttl = std::chrono::minutes(10);
