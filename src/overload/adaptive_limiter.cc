@@ -118,9 +118,11 @@ int AdaptiveLimiter::Cap(int limit, Criticality c) const {
 
 std::optional<int> AdaptiveLimiter::TakeSlot(Criticality c) {
   const int cap = Cap(limit_.load(std::memory_order_relaxed), c);
-  int cur = in_flight_.load(std::memory_order_relaxed);
+  // seq_cst, the load as well as the CAS: after Acquire's waiting_ store, this read must not see
+  // an in-flight count older than a release that did not see the waiter (the Dekker pair with
+  // Complete). A plain load on x86.
+  int cur = in_flight_.load(std::memory_order_seq_cst);
   while (cur < cap) {
-    // seq_cst: pairs with the waiting_ store in Acquire (see waiting_).
     if (in_flight_.compare_exchange_weak(cur, cur + 1, std::memory_order_seq_cst,
                                          std::memory_order_relaxed)) {
       return cur + 1;
