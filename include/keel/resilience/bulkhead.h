@@ -7,6 +7,13 @@
 // pool variant, which also bounds the time a caller waits for a result, is in
 // keel/resilience/thread_pool_bulkhead.h.
 //
+// With Options::queue, waiters wait in a CoDel + adaptive LIFO queue instead
+// (keel/overload/codel_queue.h): a caller arriving while the queue has not been empty within the
+// last `interval` waits at most `target`, others at most `interval`; waiters are served oldest
+// first normally, newest first while the queue is standing, and most critical first
+// (Acquire's criticality). Without it (the default), waiters are served strictly FIFO and wait
+// up to max_wait, as before.
+//
 // Thread safety: thread-safe. Permits may be released on any thread.
 //
 //   auto bulkhead = keel::SemaphoreBulkhead::Create({.name = "ai-calls",
@@ -24,6 +31,7 @@
 #include <cstdint>
 #include <list>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -34,6 +42,8 @@
 #include "keel/clock.h"
 #include "keel/deadline.h"
 #include "keel/metrics.h"
+#include "keel/overload/codel_queue.h"
+#include "keel/resilience/call_context.h"
 #include "keel/sync.h"
 
 namespace keel {
@@ -53,6 +63,10 @@ class SemaphoreBulkhead {
     // How long Acquire() may wait for a permit (further bounded by the caller's deadline).
     // Must be >= 0; zero rejects at once when full (Resilience4j's default). Default: 0.
     Duration max_wait = Duration::zero();
+
+    // Wait in a CoDel + adaptive LIFO queue (see above) instead of FIFO up to max_wait, which
+    // must then be 0 (the queue's timeouts bound the wait). Default: none.
+    std::optional<overload::CodelQueueOptions> queue = std::nullopt;
   };
 
   // One unit of the bulkhead's capacity. Released when destroyed or by Release(). Move-only.
@@ -102,10 +116,16 @@ class SemaphoreBulkhead {
 
   // Takes a permit, waiting in FIFO order until min(deadline, now + max_wait) if none is free,
   // both measured on the deadline's own clock (an infinite deadline: max_wait on the bulkhead's).
+  // With Options::queue, waits in the CoDel queue instead, until the queue's timeout or the
+  // deadline; `criticality` orders the waiters (ignored without a queue).
   // Errors: DEADLINE_EXCEEDED when the caller's deadline is what ran out (it came first, or was
-  // already expired); RESOURCE_EXHAUSTED when max_wait ran out first; CANCELLED when Shutdown()
-  // was called before or during the wait.
-  absl::StatusOr<Permit> Acquire(Deadline deadline) ABSL_LOCKS_EXCLUDED(mu_);
+  // already expired); RESOURCE_EXHAUSTED when max_wait ran out first, and with a queue when the
+  // queue's timeout ran out or a more critical caller displaced this one from a full queue (both
+  // with a retry-after hint of queue.interval) or the queue was full (no hint); CANCELLED when
+  // Shutdown() was called before or during the wait.
+  absl::StatusOr<Permit> Acquire(Deadline deadline,
+                                 Criticality criticality = Criticality::kCritical)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   // Wakes every waiter with CANCELLED; every later TryAcquire/Acquire fails with CANCELLED.
   // Permits already held stay valid and are released as usual. Idempotent.
@@ -120,7 +140,14 @@ class SemaphoreBulkhead {
     bool granted = false;
   };
 
-  SemaphoreBulkhead(Options options, Clock& clock) : options_(std::move(options)), clock_(clock) {}
+  SemaphoreBulkhead(Options options, Clock& clock) : options_(std::move(options)), clock_(clock) {
+    if (options_.queue) queue_.emplace(*options_.queue, clock_.Now());
+  }
+  absl::StatusOr<Permit> AcquireQueued(Deadline deadline, Criticality criticality)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool NobodyWaits() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return waiters_.empty() && (!queue_ || queue_->empty());
+  }
   absl::Status RegisterMetrics(MetricsRegistry& metrics);
   void ReleaseOne() ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status FullError() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -135,6 +162,8 @@ class SemaphoreBulkhead {
   // FIFO of waiting callers (each node lives on its waiter's stack). A released permit is handed
   // straight to the front waiter, so in_use_ never drops and a newcomer cannot barge in.
   std::list<Waiter*> waiters_ ABSL_GUARDED_BY(mu_);
+  // With Options::queue, callers wait here instead of in waiters_.
+  std::optional<overload::CodelQueue> queue_ ABSL_GUARDED_BY(mu_);
 
   // Written under mu_ (load + store), read relaxed by Stats() and metrics callbacks.
   std::atomic<int> in_use_view_{0};
@@ -142,6 +171,7 @@ class SemaphoreBulkhead {
   std::atomic<uint64_t> acquired_{0};
   std::atomic<uint64_t> rejected_full_{0};
   std::atomic<uint64_t> rejected_deadline_{0};
+  std::atomic<uint64_t> rejected_queue_timeout_{0};  // queue timeout or shed (with a queue)
 
   std::vector<MetricsRegistry::Registration> registrations_;  // last: unregistered first
 };
@@ -155,6 +185,9 @@ struct SemaphoreBulkheadStats {
   uint64_t acquired_total = 0;
   uint64_t rejected_total = 0;   // RESOURCE_EXHAUSTED: full (TryAcquire) or max_wait ran out
   uint64_t timed_out_total = 0;  // DEADLINE_EXCEEDED: the caller's deadline ran out
+  // RESOURCE_EXHAUSTED from the queue (Options::queue): its timeout ran out, or the caller was
+  // displaced by a more critical one. Not counted in rejected_total.
+  uint64_t queue_timed_out_total = 0;
   bool shut_down = false;
 };
 

@@ -174,13 +174,15 @@ class FallbackStage final : public Policy<T> {
   Fallback<T> fallback_;
 };
 
-// Waits for a permit at most until the call's deadline (and the bulkhead's own max_wait).
+// Waits for a permit at most until the call's deadline (and the bulkhead's own max_wait or queue
+// timeout), queued by the call's criticality when the bulkhead has a queue.
 template <typename T>
 class BulkheadStage final : public Policy<T> {
  public:
   explicit BulkheadStage(SemaphoreBulkhead& bulkhead) : bulkhead_(bulkhead) {}
   absl::StatusOr<T> Apply(const CallContext& ctx, typename Policy<T>::Next next) const override {
-    absl::StatusOr<SemaphoreBulkhead::Permit> permit = bulkhead_.Acquire(ctx.deadline);
+    absl::StatusOr<SemaphoreBulkhead::Permit> permit =
+        bulkhead_.Acquire(ctx.deadline, ctx.criticality);
     if (!permit.ok()) return std::move(permit).status();
     return next(ctx);  // the permit is released when the call returns
   }
