@@ -1,0 +1,309 @@
+// The state behind a LockGuard, its watchdog and its release (see lease.h for the invariants).
+#include "lease.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/random/random.h"
+#include "absl/strings/str_format.h"
+#include "keel/internal/status_macros.h"
+#include "keel/internal/strings.h"
+
+namespace keel::redis {
+namespace internal {
+
+using keel::internal::StrCat;
+
+Duration DriftAllowance(Duration ttl) { return ttl / 100 + std::chrono::milliseconds(2); }
+
+Duration LeaseValidity(Duration ttl, Duration elapsed) {
+  const Duration left = ttl - elapsed - DriftAllowance(ttl);
+  return left > Duration::zero() ? left : Duration::zero();
+}
+
+size_t Quorum(size_t nodes) { return nodes / 2 + 1; }
+
+bool RedlockHolds(size_t granted, size_t nodes, Duration ttl, Duration elapsed) {
+  return granted >= Quorum(nodes) && LeaseValidity(ttl, elapsed) > Duration::zero();
+}
+
+std::string NewLockToken() {
+  // absl::BitGen is seeded from the OS's entropy: tokens of different processes never collide
+  // (2^-64 per pair at 2^32 tokens), and a holder cannot guess another's.
+  absl::BitGen gen;
+  return absl::StrFormat("%016x%016x", absl::Uniform<uint64_t>(gen), absl::Uniform<uint64_t>(gen));
+}
+
+LockStats LockCounters::Snapshot() const {
+  auto get = [](const std::atomic<uint64_t>& c) { return c.load(std::memory_order_relaxed); };
+  return LockStats{
+      .acquired_total = get(acquired),
+      .contended_total = get(contended),
+      .errors_total = get(errors),
+      .released_total = get(released),
+      .release_aborted_total = get(release_aborted),
+      .extended_total = get(extended),
+      .extend_failures_total = get(extend_failures),
+      .lost_total = get(lost),
+  };
+}
+
+absl::Status LockCounters::Register(MetricsRegistry& metrics, std::string_view name,
+                                    std::string_view backend,
+                                    std::vector<MetricsRegistry::Registration>& out) const {
+  const Labels labels = {{"name", std::string(name)}, {"backend", std::string(backend)}};
+  struct Series {
+    const char* name;
+    const char* help;
+    const std::atomic<uint64_t>* counter;
+  };
+  for (const Series& s : {
+           Series{"keel_lock_acquired_total", "Lock guards handed out.", &acquired},
+           Series{"keel_lock_contended_total", "Acquire attempts that found the lock held.",
+                  &contended},
+           Series{"keel_lock_errors_total", "Acquire attempts that failed.", &errors},
+           Series{"keel_lock_released_total", "Lock guards released.", &released},
+           Series{"keel_lock_release_aborted_total",
+                  "Releases that found the lease gone (it had run out).", &release_aborted},
+           Series{"keel_lock_extended_total", "Lease extensions that succeeded.", &extended},
+           Series{"keel_lock_extend_failures_total", "Lease extensions that failed.",
+                  &extend_failures},
+           Series{"keel_lock_lost_total", "Guards whose lease the watchdog found lost.", &lost},
+       }) {
+    const std::atomic<uint64_t>* c = s.counter;
+    KEEL_ASSIGN_OR_RETURN(MetricsRegistry::Registration r,
+                          metrics.AddCounterCallback(s.name, s.help, labels, [c] {
+                            return static_cast<double>(c->load(std::memory_order_relaxed));
+                          }));
+    out.push_back(std::move(r));
+  }
+  return absl::OkStatus();
+}
+
+LeaseBackend::LeaseBackend(Config config, Clock& clock, Timer* timer)
+    : name_(std::move(config.name)),
+      prefix_(StrCat(config.type, " \"", name_, "\": ")),
+      ttl_(config.ttl),
+      release_timeout_(config.release_timeout),
+      on_lost_(std::move(config.on_lost)),
+      watchdog_(config.watchdog),
+      clock_(clock),
+      timer_(config.watchdog ? timer : nullptr) {}
+
+absl::Status LeaseBackend::StartTimer() {
+  if (!watchdog_ || timer_ != nullptr) return absl::OkStatus();
+  KEEL_ASSIGN_OR_RETURN(
+      own_timer_, Timer::Create({.name = StrCat(prefix_.substr(0, prefix_.size() - 2))}, clock_));
+  timer_ = own_timer_.get();
+  return absl::OkStatus();
+}
+
+LockGuard LeaseBackend::MakeGuard(std::string token, std::optional<int64_t> fencing,
+                                  TimePoint started) {
+  counters_.acquired.fetch_add(1, std::memory_order_relaxed);
+  auto lease = std::make_shared<Lease>(*this, std::move(token), fencing, started);
+  if (timer_ != nullptr) {
+    MutexLock lock(lease->mu);
+    lease->ScheduleTick(started + ttl_ / 3);
+  }
+  CancellationToken cancellation = lease->cancel.token();
+  return LockGuard(std::move(lease), fencing, std::move(cancellation));
+}
+
+void Lease::ScheduleTick(TimePoint at) {
+  // A weak reference: a guard dropped without Release (impossible: the destructor releases) or
+  // a timer entry that outlives Cancel never keeps the lease alive.
+  timer_id = backend.timer_->Schedule(at, [weak = weak_from_this()] {
+    if (std::shared_ptr<Lease> lease = weak.lock()) lease->Tick();
+  });
+}
+
+void Lease::Tick() {
+  TimePoint sent;
+  Deadline deadline = Deadline::Infinite();
+  {
+    MutexLock lock(mu);
+    timer_id = 0;
+    if (state != State::kHeld) return;  // released meanwhile: never extended again
+    busy = true;
+    sent = backend.clock().Now();
+    // One attempt may take until the next tick, but never past the lease's validity.
+    const TimePoint valid_until = valid_from + backend.ttl() - DriftAllowance(backend.ttl());
+    deadline = Deadline::At(std::min(sent + backend.ttl() / 3, valid_until), backend.clock());
+  }
+  // Outside the lock: the future may complete here and now (a refusal), calling Extended.
+  backend.AsyncExtend(deadline, token).Then([self = shared_from_this(), sent](absl::Status s) {
+    self->Extended(sent, std::move(s));
+  });
+}
+
+void Lease::Extended(TimePoint sent, absl::Status status) {
+  {
+    MutexLock lock(mu);
+    if (state != State::kHeld) {  // released while the extension was in flight
+      busy = false;
+      cv.SignalAll();
+      return;
+    }
+    const Duration ttl = backend.ttl();
+    if (status.ok()) {
+      backend.counters().extended.fetch_add(1, std::memory_order_relaxed);
+      valid_from = std::max(valid_from, sent);
+      ScheduleTick(sent + ttl / 3);
+      busy = false;
+      cv.SignalAll();
+      return;
+    }
+    backend.counters().extend_failures.fetch_add(1, std::memory_order_relaxed);
+    if (!absl::IsAborted(status)) {
+      // Redis failed or was slow: try again soon, while the lease may still be ours.
+      const TimePoint retry_at =
+          backend.clock().Now() + std::max<Duration>(ttl / 10, std::chrono::milliseconds(1));
+      if (retry_at < valid_from + ttl - DriftAllowance(ttl)) {
+        ScheduleTick(retry_at);
+        busy = false;
+        cv.SignalAll();
+        return;
+      }
+    }
+    state = State::kLost;  // still busy: Release waits until on_lost has run
+  }
+  ReportLost(std::move(status));
+  {
+    MutexLock lock(mu);
+    busy = false;
+  }
+  cv.SignalAll();
+}
+
+void Lease::ReportLost(absl::Status reason) {
+  backend.counters().lost.fetch_add(1, std::memory_order_relaxed);
+  cancel.Cancel();
+  if (!backend.on_lost_) return;
+  try {
+    backend.on_lost_(LockLost{.name = backend.name(), .fencing_token = fencing, .reason = reason});
+  } catch (...) {  // dropped: user code cannot wedge the watchdog
+  }
+}
+
+Duration Lease::Validity() const {
+  MutexLock lock(mu);
+  if (state != State::kHeld) return Duration::zero();
+  return LeaseValidity(backend.ttl(), backend.clock().Now() - valid_from);
+}
+
+absl::Status Lease::Extend(Deadline deadline) {
+  TimePoint sent;
+  {
+    MutexLock lock(mu);
+    if (state == State::kReleased) {
+      return absl::FailedPreconditionError(StrCat(backend.prefix(), "the guard was released"));
+    }
+    if (state == State::kLost) {
+      return absl::AbortedError(StrCat(backend.prefix(), "the lease was lost"));
+    }
+    sent = backend.clock().Now();
+  }
+  absl::Status status = backend.Extend(deadline, token);
+  bool lost = false;
+  {
+    MutexLock lock(mu);
+    if (status.ok()) {
+      backend.counters().extended.fetch_add(1, std::memory_order_relaxed);
+      if (state == State::kHeld) valid_from = std::max(valid_from, sent);
+    } else {
+      backend.counters().extend_failures.fetch_add(1, std::memory_order_relaxed);
+      if (absl::IsAborted(status) && state == State::kHeld && !busy) {
+        state = State::kLost;
+        busy = true;
+        lost = true;
+      }
+    }
+  }
+  if (lost) {
+    ReportLost(status);
+    {
+      MutexLock lock(mu);
+      busy = false;
+    }
+    cv.SignalAll();
+  }
+  return status;
+}
+
+absl::Status Lease::Release(Deadline deadline) {
+  if (deadline.IsInfinite()) deadline = Deadline::After(backend.release_timeout_, backend.clock());
+  {
+    MutexLock lock(mu);
+    if (state == State::kReleased) {
+      return absl::FailedPreconditionError(StrCat(backend.prefix(), "already released"));
+    }
+    state = State::kReleased;
+    if (timer_id != 0) {
+      backend.timer_->Cancel(timer_id);  // false when it is running: Tick sees kReleased
+      timer_id = 0;
+    }
+    // An extension in flight is answered before the release is sent (see lease.h). Bounded by
+    // the deadline: a release that cannot wait goes out anyway, and the compare-and-pexpire of
+    // a late extension then finds the token gone.
+    deadline.clock().WaitUntil(mu, cv, deadline.time(), [&] {
+      mu.AssertHeld();
+      return !busy;
+    });
+  }
+  backend.counters().released.fetch_add(1, std::memory_order_relaxed);
+  absl::Status status = backend.Release(deadline, token);
+  if (absl::IsAborted(status)) {
+    backend.counters().release_aborted.fetch_add(1, std::memory_order_relaxed);
+  }
+  return status;
+}
+
+}  // namespace internal
+
+LockGuard::LockGuard(std::shared_ptr<internal::Lease> lease, std::optional<int64_t> fencing_token,
+                     CancellationToken cancellation)
+    : lease_(std::move(lease)),
+      fencing_token_(fencing_token),
+      cancellation_(std::move(cancellation)) {}
+
+LockGuard::LockGuard(LockGuard&& other) noexcept
+    : lease_(std::move(other.lease_)),
+      fencing_token_(other.fencing_token_),
+      cancellation_(std::move(other.cancellation_)) {}
+
+LockGuard& LockGuard::operator=(LockGuard&& other) noexcept {
+  if (this != &other) {
+    (void)Release();
+    lease_ = std::move(other.lease_);
+    fencing_token_ = other.fencing_token_;
+    cancellation_ = std::move(other.cancellation_);
+  }
+  return *this;
+}
+
+LockGuard::~LockGuard() { (void)Release(); }
+
+Duration LockGuard::Validity() const {
+  return lease_ == nullptr ? Duration::zero() : lease_->Validity();
+}
+
+bool LockGuard::lost() const {
+  if (lease_ == nullptr) return false;
+  MutexLock lock(lease_->mu);
+  return lease_->state == internal::Lease::State::kLost;
+}
+
+absl::Status LockGuard::Extend(Deadline deadline) {
+  if (lease_ == nullptr) return absl::FailedPreconditionError("lock guard: not held");
+  return lease_->Extend(deadline);
+}
+
+absl::Status LockGuard::Release(Deadline deadline) {
+  if (lease_ == nullptr) return absl::FailedPreconditionError("lock guard: not held");
+  std::shared_ptr<internal::Lease> lease = std::move(lease_);
+  lease_ = nullptr;
+  return lease->Release(deadline);
+}
+
+}  // namespace keel::redis
