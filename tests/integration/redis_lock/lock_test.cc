@@ -314,33 +314,3 @@ TEST_CASE("redis lock: a guard released while its extension is in flight is neve
   CHECK(lock->Stats().lost_total == 0);
   CHECK(client->Command(Deadline::After(2s), "EXISTS", lock->RedisKey())->integer() == 0);
 }
-
-TEST_CASE("redis lock rejects bad options naming the field", "[redis_lock]") {
-  auto client = keel::test::SharedRedisClient();
-  auto err = [&](Lock::Options o) {
-    return std::string(Lock::Create(o, *client).status().message());
-  };
-  CHECK(err({.name = ""}) == "redis lock \"\": name must be 1 to 128 bytes, got 0 bytes");
-  CHECK(err({.name = "x", .ttl = 0s}) ==
-        "redis lock \"x\": ttl must be in [10ms, 365 days], got 0");
-  CHECK(err({.name = "x", .ttl = 1500us}).find("ttl must be in") != std::string::npos);
-  CHECK(err({.name = "x", .ttl = 10500us}) ==
-        "redis lock \"x\": ttl must be a whole number of milliseconds, got 10.5ms");
-  CHECK(err({.name = "x", .retry = {.base = 0s}}).find("redis lock \"x\": retry.base") == 0);
-  CHECK(err({.name = "x", .release_timeout = 0s}).find("release_timeout must be > 0") !=
-        std::string::npos);
-  auto pooled =
-      keel::redis::Options::FromUrl(keel::test::RequireEnv("KEEL_TEST_REDIS_URL")).value();
-  pooled.transport = keel::redis::Transport::kPooled;
-  auto pooled_client = keel::redis::Client::Create(pooled).value();
-  CHECK(Lock::Create({.name = "x", .watchdog = true}, *pooled_client).status().message() ==
-        "redis lock \"x\": watchdog must be used with a client on the multiplexed transport, got a "
-        "pooled client");
-  // Without the watchdog a pooled client is fine.
-  CHECK(Lock::Create({.name = "x"}, *pooled_client).ok());
-  keel::ManualClock other_clock;
-  auto timer = keel::Timer::Create({}, other_clock).value();
-  CHECK(absl::IsInvalidArgument(Lock::Create({.name = "x", .watchdog = true}, *client,
-                                             keel::SteadyClock(), nullptr, timer.get())
-                                    .status()));
-}
