@@ -56,8 +56,10 @@
 #include "keel/redis/concurrency_limiter.h"
 #include "keel/redis/connection.h"
 #include "keel/redis/fail_mode.h"
+#include "keel/redis/lock.h"
 #include "keel/redis/options.h"
 #include "keel/redis/rate_limiter.h"
+#include "keel/redis/redlock.h"
 #include "keel/redis/reply.h"
 #include "keel/redis/script.h"
 #include "keel/redis/subscriber.h"
@@ -66,6 +68,7 @@
 
 #if KEEL_WITH_POSTGRES
 #include "keel/postgres/connection.h"
+#include "keel/postgres/fencing.h"
 #include "keel/postgres/pool.h"
 #include "keel/postgres/router.h"
 #include "keel/postgres/transaction.h"

@@ -110,6 +110,28 @@ LockGuard LeaseBackend::MakeGuard(std::string token, std::optional<int64_t> fenc
   return LockGuard(std::move(lease), fencing, std::move(cancellation));
 }
 
+absl::StatusOr<LockGuard> AcquireWithBackoff(
+    LeaseBackend& backend, Deadline deadline, const Backoff& backoff, absl::BitGenRef random,
+    const std::function<absl::StatusOr<std::optional<LockGuard>>(Deadline)>& attempt) {
+  BackoffSequence delays = backoff.Start();
+  absl::Status last;
+  int attempts = 0;
+  while (true) {
+    ++attempts;
+    absl::StatusOr<std::optional<LockGuard>> got = attempt(deadline);
+    if (got.ok() && got->has_value()) return std::move(**got);
+    last = got.ok() ? absl::OkStatus() : std::move(got).status();
+    const TimePoint now = deadline.clock().Now();
+    if (now >= deadline.time()) break;
+    backend.clock().SleepUntil(std::min(deadline.time(), now + delays.Next(random)));
+    if (deadline.Expired()) break;
+  }
+  return absl::DeadlineExceededError(StrCat(
+      backend.prefix(), "not acquired within the deadline after ", attempts, " attempts (",
+      last.ok() ? std::string("held by someone else") : StrCat("last error: ", last.message()),
+      ")"));
+}
+
 void Lease::ScheduleTick(TimePoint at) {
   // A weak reference: a guard dropped without Release (impossible: the destructor releases) or
   // a timer entry that outlives Cancel never keeps the lease alive.

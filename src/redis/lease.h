@@ -20,6 +20,7 @@
 #include <string_view>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/random/bit_gen_ref.h"
 #include "absl/status/status.h"
 #include "keel/async/future.h"
 #include "keel/async/timer.h"
@@ -28,6 +29,7 @@
 #include "keel/internal/validate.h"
 #include "keel/metrics.h"
 #include "keel/redis/lock.h"
+#include "keel/resilience/backoff.h"
 #include "keel/resilience/cancellation.h"
 #include "keel/sync.h"
 
@@ -118,6 +120,13 @@ class LeaseBackend {
   Timer* timer_;  // the watchdog's: given or own_timer_; null without a watchdog
   LockCounters counters_;
 };
+
+// Acquire's loop, for Lock and Redlock: `attempt` until it gives a guard or `deadline` passes,
+// sleeping `backoff`'s delays (on the backend's clock) in between; Redis errors are retried too.
+// Errors: DEADLINE_EXCEEDED saying whether the lock was held or the last attempt's error.
+absl::StatusOr<LockGuard> AcquireWithBackoff(
+    LeaseBackend& backend, Deadline deadline, const Backoff& backoff, absl::BitGenRef random,
+    const std::function<absl::StatusOr<std::optional<LockGuard>>(Deadline)>& attempt);
 
 // The state of one held lease, shared by its LockGuard and the watchdog's callbacks.
 struct Lease : std::enable_shared_from_this<Lease> {

@@ -95,24 +95,8 @@ class Lock::Backend final : public internal::LeaseBackend {
   absl::StatusOr<LockGuard> Acquire(Deadline deadline, const Backoff& backoff,
                                     absl::BitGenRef random) {
     if (deadline.IsInfinite()) deadline = Deadline::After(options_.acquire_timeout, clock());
-    BackoffSequence delays = backoff.Start();
-    absl::Status last;
-    int attempts = 0;
-    while (true) {
-      ++attempts;
-      absl::StatusOr<std::optional<LockGuard>> got = TryAcquire(deadline);
-      if (got.ok() && got->has_value()) return std::move(**got);
-      last = got.ok() ? absl::OkStatus() : std::move(got).status();
-      const TimePoint now = deadline.clock().Now();
-      if (now >= deadline.time()) break;
-      const TimePoint wake = std::min(deadline.time(), now + delays.Next(random));
-      clock().SleepUntil(wake);
-      if (deadline.Expired()) break;
-    }
-    return absl::DeadlineExceededError(StrCat(
-        keys_.prefix, "not acquired within the deadline after ", attempts, " attempts (",
-        last.ok() ? std::string("held by someone else") : StrCat("last error: ", last.message()),
-        ")"));
+    return internal::AcquireWithBackoff(*this, deadline, backoff, random,
+                                        [this](Deadline d) { return TryAcquire(d); });
   }
 
   const Options& options() const { return options_; }
@@ -166,6 +150,7 @@ absl::StatusOr<LockGuard> Lock::Acquire(Deadline deadline, const Backoff& backof
 
 LockStats Lock::Stats() const { return backend_->counters().Snapshot(); }
 const Lock::Options& Lock::options() const { return backend_->options(); }
+Clock& Lock::clock() const { return backend_->clock(); }
 std::string Lock::RedisKey() const { return backend_->keys().lock; }
 std::string Lock::FencingKey() const { return backend_->keys().fence; }
 

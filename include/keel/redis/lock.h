@@ -56,6 +56,7 @@
 #include <string>
 #include <string_view>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/random/bit_gen_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -66,6 +67,7 @@
 #include "keel/redis/client.h"
 #include "keel/resilience/backoff.h"
 #include "keel/resilience/cancellation.h"
+#include "keel/sync.h"
 
 namespace keel::redis {
 
@@ -144,7 +146,69 @@ class LockGuard {
   CancellationToken cancellation_;
 };
 
-class Lock {
+namespace internal {
+
+// The C++ Lockable and TimedLockable requirements over a keel lock (`std::unique_lock`,
+// `std::scoped_lock`, `std::lock`): the guard of the lock taken with lock() lives in the lock
+// object until unlock(). Derived provides TryAcquire(Deadline) and Acquire(Deadline) and
+// `clock()`.
+//
+// lock() cannot report an error (keel never throws), so it blocks until it holds the lock, like
+// std::mutex::lock: it retries Acquire(Deadline::Infinite()) (Options::acquire_timeout each)
+// while the lock is held or Redis is down. Prefer try_lock_for, which gives up:
+//
+//   std::unique_lock held(*lock, std::defer_lock);
+//   if (!held.try_lock_for(2s)) return Busy();
+template <typename Derived>
+class Lockable {
+ public:
+  void lock() ABSL_LOCKS_EXCLUDED(lockable_mu_) {
+    while (true) {
+      absl::StatusOr<LockGuard> guard = self().Acquire(Deadline::Infinite());
+      if (guard.ok()) return Hold(std::move(*guard));
+    }
+  }
+  // One attempt, within the client's command timeout (Redlock: the node timeout).
+  bool try_lock() ABSL_LOCKS_EXCLUDED(lockable_mu_) {
+    absl::StatusOr<std::optional<LockGuard>> guard = self().TryAcquire(Deadline::Infinite());
+    if (!guard.ok() || !guard->has_value()) return false;
+    Hold(std::move(**guard));
+    return true;
+  }
+  template <typename Rep, typename Period>
+  bool try_lock_for(const std::chrono::duration<Rep, Period>& d) ABSL_LOCKS_EXCLUDED(lockable_mu_) {
+    absl::StatusOr<LockGuard> guard = self().Acquire(Deadline::After(d, self().clock()));
+    if (!guard.ok()) return false;
+    Hold(std::move(*guard));
+    return true;
+  }
+  template <typename C, typename D>
+  bool try_lock_until(const std::chrono::time_point<C, D>& t) ABSL_LOCKS_EXCLUDED(lockable_mu_) {
+    return try_lock_for(t - C::now());
+  }
+  // Releases the lock taken by lock() / try_lock*(). REQUIRES: held (as for std::mutex).
+  void unlock() ABSL_LOCKS_EXCLUDED(lockable_mu_) {
+    std::optional<LockGuard> guard;
+    {
+      MutexLock lock(lockable_mu_);
+      guard.swap(held_);
+    }
+    // Released here, outside the mutex: no I/O under a lock.
+  }
+
+ private:
+  Derived& self() { return static_cast<Derived&>(*this); }
+  void Hold(LockGuard guard) ABSL_LOCKS_EXCLUDED(lockable_mu_) {
+    MutexLock lock(lockable_mu_);
+    held_.emplace(std::move(guard));
+  }
+  Mutex lockable_mu_;
+  std::optional<LockGuard> held_ ABSL_GUARDED_BY(lockable_mu_);
+};
+
+}  // namespace internal
+
+class Lock : public internal::Lockable<Lock> {
  public:
   struct Options {
     // Names the lock: every process locking the same name excludes the others. Part of the Redis
@@ -207,6 +271,7 @@ class Lock {
 
   LockStats Stats() const;
   const Options& options() const;
+  Clock& clock() const;
   // The Redis keys of the lock (see the banner).
   std::string RedisKey() const;
   std::string FencingKey() const;
