@@ -8,6 +8,7 @@
 
 #include "keel/async/timer.h"
 #include "keel/redis/client.h"
+#include "keel/redis/redlock.h"
 #include "redis/lease.h"
 
 using keel::redis::Lock;
@@ -82,4 +83,30 @@ TEST_CASE("redis lock rejects bad options naming the field") {
   CHECK(absl::IsInvalidArgument(Lock::Create({.name = "x", .watchdog = true}, *client,
                                              keel::SteadyClock(), nullptr, timer.get())
                                     .status()));
+}
+
+TEST_CASE("redlock rejects bad options naming the field") {
+  auto client = keel::redis::Client::Create(keel::redis::Options{}).value();
+  auto err = [&](keel::redis::Redlock::Options o, std::vector<keel::redis::Client*> nodes) {
+    return std::string(keel::redis::Redlock::Create(o, nodes).status().message());
+  };
+  const std::vector<keel::redis::Client*> one = {client.get()};
+  CHECK(err({.name = "x", .node_timeout = 0s}, one) ==
+        "redlock \"x\": node_timeout must be in (0, ttl / 10 = 3s], got 0");
+  CHECK(err({.name = "x", .ttl = 100ms, .node_timeout = 50ms}, one) ==
+        "redlock \"x\": node_timeout must be in (0, ttl / 10 = 10ms], got 50ms");
+  CHECK(err({.name = "x"}, {}) == "redlock \"x\": nodes must be non-empty, got none");
+  CHECK(err({.name = "x"}, {one[0], one[0]}) ==
+        "redlock \"x\": nodes[1] must be a distinct client, got a repeated one");
+  CHECK(err({.name = "x"}, {one[0], nullptr}) ==
+        "redlock \"x\": nodes[1] must be a client, got null");
+  CHECK(err({.name = "x", .fencing_node = 1}, one) ==
+        "redlock \"x\": fencing_node must be < 1, got 1");
+  CHECK(err({.name = ""}, one).find("name must be 1 to 128 bytes") != std::string::npos);
+  keel::redis::Options pooled;
+  pooled.transport = keel::redis::Transport::kPooled;
+  auto pooled_client = keel::redis::Client::Create(pooled).value();
+  CHECK(err({.name = "x"}, {client.get(), pooled_client.get()}) ==
+        "redlock \"x\": nodes[1] must be a client on the multiplexed transport, got a pooled "
+        "client");
 }
