@@ -149,9 +149,10 @@ void Lease::Tick() {
     if (state != State::kHeld) return;  // released meanwhile: never extended again
     busy = true;
     sent = backend.clock().Now();
-    // One attempt may take until the next tick, but never past the lease's validity.
-    const TimePoint valid_until = valid_from + backend.ttl() - DriftAllowance(backend.ttl());
-    deadline = Deadline::At(std::min(sent + backend.ttl() / 3, valid_until), backend.clock());
+    // An attempt may take as long as the lease stays valid: a slow answer that extends it is as
+    // good as a fast one (the next tick then comes at once), and one after that is useless.
+    deadline =
+        Deadline::At(valid_from + backend.ttl() - DriftAllowance(backend.ttl()), backend.clock());
   }
   // Outside the lock: the future may complete here and now (a refusal), calling Extended.
   backend.AsyncExtend(deadline, token).Then([self = shared_from_this(), sent](absl::Status s) {

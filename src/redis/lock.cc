@@ -132,7 +132,9 @@ absl::StatusOr<std::unique_ptr<Lock>> Lock::Create(Options options, Client& clie
 }
 
 Lock::Lock(std::unique_ptr<Backend> backend) : backend_(std::move(backend)) {}
-Lock::~Lock() = default;
+// The guard taken by lock() (Lockable, a base class) is released while the backend it points
+// to still exists.
+Lock::~Lock() { unlock(); }
 
 absl::StatusOr<std::optional<LockGuard>> Lock::TryAcquire(Deadline deadline) {
   return backend_->TryAcquire(deadline);

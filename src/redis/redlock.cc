@@ -266,7 +266,9 @@ absl::StatusOr<std::unique_ptr<Redlock>> Redlock::Create(Options options,
 }
 
 Redlock::Redlock(std::unique_ptr<Backend> backend) : backend_(std::move(backend)) {}
-Redlock::~Redlock() = default;
+// The guard taken by lock() (Lockable, a base class) is released while the backend it points
+// to still exists.
+Redlock::~Redlock() { unlock(); }
 
 absl::StatusOr<std::optional<LockGuard>> Redlock::TryAcquire(Deadline deadline) {
   return backend_->TryAcquire(deadline);

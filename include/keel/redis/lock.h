@@ -186,7 +186,8 @@ class Lockable {
   bool try_lock_until(const std::chrono::time_point<C, D>& t) ABSL_LOCKS_EXCLUDED(lockable_mu_) {
     return try_lock_for(t - C::now());
   }
-  // Releases the lock taken by lock() / try_lock*(). REQUIRES: held (as for std::mutex).
+  // Releases the lock taken by lock() / try_lock*(); does nothing when none is held. The lock's
+  // destructor calls it.
   void unlock() ABSL_LOCKS_EXCLUDED(lockable_mu_) {
     std::optional<LockGuard> guard;
     {

@@ -30,7 +30,11 @@ TEST_CASE("redis lock excludes a second holder until released, with one round tr
       keel::redis::Options::FromUrl(keel::test::RequireEnv("KEEL_TEST_REDIS_URL"))->server.port);
   auto counted = keel::test::MakeRedisClient("redis://127.0.0.1:" + std::to_string(proxy.port()));
   REQUIRE(counted->Command(Deadline::After(2s), "PING").ok());
-  auto lock = MakeLock(*counted, {.name = UniqueName("basic"), .ttl = 5s});
+  keel::MetricsRegistry metrics;
+  auto made = Lock::Create({.name = UniqueName("basic"), .ttl = 5s}, *counted, keel::SteadyClock(),
+                           &metrics);
+  REQUIRE(made.ok());
+  auto lock = std::move(*made);
   auto other = MakeLock(*client, {.name = lock->options().name, .ttl = 5s});
 
   const uint64_t before = proxy.flights();
@@ -67,6 +71,11 @@ TEST_CASE("redis lock excludes a second holder until released, with one round tr
   const keel::redis::LockStats stats = lock->Stats();
   CHECK(stats.acquired_total == 1);
   CHECK(stats.released_total == 1);
+  const std::string text = metrics.RenderPrometheus();
+  const std::string labels = "{backend=\"redis\",name=\"" + lock->options().name + "\"}";
+  CHECK(text.find("keel_lock_acquired_total" + labels + " 1") != std::string::npos);
+  CHECK(text.find("keel_lock_released_total" + labels + " 1") != std::string::npos);
+  CHECK(text.find("keel_lock_lost_total" + labels + " 0") != std::string::npos);
   CHECK(other->Stats().contended_total == 1);
 }
 
@@ -205,11 +214,11 @@ TEST_CASE("redis lock watchdog keeps a guard held well past its ttl", "[redis_lo
   const std::string name = UniqueName("watchdog");
   keel::test::LostProbe lost;
   auto lock =
-      MakeLock(*client, {.name = name, .ttl = 150ms, .watchdog = true, .on_lost = lost.callback()});
-  auto other = MakeLock(*client, {.name = name, .ttl = 150ms});
+      MakeLock(*client, {.name = name, .ttl = 300ms, .watchdog = true, .on_lost = lost.callback()});
+  auto other = MakeLock(*client, {.name = name, .ttl = 300ms});
   LockGuard guard = MustAcquire(*lock);
-  // Five ttls: without extensions the key would be gone after the first.
-  const auto until = std::chrono::steady_clock::now() + 750ms;
+  // Four ttls: without extensions the key would be gone after the first.
+  const auto until = std::chrono::steady_clock::now() + 1200ms;
   while (std::chrono::steady_clock::now() < until) {
     CHECK_FALSE(other->TryAcquire(Deadline::After(1s))->has_value());
     std::this_thread::sleep_for(25ms);
@@ -217,7 +226,7 @@ TEST_CASE("redis lock watchdog keeps a guard held well past its ttl", "[redis_lo
   CHECK(guard.Validity() > 0s);
   CHECK_FALSE(guard.lost());
   CHECK_FALSE(guard.cancellation().cancelled());
-  CHECK(lock->Stats().extended_total >= 10);  // every ttl/3 = 50 ms
+  CHECK(lock->Stats().extended_total >= 8);  // every ttl/3 = 100 ms
   CHECK(lock->Stats().lost_total == 0);
   CHECK(guard.Release().ok());
   CHECK_FALSE(lost.future.ready());
@@ -313,4 +322,19 @@ TEST_CASE("redis lock: a guard released while its extension is in flight is neve
   CHECK(client->Stats().transport.calls_total == calls);
   CHECK(lock->Stats().lost_total == 0);
   CHECK(client->Command(Deadline::After(2s), "EXISTS", lock->RedisKey())->integer() == 0);
+}
+
+TEST_CASE("redis lock: a lock destroyed while held through lock() releases it first",
+          "[redis_lock]") {
+  auto client = keel::test::SharedRedisClient();
+  const std::string name = UniqueName("lockable");
+  std::string key;
+  {
+    auto lock = MakeLock(*client, {.name = name, .ttl = 5s});
+    key = lock->RedisKey();
+    lock->lock();
+    CHECK(client->Command(Deadline::After(2s), "EXISTS", key)->integer() == 1);
+    CHECK_FALSE(MakeLock(*client, {.name = name})->try_lock());
+  }
+  CHECK(client->Command(Deadline::After(2s), "EXISTS", key)->integer() == 0);
 }

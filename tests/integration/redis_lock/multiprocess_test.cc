@@ -9,6 +9,7 @@
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -75,6 +76,7 @@ int CountWorker(const std::string& url, const std::string& name, const std::stri
       for (int i = 0; i < kSections; ++i) {
         absl::StatusOr<LockGuard> guard = lock->Acquire(Deadline::After(20s));
         if (!guard.ok()) {
+          std::fprintf(stderr, "acquire: %s\n", std::string(guard.status().message()).c_str());
           failures.fetch_add(1);
           continue;
         }
@@ -83,18 +85,29 @@ int CountWorker(const std::string& url, const std::string& name, const std::stri
         auto row = pool->Execute(Deadline::After(5s),
                                  "SELECT n, last_token FROM " + table + " WHERE id = 1");
         if (!row.ok() || row->empty()) {
+          std::fprintf(stderr, "select: %s\n", std::string(row.status().message()).c_str());
           failures.fetch_add(1);
           continue;
         }
         const int64_t n = row->Get<int64_t>(0, 0).value();
-        if (row->Get<int64_t>(0, 1).value() >= token) failures.fetch_add(1);
-        if (!pool->Execute(Deadline::After(5s),
-                           "UPDATE " + table + " SET n = $1, last_token = $2 WHERE id = 1", n + 1,
-                           token)
-                 .ok()) {
+        if (const int64_t last = row->Get<int64_t>(0, 1).value(); last >= token) {
+          std::fprintf(stderr, "token %lld not newer than %lld\n", static_cast<long long>(token),
+                       static_cast<long long>(last));
           failures.fetch_add(1);
         }
-        if (!guard->Release().ok()) failures.fetch_add(1);
+        if (absl::Status u =
+                pool->Execute(Deadline::After(5s),
+                              "UPDATE " + table + " SET n = $1, last_token = $2 WHERE id = 1",
+                              n + 1, token)
+                    .status();
+            !u.ok()) {
+          std::fprintf(stderr, "update: %s\n", std::string(u.message()).c_str());
+          failures.fetch_add(1);
+        }
+        if (absl::Status r = guard->Release(Deadline::After(5s)); !r.ok()) {
+          std::fprintf(stderr, "release: %s\n", std::string(r.message()).c_str());
+          failures.fetch_add(1);
+        }
       }
     });
   }
@@ -161,7 +174,15 @@ TEST_CASE("redis lock excludes processes: a lost-update read-modify-write in Pos
     workers.push_back(
         StartWorker("count " + url + " " + name + " " + table + " " + out, out + ".log"));
   }
-  for (auto& w : workers) CHECK(w.Wait() == 0);
+  for (int p = 0; p < kProcesses; ++p) {
+    const int code = workers[p].Wait();
+    if (code != 0) {
+      std::stringstream log;
+      log << std::ifstream(dir.path() / ("worker" + std::to_string(p) + ".log")).rdbuf();
+      UNSCOPED_INFO("worker " << p << " log:\n" << log.str());
+    }
+    CHECK(code == 0);
+  }
   auto n = pool->Execute(Deadline::After(5s), "SELECT n FROM " + table + " WHERE id = 1");
   REQUIRE(n.ok());
   CHECK(n->Get<int64_t>(0, 0).value() == kProcesses * kThreads * kSections);

@@ -71,7 +71,7 @@ TEST_CASE("redlock on 3 nodes holds on every node, excludes a second holder, rel
   LockGuard guard = std::move(**held);
   CHECK(cluster.Holding(KeyOf(name)) == 3);
   CHECK(guard.fencing_token() == 1);
-  CHECK(guard.Validity() > 4800ms);
+  CHECK(guard.Validity() > 4500ms);
   auto contended = b->TryAcquire(Deadline::After(1s));
   REQUIRE(contended.ok());
   CHECK_FALSE(contended->has_value());
@@ -165,17 +165,17 @@ TEST_CASE("redlock watchdog keeps the lock past its ttl with a node killed meanw
   const std::string name = UniqueName("rlwatch");
   keel::test::LostProbe lost;
   auto lock = MakeRedlock(cluster, {.name = name,
-                                    .ttl = 200ms,
-                                    .node_timeout = 20ms,
+                                    .ttl = 400ms,
+                                    .node_timeout = 40ms,
                                     .watchdog = true,
                                     .on_lost = lost.callback()});
-  auto other = MakeRedlock(cluster, {.name = name, .ttl = 200ms, .node_timeout = 20ms});
+  auto other = MakeRedlock(cluster, {.name = name, .ttl = 400ms, .node_timeout = 40ms});
   auto guard = lock->Acquire(Deadline::After(1s));
   REQUIRE(guard.ok());
-  const auto until = std::chrono::steady_clock::now() + 800ms;
+  const auto until = std::chrono::steady_clock::now() + 1200ms;
   bool killed = false;
   while (std::chrono::steady_clock::now() < until) {
-    if (!killed && std::chrono::steady_clock::now() > until - 500ms) {
+    if (!killed && std::chrono::steady_clock::now() > until - 800ms) {
       cluster.servers[1]->Kill();
       killed = true;
     }
@@ -185,7 +185,7 @@ TEST_CASE("redlock watchdog keeps the lock past its ttl with a node killed meanw
   }
   CHECK_FALSE(guard->lost());
   CHECK(guard->Validity() > 0s);
-  CHECK(lock->Stats().extended_total >= 8);
+  CHECK(lock->Stats().extended_total >= 6);  // every ttl/3 = 133 ms
   CHECK(cluster.Holding(KeyOf(name)) == 2);
   // Losing a second node leaves no majority: the next extension fails, and the lease is lost.
   cluster.servers[2]->Kill();
