@@ -8,6 +8,7 @@
 #include "absl/strings/str_format.h"
 #include "keel/internal/status_macros.h"
 #include "keel/internal/strings.h"
+#include "keel/internal/validate.h"
 
 namespace keel::redis {
 namespace internal {
@@ -32,6 +33,36 @@ std::string NewLockToken() {
   // (2^-64 per pair at 2^32 tokens), and a holder cannot guess another's.
   absl::BitGen gen;
   return absl::StrFormat("%016x%016x", absl::Uniform<uint64_t>(gen), absl::Uniform<uint64_t>(gen));
+}
+
+absl::StatusOr<Backoff> ValidateLockOptions(const keel::internal::OptionsOf& of,
+                                            std::string_view name, Duration ttl,
+                                            Duration acquire_timeout, Duration release_timeout,
+                                            const Backoff::Options& retry, const Timer* timer,
+                                            const Clock& clock) {
+  if (name.empty() || name.size() > 128) {
+    return keel::internal::InvalidOption(of, "name", "1 to 128 bytes",
+                                         StrCat(name.size(), " bytes"));
+  }
+  if (ttl < std::chrono::milliseconds(10) || ttl > std::chrono::hours(24 * 365)) {
+    return keel::internal::InvalidOption(of, "ttl", "in [10ms, 365 days]", ttl);
+  }
+  if (ttl % std::chrono::milliseconds(1) != Duration::zero()) {
+    return keel::internal::InvalidOption(of, "ttl", "a whole number of milliseconds", ttl);
+  }
+  KEEL_RETURN_IF_ERROR(keel::internal::RequirePositive(of, "acquire_timeout", acquire_timeout));
+  KEEL_RETURN_IF_ERROR(keel::internal::RequirePositive(of, "release_timeout", release_timeout));
+  if (timer != nullptr && &timer->clock() != &clock) {
+    return keel::internal::InvalidOption(of, "timer", "a Timer on the lock's clock",
+                                         "a Timer on another clock");
+  }
+  absl::StatusOr<Backoff> backoff = Backoff::Create(retry, "retry");
+  if (!backoff.ok()) return of.Nest(backoff.status());
+  return *backoff;
+}
+
+int64_t TtlMillis(Duration ttl) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(ttl).count();
 }
 
 LockStats LockCounters::Snapshot() const {
@@ -85,17 +116,21 @@ LeaseBackend::LeaseBackend(Config config, Clock& clock, Timer* timer)
       prefix_(StrCat(config.type, " \"", name_, "\": ")),
       ttl_(config.ttl),
       release_timeout_(config.release_timeout),
+      acquire_timeout_(config.acquire_timeout),
+      backoff_(config.backoff),
       on_lost_(std::move(config.on_lost)),
       watchdog_(config.watchdog),
       clock_(clock),
       timer_(config.watchdog ? timer : nullptr) {}
 
-absl::Status LeaseBackend::StartTimer() {
-  if (!watchdog_ || timer_ != nullptr) return absl::OkStatus();
-  KEEL_ASSIGN_OR_RETURN(
-      own_timer_, Timer::Create({.name = StrCat(prefix_.substr(0, prefix_.size() - 2))}, clock_));
-  timer_ = own_timer_.get();
-  return absl::OkStatus();
+absl::Status LeaseBackend::Init(MetricsRegistry* metrics, std::string_view metrics_backend) {
+  if (watchdog_ && timer_ == nullptr) {
+    KEEL_ASSIGN_OR_RETURN(own_timer_,
+                          Timer::Create({.name = prefix_.substr(0, prefix_.size() - 2)}, clock_));
+    timer_ = own_timer_.get();
+  }
+  if (metrics == nullptr) return absl::OkStatus();
+  return counters_.Register(*metrics, name_, metrics_backend, registrations_);
 }
 
 LockGuard LeaseBackend::MakeGuard(std::string token, std::optional<int64_t> fencing,
@@ -110,24 +145,24 @@ LockGuard LeaseBackend::MakeGuard(std::string token, std::optional<int64_t> fenc
   return LockGuard(std::move(lease), fencing, std::move(cancellation));
 }
 
-absl::StatusOr<LockGuard> AcquireWithBackoff(
-    LeaseBackend& backend, Deadline deadline, const Backoff& backoff, absl::BitGenRef random,
-    const std::function<absl::StatusOr<std::optional<LockGuard>>(Deadline)>& attempt) {
+absl::StatusOr<LockGuard> LeaseBackend::Acquire(Deadline deadline, const Backoff& backoff,
+                                                absl::BitGenRef random) {
+  if (deadline.IsInfinite()) deadline = Deadline::After(acquire_timeout_, clock_);
   BackoffSequence delays = backoff.Start();
   absl::Status last;
   int attempts = 0;
   while (true) {
     ++attempts;
-    absl::StatusOr<std::optional<LockGuard>> got = attempt(deadline);
+    absl::StatusOr<std::optional<LockGuard>> got = TryAcquire(deadline);
     if (got.ok() && got->has_value()) return std::move(**got);
     last = got.ok() ? absl::OkStatus() : std::move(got).status();
     const TimePoint now = deadline.clock().Now();
     if (now >= deadline.time()) break;
-    backend.clock().SleepUntil(std::min(deadline.time(), now + delays.Next(random)));
+    clock_.SleepUntil(std::min(deadline.time(), now + delays.Next(random)));
     if (deadline.Expired()) break;
   }
   return absl::DeadlineExceededError(StrCat(
-      backend.prefix(), "not acquired within the deadline after ", attempts, " attempts (",
+      prefix_, "not acquired within the deadline after ", attempts, " attempts (",
       last.ok() ? std::string("held by someone else") : StrCat("last error: ", last.message()),
       ")"));
 }
@@ -329,4 +364,29 @@ absl::Status LockGuard::Release(Deadline deadline) {
   return lease->Release(deadline);
 }
 
+namespace internal {
+
+LockBase::LockBase(std::unique_ptr<LeaseBackend> backend) : backend_(std::move(backend)) {}
+
+// The guard taken by lock() (Lockable, a base class) goes while the backend it points to exists.
+LockBase::~LockBase() { unlock(); }
+
+absl::StatusOr<std::optional<LockGuard>> LockBase::TryAcquire(Deadline deadline) {
+  return backend_->TryAcquire(deadline);
+}
+
+absl::StatusOr<LockGuard> LockBase::Acquire(Deadline deadline) {
+  absl::BitGen random;  // per call: a BitGen is not thread-safe, and seeding one is cheap
+  return backend_->Acquire(deadline, backend_->backoff(), random);
+}
+
+absl::StatusOr<LockGuard> LockBase::Acquire(Deadline deadline, const Backoff& backoff,
+                                            absl::BitGenRef random) {
+  return backend_->Acquire(deadline, backoff, random);
+}
+
+LockStats LockBase::Stats() const { return backend_->counters().Snapshot(); }
+Clock& LockBase::clock() const { return backend_->clock(); }
+
+}  // namespace internal
 }  // namespace keel::redis

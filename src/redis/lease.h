@@ -45,10 +45,14 @@ size_t Quorum(size_t nodes);
 // Whether a Redlock attempt that `granted` of `nodes` holds, `elapsed` after it started, holds
 // the lock: a majority, with validity left.
 bool RedlockHolds(size_t granted, size_t nodes, Duration ttl, Duration elapsed);
-// The checks Lock and Redlock share: name 1 to 128 bytes, ttl whole milliseconds in
-// [10ms, 365 days], positive timeouts.
-absl::Status ValidateLockOptions(const keel::internal::OptionsOf& of, std::string_view name,
-                                 Duration ttl, Duration acquire_timeout, Duration release_timeout);
+// The checks Lock and Redlock share (name 1 to 128 bytes, ttl whole milliseconds in
+// [10ms, 365 days], positive timeouts, the retry backoff, a timer on the lock's clock); returns
+// the backoff.
+absl::StatusOr<Backoff> ValidateLockOptions(const keel::internal::OptionsOf& of,
+                                            std::string_view name, Duration ttl,
+                                            Duration acquire_timeout, Duration release_timeout,
+                                            const Backoff::Options& retry, const Timer* timer,
+                                            const Clock& clock);
 int64_t TtlMillis(Duration ttl);
 // A 128-bit random token, as 32 lowercase hex digits.
 std::string NewLockToken();
@@ -80,6 +84,15 @@ class LeaseBackend {
   // The blocking forms (LockGuard::Extend and Release), with the same outcomes.
   virtual absl::Status Extend(Deadline deadline, const std::string& token) = 0;
   virtual absl::Status Release(Deadline deadline, const std::string& token) = 0;
+  // One acquire attempt (Lock::TryAcquire, Redlock::TryAcquire).
+  virtual absl::StatusOr<std::optional<LockGuard>> TryAcquire(Deadline deadline) = 0;
+
+  // Acquire's loop: TryAcquire until it gives a guard or `deadline` passes (Infinite:
+  // acquire_timeout), sleeping `backoff`'s delays in between; Redis errors are retried too.
+  // Errors: DEADLINE_EXCEEDED saying whether the lock was held, or the last attempt's error.
+  absl::StatusOr<LockGuard> Acquire(Deadline deadline, const Backoff& backoff,
+                                    absl::BitGenRef random);
+  const Backoff& backoff() const { return backoff_; }
 
   // `<type> "<name>": `, the prefix of every error.
   const std::string& prefix() const { return prefix_; }
@@ -101,10 +114,16 @@ class LeaseBackend {
     Duration release_timeout;
     std::function<void(const LockLost&)> on_lost;
     bool watchdog = false;
+    Duration acquire_timeout;
+    Backoff backoff;
   };
   LeaseBackend(Config config, Clock& clock, Timer* timer);
-  // Creates the Lock's own timer when the watchdog is on and none was given.
-  absl::Status StartTimer();
+
+ public:
+  // Creates the lock's own timer when the watchdog is on and none was given, and registers the
+  // counters as keel_lock_*_total{name, backend=<metrics_backend>} when `metrics` is set. Once,
+  // from Create.
+  absl::Status Init(MetricsRegistry* metrics, std::string_view metrics_backend);
 
  private:
   friend struct Lease;
@@ -113,20 +132,16 @@ class LeaseBackend {
   std::string prefix_;
   Duration ttl_;
   Duration release_timeout_;
+  Duration acquire_timeout_;
+  Backoff backoff_;
   std::function<void(const LockLost&)> on_lost_;
   bool watchdog_;
   Clock& clock_;
   std::unique_ptr<Timer> own_timer_;
   Timer* timer_;  // the watchdog's: given or own_timer_; null without a watchdog
   LockCounters counters_;
+  std::vector<MetricsRegistry::Registration> registrations_;  // last: before what they read
 };
-
-// Acquire's loop, for Lock and Redlock: `attempt` until it gives a guard or `deadline` passes,
-// sleeping `backoff`'s delays (on the backend's clock) in between; Redis errors are retried too.
-// Errors: DEADLINE_EXCEEDED saying whether the lock was held or the last attempt's error.
-absl::StatusOr<LockGuard> AcquireWithBackoff(
-    LeaseBackend& backend, Deadline deadline, const Backoff& backoff, absl::BitGenRef random,
-    const std::function<absl::StatusOr<std::optional<LockGuard>>(Deadline)>& attempt);
 
 // The state of one held lease, shared by its LockGuard and the watchdog's callbacks.
 struct Lease : std::enable_shared_from_this<Lease> {

@@ -96,19 +96,13 @@ class Redlock::Backend final : public internal::LeaseBackend {
                 .release_timeout = options.release_timeout,
                 .on_lost = options.on_lost,
                 .watchdog = options.watchdog,
+                .acquire_timeout = options.acquire_timeout,
+                .backoff = backoff,
             },
             clock, timer),
         options_(std::move(options)),
         nodes_(std::move(nodes)),
-        keys_(internal::MakeLockKeys("redlock", options_.name, internal::TtlMillis(options_.ttl))),
-        backoff_(backoff) {}
-
-  absl::Status Init(MetricsRegistry* metrics) {
-    KEEL_RETURN_IF_ERROR(StartTimer());
-    if (metrics != nullptr) {
-      KEEL_RETURN_IF_ERROR(counters().Register(*metrics, name(), "redlock", registrations_));
-    }
-    return absl::OkStatus();
+        keys_(internal::MakeLockKeys("redlock", options_.name, internal::TtlMillis(options_.ttl))) {
   }
 
   // Each node's request is bounded by node_timeout as well as by the caller's deadline.
@@ -150,7 +144,7 @@ class Redlock::Backend final : public internal::LeaseBackend {
     return votes->Outcome(keys_.prefix, "release", nodes_.size());
   }
 
-  absl::StatusOr<std::optional<LockGuard>> TryAcquire(Deadline deadline) {
+  absl::StatusOr<std::optional<LockGuard>> TryAcquire(Deadline deadline) override {
     std::string token = internal::NewLockToken();
     const TimePoint started = clock().Now();
     const Deadline d = NodeDeadline(deadline);
@@ -203,31 +197,22 @@ class Redlock::Backend final : public internal::LeaseBackend {
                                          " needed): ", first_error.message()));
   }
 
-  absl::StatusOr<LockGuard> Acquire(Deadline deadline, const Backoff& backoff,
-                                    absl::BitGenRef random) {
-    if (deadline.IsInfinite()) deadline = Deadline::After(options_.acquire_timeout, clock());
-    return internal::AcquireWithBackoff(*this, deadline, backoff, random,
-                                        [this](Deadline d) { return TryAcquire(d); });
-  }
-
   const Options& options() const { return options_; }
-  const Backoff& backoff() const { return backoff_; }
   size_t size() const { return nodes_.size(); }
 
  private:
   const Options options_;
   const std::vector<Client*> nodes_;
   const internal::LockKeys keys_;
-  const Backoff backoff_;
-  std::vector<MetricsRegistry::Registration> registrations_;
 };
 
 absl::StatusOr<std::unique_ptr<Redlock>> Redlock::Create(Options options,
                                                          std::vector<Client*> nodes, Clock& clock,
                                                          MetricsRegistry* metrics, Timer* timer) {
   const keel::internal::OptionsOf of("redlock", options.name);
-  KEEL_RETURN_IF_ERROR(internal::ValidateLockOptions(
-      of, options.name, options.ttl, options.acquire_timeout, options.release_timeout));
+  KEEL_ASSIGN_OR_RETURN(Backoff backoff, internal::ValidateLockOptions(
+                                             of, options.name, options.ttl, options.acquire_timeout,
+                                             options.release_timeout, options.retry, timer, clock));
   if (options.node_timeout <= Duration::zero() || options.node_timeout > options.ttl / 10) {
     return keel::internal::InvalidOption(
         of, "node_timeout",
@@ -253,40 +238,16 @@ absl::StatusOr<std::unique_ptr<Redlock>> Redlock::Create(Options options,
     return keel::internal::InvalidOption(of, "fencing_node", StrCat("< ", nodes.size()),
                                          options.fencing_node);
   }
-  absl::StatusOr<Backoff> backoff = Backoff::Create(options.retry, "retry");
-  if (!backoff.ok()) return of.Nest(backoff.status());
-  if (timer != nullptr && &timer->clock() != &clock) {
-    return absl::InvalidArgumentError(
-        StrCat("redlock \"", options.name, "\": the timer must run on the lock's clock"));
-  }
   auto backend =
-      std::make_unique<Backend>(std::move(options), std::move(nodes), clock, timer, *backoff);
-  KEEL_RETURN_IF_ERROR(backend->Init(metrics));
+      std::make_unique<Backend>(std::move(options), std::move(nodes), clock, timer, backoff);
+  KEEL_RETURN_IF_ERROR(backend->Init(metrics, "redlock"));
   return std::unique_ptr<Redlock>(new Redlock(std::move(backend)));
 }
 
-Redlock::Redlock(std::unique_ptr<Backend> backend) : backend_(std::move(backend)) {}
-// The guard taken by lock() (Lockable, a base class) is released while the backend it points
-// to still exists.
-Redlock::~Redlock() { unlock(); }
+Redlock::Redlock(std::unique_ptr<Backend> backend) : LockBase(std::move(backend)) {}
 
-absl::StatusOr<std::optional<LockGuard>> Redlock::TryAcquire(Deadline deadline) {
-  return backend_->TryAcquire(deadline);
-}
-
-absl::StatusOr<LockGuard> Redlock::Acquire(Deadline deadline) {
-  absl::BitGen random;  // per call: a BitGen is not thread-safe, and seeding one is cheap
-  return backend_->Acquire(deadline, backend_->backoff(), random);
-}
-
-absl::StatusOr<LockGuard> Redlock::Acquire(Deadline deadline, const Backoff& backoff,
-                                           absl::BitGenRef random) {
-  return backend_->Acquire(deadline, backoff, random);
-}
-
-LockStats Redlock::Stats() const { return backend_->counters().Snapshot(); }
-const Redlock::Options& Redlock::options() const { return backend_->options(); }
-Clock& Redlock::clock() const { return backend_->clock(); }
-size_t Redlock::nodes() const { return backend_->size(); }
+const Redlock::Backend& Redlock::typed() const { return static_cast<const Backend&>(backend()); }
+const Redlock::Options& Redlock::options() const { return typed().options(); }
+size_t Redlock::nodes() const { return typed().size(); }
 
 }  // namespace keel::redis

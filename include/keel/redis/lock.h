@@ -207,9 +207,45 @@ class Lockable {
   std::optional<LockGuard> held_ ABSL_GUARDED_BY(lockable_mu_);
 };
 
+// What Lock and Redlock share: acquiring, statistics, Lockable. Their banners say what an
+// attempt does on Redis.
+class LockBase : public Lockable<LockBase> {
+ public:
+  ~LockBase();  // releases the guard held through lock(), if any
+  LockBase(const LockBase&) = delete;
+  LockBase& operator=(const LockBase&) = delete;
+
+  // One attempt: a guard if the lock was free, nullopt if someone holds it (a value, not an
+  // error). Returns within `deadline` (Infinite: the client's command_timeout; Redlock: the
+  // node timeout).
+  // Errors: UNAVAILABLE / DEADLINE_EXCEEDED from Redis (whether the lock was taken is then
+  // unknown; if it was, it frees itself after ttl); INTERNAL for an unexpected script reply.
+  absl::StatusOr<std::optional<LockGuard>> TryAcquire(Deadline deadline);
+
+  // Waits for the lock until `deadline`, attempting with Options::retry's jittered backoff
+  // between attempts (Redis errors are retried too, within the deadline).
+  // Deadline::Infinite() waits Options::acquire_timeout.
+  // Errors: DEADLINE_EXCEEDED when the deadline passed first (the message says whether the lock
+  // was held or Redis failed, with Redis's last error).
+  absl::StatusOr<LockGuard> Acquire(Deadline deadline);
+  // As Acquire, with the backoff and the random source of its jitter given.
+  absl::StatusOr<LockGuard> Acquire(Deadline deadline, const Backoff& backoff,
+                                    absl::BitGenRef random);
+
+  LockStats Stats() const;
+  Clock& clock() const;
+
+ protected:
+  explicit LockBase(std::unique_ptr<LeaseBackend> backend);
+  LeaseBackend& backend() const { return *backend_; }
+
+ private:
+  std::unique_ptr<LeaseBackend> backend_;
+};
+
 }  // namespace internal
 
-class Lock : public internal::Lockable<Lock> {
+class Lock : public internal::LockBase {
  public:
   struct Options {
     // Names the lock: every process locking the same name excludes the others. Part of the Redis
@@ -250,29 +286,10 @@ class Lock : public internal::Lockable<Lock> {
                                                       Clock& clock = SteadyClock(),
                                                       MetricsRegistry* metrics = nullptr,
                                                       Timer* timer = nullptr);
-  ~Lock();
-  Lock(const Lock&) = delete;
-  Lock& operator=(const Lock&) = delete;
 
-  // One attempt: a guard if the lock was free, nullopt if someone holds it (a value, not an
-  // error). Returns within `deadline` (Infinite: the client's command_timeout).
-  // Errors: UNAVAILABLE / DEADLINE_EXCEEDED from Redis (whether the lock was taken is then
-  // unknown; if it was, it frees itself after ttl); INTERNAL for an unexpected script reply.
-  absl::StatusOr<std::optional<LockGuard>> TryAcquire(Deadline deadline);
+  // TryAcquire, Acquire, Stats, clock and Lockable: see internal::LockBase above.
 
-  // Waits for the lock until `deadline`, attempting with Options::retry's jittered backoff
-  // between attempts (Redis errors are retried too, within the deadline).
-  // Deadline::Infinite() waits Options::acquire_timeout.
-  // Errors: DEADLINE_EXCEEDED when the deadline passed first (the message says whether the lock
-  // was held or Redis failed, with Redis's last error).
-  absl::StatusOr<LockGuard> Acquire(Deadline deadline);
-  // As Acquire, with the backoff and the random source of its jitter given.
-  absl::StatusOr<LockGuard> Acquire(Deadline deadline, const Backoff& backoff,
-                                    absl::BitGenRef random);
-
-  LockStats Stats() const;
   const Options& options() const;
-  Clock& clock() const;
   // The Redis keys of the lock (see the banner).
   std::string RedisKey() const;
   std::string FencingKey() const;
@@ -280,7 +297,7 @@ class Lock : public internal::Lockable<Lock> {
  private:
   class Backend;
   explicit Lock(std::unique_ptr<Backend> backend);
-  std::unique_ptr<Backend> backend_;
+  const Backend& typed() const;
 };
 
 }  // namespace keel::redis

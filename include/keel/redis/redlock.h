@@ -61,7 +61,7 @@
 
 namespace keel::redis {
 
-class Redlock : public internal::Lockable<Redlock> {
+class Redlock : public internal::LockBase {
  public:
   struct Options {
     // Names the lock, as Lock::Options::name (the same keys on every node). Required: 1 to 128
@@ -103,34 +103,22 @@ class Redlock : public internal::Lockable<Redlock> {
                                                          Clock& clock = SteadyClock(),
                                                          MetricsRegistry* metrics = nullptr,
                                                          Timer* timer = nullptr);
-  ~Redlock();
-  Redlock(const Redlock&) = delete;
-  Redlock& operator=(const Redlock&) = delete;
 
-  // One attempt (see the banner): a guard when a majority granted it in time; nullopt when a
-  // majority of the nodes answered but not enough granted (held by someone else, or split
-  // between contenders). Returns within node_timeout (and `deadline`, when earlier) plus the
-  // release of a failed attempt (another node_timeout at most).
-  // Errors: UNAVAILABLE when fewer than a majority of the nodes answered (with the first
-  // error), or when the majority came too late to leave any validity.
-  absl::StatusOr<std::optional<LockGuard>> TryAcquire(Deadline deadline);
+  // One attempt (see the banner) is TryAcquire: a guard when a majority granted it in time;
+  // nullopt when a majority of the nodes answered but not enough granted (held by someone else,
+  // or split between contenders). It returns within node_timeout (and the deadline, when
+  // earlier) plus the release of a failed attempt (another node_timeout at most); UNAVAILABLE
+  // when fewer than a majority of the nodes answered (with the first error), or when the
+  // majority came too late to leave any validity. Acquire, Stats, clock and Lockable: see
+  // internal::LockBase in lock.h.
 
-  // Attempts until `deadline` with Options::retry's random delays in between (Infinite:
-  // Options::acquire_timeout).
-  // Errors: DEADLINE_EXCEEDED naming why the last attempt failed.
-  absl::StatusOr<LockGuard> Acquire(Deadline deadline);
-  absl::StatusOr<LockGuard> Acquire(Deadline deadline, const Backoff& backoff,
-                                    absl::BitGenRef random);
-
-  LockStats Stats() const;
   const Options& options() const;
-  Clock& clock() const;
   size_t nodes() const;
 
  private:
   class Backend;
   explicit Redlock(std::unique_ptr<Backend> backend);
-  std::unique_ptr<Backend> backend_;
+  const Backend& typed() const;
 };
 
 }  // namespace keel::redis

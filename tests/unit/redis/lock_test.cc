@@ -80,9 +80,12 @@ TEST_CASE("redis lock rejects bad options naming the field") {
   CHECK(Lock::Create({.name = "x"}, *pooled_client).ok());
   keel::ManualClock other_clock;
   auto timer = keel::Timer::Create({}, other_clock).value();
-  CHECK(absl::IsInvalidArgument(Lock::Create({.name = "x", .watchdog = true}, *client,
-                                             keel::SteadyClock(), nullptr, timer.get())
-                                    .status()));
+  CHECK(
+      Lock::Create({.name = "x", .watchdog = true}, *client, keel::SteadyClock(), nullptr,
+                   timer.get())
+          .status()
+          .message() ==
+      "redis lock \"x\": timer must be a Timer on the lock's clock, got a Timer on another clock");
 }
 
 TEST_CASE("redlock rejects bad options naming the field") {
