@@ -118,6 +118,20 @@ class LeaseBackend {
     Backoff backoff;
   };
   LeaseBackend(Config config, Clock& clock, Timer* timer);
+  // The Config of Lock::Options or Redlock::Options (the same fields).
+  template <typename LockOptions>
+  static Config ConfigOf(std::string_view type, const LockOptions& o, const Backoff& backoff) {
+    return Config{
+        .type = type,
+        .name = o.name,
+        .ttl = o.ttl,
+        .release_timeout = o.release_timeout,
+        .on_lost = o.on_lost,
+        .watchdog = o.watchdog,
+        .acquire_timeout = o.acquire_timeout,
+        .backoff = backoff,
+    };
+  }
 
  public:
   // Creates the lock's own timer when the watchdog is on and none was given, and registers the

@@ -13,18 +13,7 @@ namespace keel::redis {
 class Lock::Backend final : public internal::LeaseBackend {
  public:
   Backend(Options options, Client& client, Clock& clock, Timer* timer, Backoff backoff)
-      : LeaseBackend(
-            Config{
-                .type = "redis lock",
-                .name = options.name,
-                .ttl = options.ttl,
-                .release_timeout = options.release_timeout,
-                .on_lost = options.on_lost,
-                .watchdog = options.watchdog,
-                .acquire_timeout = options.acquire_timeout,
-                .backoff = backoff,
-            },
-            clock, timer),
+      : LeaseBackend(ConfigOf("redis lock", options, backoff), clock, timer),
         options_(std::move(options)),
         client_(client),
         keys_(internal::MakeLockKeys("redis lock", options_.name,

@@ -88,18 +88,7 @@ Future<Votes> Tally(std::vector<Future<void>> futures) {
 class Redlock::Backend final : public internal::LeaseBackend {
  public:
   Backend(Options options, std::vector<Client*> nodes, Clock& clock, Timer* timer, Backoff backoff)
-      : LeaseBackend(
-            Config{
-                .type = "redlock",
-                .name = options.name,
-                .ttl = options.ttl,
-                .release_timeout = options.release_timeout,
-                .on_lost = options.on_lost,
-                .watchdog = options.watchdog,
-                .acquire_timeout = options.acquire_timeout,
-                .backoff = backoff,
-            },
-            clock, timer),
+      : LeaseBackend(ConfigOf("redlock", options, backoff), clock, timer),
         options_(std::move(options)),
         nodes_(std::move(nodes)),
         keys_(internal::MakeLockKeys("redlock", options_.name, internal::TtlMillis(options_.ttl))) {
