@@ -30,8 +30,9 @@ bool RedlockHolds(size_t granted, size_t nodes, Duration ttl, Duration elapsed) 
 
 std::string NewLockToken() {
   // absl::BitGen is seeded from the OS's entropy: tokens of different processes never collide
-  // (2^-64 per pair at 2^32 tokens), and a holder cannot guess another's.
-  absl::BitGen gen;
+  // (2^-64 per pair at 2^32 tokens), and a holder cannot guess another's. One per thread: a
+  // BitGen is not thread-safe, and seeding one per call would cost more than the rest of it.
+  thread_local absl::BitGen gen;
   return absl::StrFormat("%016x%016x", absl::Uniform<uint64_t>(gen), absl::Uniform<uint64_t>(gen));
 }
 
