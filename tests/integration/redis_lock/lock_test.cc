@@ -277,6 +277,25 @@ TEST_CASE("redis lock watchdog reports a lease it cannot extend while Redis is p
   CHECK(lock->Stats().extend_failures_total >= 1);
 }
 
+TEST_CASE("redis lock watchdog reports a lease it cannot extend once Redis is killed",
+          "[redis_lock]") {
+  keel::test::RedisServer server;
+  auto client = keel::test::MakeRedisClient(server.url());
+  keel::test::LostProbe lost;
+  auto lock = MakeLock(
+      *client,
+      {.name = UniqueName("killed"), .ttl = 300ms, .watchdog = true, .on_lost = lost.callback()});
+  LockGuard guard = MustAcquire(*lock);
+  server.Kill();
+  // Every extension now fails at once; they are retried until the validity runs out.
+  const absl::Status reason = lost.future.Get(Deadline::After(3s));
+  CHECK(absl::IsUnavailable(reason));
+  CHECK(guard.lost());
+  CHECK(guard.cancellation().cancelled());
+  CHECK(lock->Stats().extend_failures_total >= 2);
+  CHECK_FALSE(guard.Release(Deadline::After(200ms)).ok());
+}
+
 TEST_CASE("redis lock: a guard released while its extension is in flight is never extended again",
           "[redis_lock]") {
   // The watchdog runs on a ManualClock timer, so the test decides when an extension starts; the
