@@ -30,6 +30,9 @@
 // extended again: Release waits for an extension in flight to be answered before it deletes
 // the key, so Redis sees every extension of a guard before its release and none after it.
 //
+// Lock meets the C++ Lockable and TimedLockable requirements (std::unique_lock; see
+// internal::Lockable below), for code that wants a scoped lock without a guard in hand.
+//
 // Thread safety: Lock is thread-safe; share one per lock name and process. A LockGuard is not
 // (move it, do not share it), except that the watchdog works on it from the timer thread.
 // REQUIRES: the Lock outlives its guards.
@@ -39,8 +42,8 @@
 //   absl::StatusOr<keel::redis::LockGuard> guard = lock->Acquire(Deadline::After(2s));
 //   if (!guard.ok()) return guard.status();   // DEADLINE_EXCEEDED: held by someone else
 //   absl::Status written = pg->Transact(deadline, [&](keel::postgres::Transaction& tx) {
-//     KEEL_RETURN_IF_ERROR(keel::postgres::CheckFencingToken(tx, "order:42",
-//                                                            *guard->fencing_token()));
+//     // fencing: a keel::postgres::Fencing (keel/postgres/fencing.h)
+//     KEEL_RETURN_IF_ERROR(fencing.Check(tx, "order:42", *guard->fencing_token()));
 //     return tx.Execute("UPDATE orders SET paid = true WHERE id = 42").status();
 //   });
 //   if (guard->cancellation().cancelled()) { /* the lease was lost: stop */ }
