@@ -180,6 +180,7 @@ class Lockable {
   }
   template <typename Rep, typename Period>
   bool try_lock_for(const std::chrono::duration<Rep, Period>& d) ABSL_LOCKS_EXCLUDED(lockable_mu_) {
+    if (d <= d.zero()) return try_lock();  // as std::timed_mutex: a time already past tries once
     absl::StatusOr<LockGuard> guard = self().Acquire(Deadline::After(d, self().clock()));
     if (!guard.ok()) return false;
     Hold(std::move(*guard));

@@ -343,8 +343,10 @@ TEST_CASE("redis lock: a guard released while its extension is in flight is neve
   CHECK(client->Command(Deadline::After(2s), "EXISTS", lock->RedisKey())->integer() == 0);
 }
 
-TEST_CASE("redis lock: a lock destroyed while held through lock() releases it first",
-          "[redis_lock]") {
+TEST_CASE(
+    "redis lock is Lockable: try_lock, try_lock_for, try_lock_until, and destroyed while held "
+    "through lock() it releases first",
+    "[redis_lock]") {
   auto client = keel::test::SharedRedisClient();
   const std::string name = UniqueName("lockable");
   std::string key;
@@ -353,7 +355,14 @@ TEST_CASE("redis lock: a lock destroyed while held through lock() releases it fi
     key = lock->RedisKey();
     lock->lock();
     CHECK(client->Command(Deadline::After(2s), "EXISTS", key)->integer() == 1);
-    CHECK_FALSE(MakeLock(*client, {.name = name})->try_lock());
+    auto other = MakeLock(*client, {.name = name});
+    CHECK_FALSE(other->try_lock());
+    CHECK_FALSE(other->try_lock_for(0s));
   }
+  CHECK(client->Command(Deadline::After(2s), "EXISTS", key)->integer() == 0);
+  // A time already past still tries once, as std::timed_mutex does.
+  auto again = MakeLock(*client, {.name = name});
+  CHECK(again->try_lock_until(std::chrono::steady_clock::now() - 1s));
+  again->unlock();
   CHECK(client->Command(Deadline::After(2s), "EXISTS", key)->integer() == 0);
 }
