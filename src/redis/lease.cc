@@ -77,6 +77,7 @@ LockStats LockCounters::Snapshot() const {
       .extended_total = get(extended),
       .extend_failures_total = get(extend_failures),
       .lost_total = get(lost),
+      .on_lost_exceptions_total = get(on_lost_exceptions),
   };
 }
 
@@ -101,6 +102,9 @@ absl::Status LockCounters::Register(MetricsRegistry& metrics, std::string_view n
            Series{"keel_lock_extend_failures_total", "Lease extensions that failed.",
                   &extend_failures},
            Series{"keel_lock_lost_total", "Guards whose lease the watchdog found lost.", &lost},
+           Series{"keel_lock_on_lost_exceptions_total",
+                  "Exceptions thrown by on_lost callbacks (caught and dropped).",
+                  &on_lost_exceptions},
        }) {
     const std::atomic<uint64_t>* c = s.counter;
     KEEL_ASSIGN_OR_RETURN(MetricsRegistry::Registration r,
@@ -241,7 +245,8 @@ void Lease::ReportLost(absl::Status reason) {
   if (!backend.on_lost_) return;
   try {
     backend.on_lost_(LockLost{.name = backend.name(), .fencing_token = fencing, .reason = reason});
-  } catch (...) {  // dropped: user code cannot wedge the watchdog
+  } catch (...) {  // counted and dropped: user code cannot wedge the watchdog
+    backend.counters().on_lost_exceptions.fetch_add(1, std::memory_order_relaxed);
   }
 }
 

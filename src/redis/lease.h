@@ -67,6 +67,7 @@ struct LockCounters {
   std::atomic<uint64_t> extended{0};
   std::atomic<uint64_t> extend_failures{0};
   std::atomic<uint64_t> lost{0};
+  std::atomic<uint64_t> on_lost_exceptions{0};
   LockStats Snapshot() const;
   // Registers keel_lock_*_total{name, backend} mirrors of the counters.
   absl::Status Register(MetricsRegistry& metrics, std::string_view name, std::string_view backend,

@@ -88,14 +88,15 @@ struct LockLost {
 
 // Counters of one Lock or Redlock (monotonic; relaxed loads: each exact, not taken together).
 struct LockStats {
-  uint64_t acquired_total = 0;         // guards handed out
-  uint64_t contended_total = 0;        // acquire attempts that found the lock held
-  uint64_t errors_total = 0;           // acquire attempts that failed (Redis down, deadline)
-  uint64_t released_total = 0;         // guards released (Release or the destructor)
-  uint64_t release_aborted_total = 0;  // releases that found the token gone (lease had run out)
-  uint64_t extended_total = 0;         // successful extensions (watchdog or Extend)
-  uint64_t extend_failures_total = 0;  // extensions that failed (error or token gone)
-  uint64_t lost_total = 0;             // guards the watchdog marked lost
+  uint64_t acquired_total = 0;            // guards handed out
+  uint64_t contended_total = 0;           // acquire attempts that found the lock held
+  uint64_t errors_total = 0;              // acquire attempts that failed (Redis down, deadline)
+  uint64_t released_total = 0;            // guards released (Release or the destructor)
+  uint64_t release_aborted_total = 0;     // releases that found the token gone (lease had run out)
+  uint64_t extended_total = 0;            // successful extensions (watchdog or Extend)
+  uint64_t extend_failures_total = 0;     // extensions that failed (error or token gone)
+  uint64_t lost_total = 0;                // guards the watchdog marked lost
+  uint64_t on_lost_exceptions_total = 0;  // exceptions thrown by on_lost (caught, dropped)
 };
 
 // The move-only handle of a held lock; releases in its destructor.
@@ -264,7 +265,8 @@ class Lock : public internal::LockBase {
     // multiplexed transport (the default). Default: false.
     bool watchdog = false;
     // Called (on the timer or the client's I/O thread, outside any keel lock) when the watchdog
-    // finds a guard's lease lost. Must not block; an exception is caught and dropped. Optional.
+    // finds a guard's lease lost. Must not block; an exception is caught, counted
+    // (on_lost_exceptions_total) and dropped. Optional.
     std::function<void(const LockLost&)> on_lost;
     // The waits of Acquire between attempts while the lock is held. Default: full jitter from
     // 10 ms up to 500 ms.
@@ -285,7 +287,7 @@ class Lock : public internal::LockBase {
   // the locks of a process: REQUIRES &timer->clock() == &clock, it must outlive the Lock), else
   // on a Timer the Lock creates for itself. With `metrics`, registers counters mirroring
   // LockStats: keel_lock_{acquired,contended,errors,released,release_aborted,extended,
-  // extend_failures,lost}_total{name=<name>,backend="redis"}.
+  // extend_failures,lost,on_lost_exceptions}_total{name=<name>,backend="redis"}.
   static absl::StatusOr<std::unique_ptr<Lock>> Create(Options options, Client& client,
                                                       Clock& clock = SteadyClock(),
                                                       MetricsRegistry* metrics = nullptr,

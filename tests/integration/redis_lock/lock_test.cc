@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -253,6 +254,36 @@ TEST_CASE("redis lock watchdog reports a lease whose key vanished: on_lost and t
   CHECK(lock->Stats().lost_total == 1);
   CHECK(absl::IsAborted(guard.Extend(Deadline::After(1s))));
   CHECK(absl::IsAborted(guard.Release(Deadline::After(1s))));
+}
+
+TEST_CASE("redis lock: an on_lost that throws is counted, and the guard is still lost",
+          "[redis_lock]") {
+  auto client = keel::test::SharedRedisClient();
+  auto lock = MakeLock(*client, {.name = UniqueName("throws"),
+                                 .ttl = 300ms,
+                                 .watchdog = true,
+                                 .on_lost = [](const keel::redis::LockLost&) {
+                                   throw std::runtime_error("listener bug");
+                                 }});
+  LockGuard guard = MustAcquire(*lock);
+  REQUIRE(client->Command(Deadline::After(2s), "DEL", lock->RedisKey())->integer() == 1);
+  const auto give_up = std::chrono::steady_clock::now() + 3s;
+  while (lock->Stats().on_lost_exceptions_total == 0 &&
+         std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(5ms);
+  }
+  CHECK(lock->Stats().on_lost_exceptions_total == 1);
+  CHECK(guard.lost());
+  CHECK(guard.cancellation().cancelled());
+  // The watchdog's thread survived: another guard of the lock is still extended.
+  CHECK(absl::IsAborted(guard.Release(Deadline::After(1s))));
+  LockGuard next = MustAcquire(*lock);
+  const uint64_t extended = lock->Stats().extended_total;
+  const auto until = std::chrono::steady_clock::now() + 3s;
+  while (lock->Stats().extended_total == extended && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(5ms);
+  }
+  CHECK(lock->Stats().extended_total > extended);
 }
 
 TEST_CASE("redis lock watchdog reports a lease it cannot extend while Redis is paused",
