@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/random/random.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "keel/internal/status_macros.h"
 #include "keel/internal/strings.h"
@@ -154,22 +155,28 @@ absl::StatusOr<LockGuard> LeaseBackend::Acquire(Deadline deadline, const Backoff
                                                 absl::BitGenRef random) {
   if (deadline.IsInfinite()) deadline = Deadline::After(acquire_timeout_, clock_);
   BackoffSequence delays = backoff.Start();
-  absl::Status last;
+  bool held = false;  // some attempt found the lock held
+  absl::Status last;  // the last attempt's error, if it failed
   int attempts = 0;
   while (true) {
     ++attempts;
     absl::StatusOr<std::optional<LockGuard>> got = TryAcquire(deadline);
     if (got.ok() && got->has_value()) return std::move(**got);
-    last = got.ok() ? absl::OkStatus() : std::move(got).status();
+    if (got.ok()) {
+      held = true;
+      last = absl::OkStatus();
+    } else {
+      last = std::move(got).status();
+    }
     const TimePoint now = deadline.clock().Now();
     if (now >= deadline.time()) break;
     clock_.SleepUntil(std::min(deadline.time(), now + delays.Next(random)));
     if (deadline.Expired()) break;
   }
-  return absl::DeadlineExceededError(StrCat(
-      prefix_, "not acquired within the deadline after ", attempts, " attempts (",
-      last.ok() ? std::string("held by someone else") : StrCat("last error: ", last.message()),
-      ")"));
+  std::string why = held ? "held by someone else" : "";
+  if (!last.ok()) absl::StrAppend(&why, held ? "; " : "", "last error: ", last.message());
+  return absl::DeadlineExceededError(StrCat(prefix_, "not acquired within the deadline after ",
+                                            attempts, " attempts (", why, ")"));
 }
 
 void Lease::ScheduleTick(TimePoint at) {

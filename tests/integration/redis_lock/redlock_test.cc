@@ -63,8 +63,9 @@ TEST_CASE("redlock on 3 nodes holds on every node, excludes a second holder, rel
           "[redis_lock]") {
   Cluster cluster(3);
   const std::string name = UniqueName("rl3");
-  auto a = MakeRedlock(cluster, {.name = name, .ttl = 5s});
-  auto b = MakeRedlock(cluster, {.name = name, .ttl = 5s});
+  // Node timeouts with room for a loaded machine: the test expects every node to answer.
+  auto a = MakeRedlock(cluster, {.name = name, .ttl = 5s, .node_timeout = 300ms});
+  auto b = MakeRedlock(cluster, {.name = name, .ttl = 5s, .node_timeout = 300ms});
   auto held = a->TryAcquire(Deadline::After(1s));
   REQUIRE(held.ok());
   REQUIRE(held->has_value());
@@ -110,7 +111,7 @@ TEST_CASE("redlock on 5 nodes acquires with 2 killed and fails within the deadli
   auto lock = MakeRedlock(
       cluster, {.name = name,
                 .ttl = 2s,
-                .node_timeout = 50ms,
+                .node_timeout = 200ms,
                 .fencing_node = 4,
                 .retry = {.kind = keel::Backoff::Kind::kFullJitter, .base = 5ms, .cap = 20ms}});
   cluster.servers[0]->Kill();
@@ -143,7 +144,7 @@ TEST_CASE("redlock on 5 nodes with 2 paused acquires within the node timeout, wi
   Cluster cluster(5);
   const std::string name = UniqueName("paused5");
   auto lock =
-      MakeRedlock(cluster, {.name = name, .ttl = 2s, .node_timeout = 50ms, .fencing_node = 0});
+      MakeRedlock(cluster, {.name = name, .ttl = 2s, .node_timeout = 100ms, .fencing_node = 0});
   cluster.servers[0]->Stop();
   cluster.servers[3]->Stop();
   const auto t0 = std::chrono::steady_clock::now();
@@ -151,10 +152,10 @@ TEST_CASE("redlock on 5 nodes with 2 paused acquires within the node timeout, wi
   const auto took = std::chrono::steady_clock::now() - t0;
   REQUIRE(got.ok());
   REQUIRE(got->has_value());
-  CHECK(took < 300ms);  // bounded by node_timeout, not by the paused servers
+  CHECK(took < 500ms);  // bounded by node_timeout, not by the paused servers
   // The paused designated node gave no fencing token; the validity paid for the wait.
   CHECK_FALSE((*got)->fencing_token().has_value());
-  CHECK((*got)->Validity() < 2s - 20ms - 50ms);
+  CHECK((*got)->Validity() < 2s - 20ms - 100ms);
   CHECK((*got)->Release().ok());
   // A third paused node leaves no majority: Acquire gives up by its deadline.
   cluster.servers[4]->Stop();
@@ -162,7 +163,7 @@ TEST_CASE("redlock on 5 nodes with 2 paused acquires within the node timeout, wi
   auto refused = lock->Acquire(Deadline::After(300ms));
   const auto waited = std::chrono::steady_clock::now() - t1;
   CHECK(absl::IsDeadlineExceeded(refused.status()));
-  CHECK(waited < 700ms);
+  CHECK(waited < 1s);
   for (int i : {0, 3, 4}) cluster.servers[i]->Continue();
 }
 
@@ -206,7 +207,7 @@ TEST_CASE("redlock works with std::unique_lock: try_lock_for, and lock() after t
           "[redis_lock]") {
   Cluster cluster(3);
   const std::string name = UniqueName("lockable");
-  auto a = MakeRedlock(cluster, {.name = name, .ttl = 5s});
+  auto a = MakeRedlock(cluster, {.name = name, .ttl = 5s, .node_timeout = 300ms});
   auto b = MakeRedlock(
       cluster, {.name = name,
                 .ttl = 5s,
@@ -227,7 +228,8 @@ TEST_CASE("redlock works with std::unique_lock: try_lock_for, and lock() after t
     std::unique_lock<Redlock> waiting(*b);  // lock(): blocks until the holder unlocks
     CHECK(waiting.owns_lock());
     unlocker.join();
-    CHECK(cluster.Holding(KeyOf(name)) == 3);
+    // A majority: an attempt racing the holder's release may find one node not released yet.
+    CHECK(cluster.Holding(KeyOf(name)) >= 2);
   }
   CHECK(cluster.Holding(KeyOf(name)) == 0);
 }
