@@ -7,6 +7,9 @@
 //                           (items/s) >= 80% of BM_Baseline_RedisPipelinedPing over 1 connection
 //   BM_RedisMux_PingCallbacks/N  N callback calls in flight from 1 thread (the transport's
 //                           internal submit), vs BM_Baseline_RedisPipelinedPing/N
+//   BM_RedisLock_AcquireRelease/T  TryAcquire + Release of an uncontended redis::Lock: two round
+//                           trips (two EVALSHAs), so <= 2.2x BM_Baseline_RedisPing (1.1x two
+//                           pings); T = 0 the pooled transport, 1 the multiplexed one
 // Reads KEEL_TEST_REDIS_URL; skips with a message when it is absent.
 #include <benchmark/benchmark.h>
 
@@ -16,6 +19,7 @@
 
 #include "bench_env.h"
 #include "keel/redis/client.h"
+#include "keel/redis/lock.h"
 #include "keel/redis/script.h"
 #include "redis/transport/call.h"
 #include "redis/transport/event_loop.h"
@@ -179,5 +183,29 @@ void BM_RedisMux_PingCallbacks(benchmark::State& state) {
   (*loop)->Stop();
 }
 BENCHMARK(BM_RedisMux_PingCallbacks)->UseRealTime()->Arg(16)->Arg(64);
+
+void BM_RedisLock_AcquireRelease(benchmark::State& state) {
+  auto client = MakeClient(state, state.range(0) == 0 ? keel::redis::Transport::kPooled
+                                                      : keel::redis::Transport::kMultiplexed);
+  if (!client) return;
+  auto lock = keel::redis::Lock::Create({.name = "bench-lock", .ttl = 10s}, *client);
+  if (!lock.ok()) {
+    state.SkipWithError(std::string(lock.status().message()).c_str());
+    return;
+  }
+  // Warm up: the scripts cached on the server, so every call below is an EVALSHA hit.
+  if (auto warm = (*lock)->TryAcquire(Deadline::After(1s)); !warm.ok() || !warm->has_value()) {
+    state.SkipWithError("cannot take the lock");
+    return;
+  }
+  for (auto _ : state) {
+    auto guard = (*lock)->TryAcquire(Deadline::After(1s));
+    if (!guard.ok() || !guard->has_value() || !(*guard)->Release(Deadline::After(1s)).ok()) {
+      state.SkipWithError("acquire or release failed");
+      break;
+    }
+  }
+}
+BENCHMARK(BM_RedisLock_AcquireRelease)->Arg(0)->Arg(1)->UseRealTime();
 
 }  // namespace

@@ -68,8 +68,10 @@
 #include "keel/redis/concurrency_limiter.h"
 #include "keel/redis/connection.h"
 #include "keel/redis/fail_mode.h"
+#include "keel/redis/lock.h"
 #include "keel/redis/options.h"
 #include "keel/redis/rate_limiter.h"
+#include "keel/redis/redlock.h"
 #include "keel/redis/reply.h"
 #include "keel/redis/script.h"
 #include "keel/redis/subscriber.h"
@@ -79,6 +81,7 @@
 #if KEEL_WITH_POSTGRES
 #include "keel/postgres/batch.h"
 #include "keel/postgres/connection.h"
+#include "keel/postgres/fencing.h"
 #include "keel/postgres/pool.h"
 #include "keel/postgres/router.h"
 #include "keel/postgres/transaction.h"

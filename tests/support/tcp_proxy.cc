@@ -77,18 +77,6 @@ void TcpProxy::Loop() {
       break;
     }
     if (fds[0].revents != 0) break;
-    if (fds[1].revents != 0) {
-      const int client = ::accept(listen_fd_, nullptr, nullptr);
-      const int server = ::socket(AF_INET, SOCK_STREAM, 0);
-      sockaddr_in to = Loopback(target_port_);
-      if (client >= 0 && server >= 0 &&
-          ::connect(server, reinterpret_cast<sockaddr*>(&to), sizeof to) == 0) {
-        links.push_back({client, server});
-      } else {
-        if (client >= 0) ::close(client);
-        if (server >= 0) ::close(server);
-      }
-    }
     std::vector<Link> kept;
     for (size_t i = 0; i < links.size(); ++i) {
       Link& l = links[i];
@@ -116,6 +104,19 @@ void TcpProxy::Loop() {
       }
     }
     links.swap(kept);
+    // Accepted after the links polled above are handled: `fds` has no entries for a new one.
+    if (fds[1].revents != 0) {
+      const int client = ::accept(listen_fd_, nullptr, nullptr);
+      const int server = ::socket(AF_INET, SOCK_STREAM, 0);
+      sockaddr_in to = Loopback(target_port_);
+      if (client >= 0 && server >= 0 &&
+          ::connect(server, reinterpret_cast<sockaddr*>(&to), sizeof to) == 0) {
+        links.push_back({client, server});
+      } else {
+        if (client >= 0) ::close(client);
+        if (server >= 0) ::close(server);
+      }
+    }
   }
   for (const Link& l : links) {
     ::close(l.client);
