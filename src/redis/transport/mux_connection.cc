@@ -429,7 +429,25 @@ void MuxConnection::ReadAll() {
     if (n > 0) {
       // Every reply in these bytes answers bytes written after their call was submitted.
       Adopt();
-      if (absl::Status fed = matcher_.Feed(std::string_view(read_buf_.get(), n)); !fed.ok()) {
+      const absl::Status fed = matcher_.Feed(std::string_view(read_buf_.get(), n), &finished_);
+      // The answered calls leave the backpressure counts before they complete: a caller woken
+      // by its reply that calls again at once finds the connection idle (and reads its own).
+      const ReplyMatcher::Retired retired = matcher_.TakeRetired();
+      // A short read drained the socket: no recv more (epoll is level-triggered, so bytes that
+      // arrive later wake the loop again), and the read side is free before the completions run.
+      const bool drained = fed.ok() && static_cast<size_t>(n) < kReadChunk;
+      {
+        MutexLock lock(mu_);
+        calls_ -= retired.slots;
+        bytes_ -= retired.bytes;
+        if (drained) loop_reading_ = false;
+      }
+      matcher_.Complete(finished_);
+      if (drained) {
+        discarded_.store(matcher_.late_replies_discarded(), std::memory_order_relaxed);
+        return;
+      }
+      if (!fed.ok()) {
         Close(absl::StatusCode::kUnavailable, StrCat(fed.message(), lost_suffix_), true);
         break;
       }

@@ -199,8 +199,9 @@ class MuxConnection final : public EventLoop::Watcher {
   std::shared_ptr<Socket> read_socket_;  // the socket the loop watches
   std::string conn_name_;                // `redis "host:port"` of the current connection
   std::vector<std::shared_ptr<Call>> adopting_;
-  bool connecting_ = false;  // the connector thread runs a setup
-  std::thread connector_;    // started and joined on the loop thread; joined by the destructor
+  std::vector<ReplyMatcher::Finished> finished_;  // answered by the last read, not completed yet
+  bool connecting_ = false;                       // the connector thread runs a setup
+  std::thread connector_;  // started and joined on the loop thread; joined by the destructor
   std::unique_ptr<char[]> read_buf_;
   // The direct caller's only (it owns direct_).
   ReplyMatcher direct_matcher_;

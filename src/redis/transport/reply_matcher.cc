@@ -40,7 +40,7 @@ void ReplyMatcher::Clear() {
 
 void ReplyMatcher::Push(std::shared_ptr<Call> call) { slots_.push_back(std::move(call)); }
 
-void ReplyMatcher::Take(void* raw) {
+void ReplyMatcher::Take(void* raw, std::vector<Finished>* finished) {
   Call& call = *slots_.front();
   // A caller that gave up gets nothing: skip the copy.
   if (!call.claimed()) {
@@ -56,13 +56,24 @@ void ReplyMatcher::Take(void* raw) {
   retired_.bytes += done->request_bytes;
   const uint32_t count = current_count_;
   current_count_ = 0;
-  if (!done->TryComplete(CallResult{.status = absl::OkStatus(), .replies = std::move(current_)})) {
-    discarded_ += count;
-  }
+  CallResult result{.status = absl::OkStatus(), .replies = std::move(current_)};
   current_.clear();
+  if (finished != nullptr) {
+    finished->push_back(
+        Finished{.call = std::move(done), .result = std::move(result), .replies = count});
+    return;
+  }
+  if (!done->TryComplete(std::move(result))) discarded_ += count;
 }
 
-absl::Status ReplyMatcher::Feed(std::string_view bytes) {
+void ReplyMatcher::Complete(std::vector<Finished>& finished) {
+  for (Finished& f : finished) {
+    if (!f.call->TryComplete(std::move(f.result))) discarded_ += f.replies;
+  }
+  finished.clear();
+}
+
+absl::Status ReplyMatcher::Feed(std::string_view bytes, std::vector<Finished>* finished) {
   // The stream position is lost: every slot fails, and the next bytes start a new stream.
   auto protocol_error = [this](std::string_view what) {
     const std::string message =
@@ -81,7 +92,7 @@ absl::Status ReplyMatcher::Feed(std::string_view bytes) {
       freeReplyObject(raw);
       return protocol_error("a reply no call is waiting for");
     }
-    Take(raw);
+    Take(raw, finished);
   }
 }
 

@@ -43,10 +43,22 @@ class ReplyMatcher {
   // the FIFO. REQUIRES: call->expected() >= 1.
   void Push(std::shared_ptr<Call> call);
 
+  // A slot whose replies are all in, not completed yet (Feed with `finished`).
+  struct Finished {
+    std::shared_ptr<Call> call;
+    CallResult result;
+    uint32_t replies = 0;
+  };
+
   // Decodes `bytes` (the next bytes of the stream) and completes every slot whose replies are
-  // all in, in FIFO order. Returns OK, or UNAVAILABLE on a protocol error, after failing every
-  // slot with it; the matcher is then empty and the next bytes fed start a new stream.
-  absl::Status Feed(std::string_view bytes);
+  // all in, in FIFO order. With `finished`, those slots are retired (TakeRetired counts them) but
+  // appended there instead of completed: the transport settles its accounting first, then calls
+  // Complete, so a caller woken by its completion finds its slot already gone. Returns OK, or
+  // UNAVAILABLE on a protocol error, after failing every slot still in flight with it; the
+  // matcher is then empty and the next bytes fed start a new stream.
+  absl::Status Feed(std::string_view bytes, std::vector<Finished>* finished = nullptr);
+  // Completes and clears `finished`; the replies of calls that had given up count as discarded.
+  void Complete(std::vector<Finished>& finished);
 
   // Completes every slot with a fresh Status(code, message) each (calls already claimed are
   // skipped) and starts a new stream: what a connection error or shutdown does.
@@ -83,8 +95,9 @@ class ReplyMatcher {
  private:
   // Frees and recreates the reader: a new stream.
   void ResetReader();
-  // Takes one decoded reply for the front slot.
-  void Take(void* raw);
+  // Takes one decoded reply for the front slot; completes it when it is the last (or, with
+  // `finished`, appends it there).
+  void Take(void* raw, std::vector<Finished>* finished);
 
   const std::string name_;
   redisReader* reader_ = nullptr;
