@@ -142,24 +142,6 @@ Shared& GetShared() {
   return *shared;
 }
 
-void BM_RedisLimiter_Gcra(benchmark::State& state) {
-  Shared& shared = GetShared();
-  if (!shared.error.empty()) {
-    state.SkipWithError(shared.error.c_str());
-    return;
-  }
-  const std::string key = "user:" + std::to_string(state.thread_index());
-  for (auto _ : state) {
-    auto d = shared.limiter->TryAcquire(Deadline::After(1s), key, 1);
-    if (!d.ok() || !d->allowed) {
-      state.SkipWithError("check failed or denied");
-      break;
-    }
-    benchmark::DoNotOptimize(d);
-  }
-}
-BENCHMARK(BM_RedisLimiter_Gcra)->UseRealTime()->Threads(1)->Threads(kMaxThreads);
-
 // Reports cpu_us_per_check: the process's CPU time (all threads) over the run, per check, as
 // measured by thread 0 (counters are summed over threads: only thread 0 sets it).
 class CpuPerCheck {
@@ -179,7 +161,10 @@ class CpuPerCheck {
   const std::chrono::microseconds start_;
 };
 
-void BM_RedisLimiter_GcraPooled(benchmark::State& state) {
+// One blocking check per iteration, a key per thread, on the shared client's limiter
+// (`Shared::limiter`: multiplexed) or its pooled twin.
+void CheckEachIteration(benchmark::State& state,
+                        std::unique_ptr<keel::redis::RateLimiter> Shared::*limiter) {
   Shared& shared = GetShared();
   if (!shared.error.empty()) {
     state.SkipWithError(shared.error.c_str());
@@ -188,7 +173,7 @@ void BM_RedisLimiter_GcraPooled(benchmark::State& state) {
   const std::string key = "user:" + std::to_string(state.thread_index());
   CpuPerCheck cpu(state);
   for (auto _ : state) {
-    auto d = shared.pooled_limiter->TryAcquire(Deadline::After(1s), key, 1);
+    auto d = (shared.*limiter)->TryAcquire(Deadline::After(1s), key, 1);
     if (!d.ok() || !d->allowed) {
       state.SkipWithError("check failed or denied");
       break;
@@ -197,6 +182,13 @@ void BM_RedisLimiter_GcraPooled(benchmark::State& state) {
   }
   cpu.Report(1);
   state.SetItemsProcessed(state.iterations());
+}
+
+void BM_RedisLimiter_Gcra(benchmark::State& state) { CheckEachIteration(state, &Shared::limiter); }
+BENCHMARK(BM_RedisLimiter_Gcra)->UseRealTime()->Threads(1)->Threads(kMaxThreads);
+
+void BM_RedisLimiter_GcraPooled(benchmark::State& state) {
+  CheckEachIteration(state, &Shared::pooled_limiter);
 }
 BENCHMARK(BM_RedisLimiter_GcraPooled)->UseRealTime()->Threads(1)->Threads(kMaxThreads);
 
