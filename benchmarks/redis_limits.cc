@@ -17,7 +17,8 @@
 //                                            throughput >= 90% of BM_Baseline_RedisPipelinedGcra/64
 //                                            and process CPU per check (cpu_us_per_check, all
 //                                            threads: the I/O thread included) <= 1/3 of
-//                                            BM_RedisLimiter_GcraPooled/threads:16's
+//                                            BM_RedisLimiter_GcraPooled/threads:16's; also
+//                                            allocs_per_check (every thread's allocations)
 //   BM_Baseline_RedisPipelinedGcra/64        the floor: the limiter's own script with its own
 //                                            keys and arguments, 64 EVALSHA written at once on one
 //                                            plain hiredis connection
@@ -37,6 +38,7 @@
 #include <string>
 #include <vector>
 
+#include "alloc_counter.h"
 #include "bench_env.h"
 #include "keel/redis/client.h"
 #include "keel/redis/rate_limiter.h"
@@ -209,6 +211,8 @@ void BM_RedisLimiter_GcraAsync(benchmark::State& state) {
   int left = 0;
   bool failed = false;
   CpuPerCheck cpu(state);
+  keel::bench::CountProcessAllocations(true);
+  const uint64_t allocations_before = keel::bench::ProcessAllocations();
   for (auto _ : state) {
     {
       keel::MutexLock lock(mu);
@@ -231,6 +235,13 @@ void BM_RedisLimiter_GcraAsync(benchmark::State& state) {
     }
   }
   cpu.Report(n);
+  keel::bench::CountProcessAllocations(false);
+  if (state.iterations() > 0) {
+    // Every thread's (the I/O thread's included), per check.
+    state.counters["allocs_per_check"] =
+        static_cast<double>(keel::bench::ProcessAllocations() - allocations_before) /
+        static_cast<double>(state.iterations() * n);
+  }
   state.SetItemsProcessed(state.iterations() * n);
   state.counters["connections"] = static_cast<double>(shared.client->options().mux.connections);
 }
