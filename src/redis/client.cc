@@ -351,7 +351,7 @@ absl::StatusOr<PipelineReplies> Client::RunResult(transport::CallResult&& result
 }
 
 void Client::SubmitAsync(Deadline deadline, std::string_view request, uint32_t expected,
-                         std::function<void(transport::CallResult&&)> done) {
+                         absl::AnyInvocable<void(transport::CallResult&&)> done) {
   if (deadline.Expired()) {
     done(transport::CallResult{
         .status = absl::DeadlineExceededError(StrCat(name_, ": deadline passed before sending")),
@@ -376,12 +376,13 @@ Future<Reply> Client::AsyncCommandArgv(Deadline deadline, std::span<const std::s
   deadline = Effective(deadline);
   std::string request;
   AppendRespCommand(argv, request);
-  // Call::Callback is copyable: the promise is shared with it.
-  auto promise = std::make_shared<Promise<Reply>>(clock_);
-  Future<Reply> future = promise->future();
-  SubmitAsync(deadline, request, 1, [this, promise, infinite](transport::CallResult&& r) {
-    promise->Set(CommandResult(std::move(r), infinite));
-  });
+  // The call owns the promise: nothing shared, one allocation fewer per call.
+  Promise<Reply> promise(clock_);
+  Future<Reply> future = promise.future();
+  SubmitAsync(deadline, request, 1,
+              [this, promise = std::move(promise), infinite](transport::CallResult&& r) mutable {
+                promise.Set(CommandResult(std::move(r), infinite));
+              });
   return future;
 }
 
@@ -399,11 +400,11 @@ Future<PipelineReplies> Client::AsyncRun(Deadline deadline, const Pipeline& pipe
   if (pipeline.empty()) return Future<PipelineReplies>::Ready(PipelineReplies());
   const bool infinite = deadline.IsInfinite();
   deadline = Effective(deadline);
-  auto promise = std::make_shared<Promise<PipelineReplies>>(clock_);
-  Future<PipelineReplies> future = promise->future();
+  Promise<PipelineReplies> promise(clock_);
+  Future<PipelineReplies> future = promise.future();
   SubmitAsync(deadline, pipeline.encoded(), static_cast<uint32_t>(pipeline.size()),
-              [this, promise, infinite](transport::CallResult&& r) {
-                promise->Set(RunResult(std::move(r), infinite));
+              [this, promise = std::move(promise), infinite](transport::CallResult&& r) mutable {
+                promise.Set(RunResult(std::move(r), infinite));
               });
   return future;
 }

@@ -109,17 +109,18 @@ Future<std::optional<ConcurrencyLimiter::Permit>> ConcurrencyLimiter::TryAcquire
     return Future<Result>::Ready(
         Decide(absl::DeadlineExceededError("the deadline passed"), redis_key, id));
   }
-  auto promise = std::make_shared<Promise<Result>>();
-  Future<Result> future = promise->future();
+  Promise<Result> promise;
+  Future<Result> future = promise.future();
   const std::string lease = std::to_string(LeaseMicros(options_.lease));
   const std::string max = std::to_string(options_.max);
   const std::string_view keys[] = {redis_key};
   const std::string_view args[] = {id, std::string_view(), lease, max};
   AcquireScript()
       .AsyncRunArgv(client_, deadline, keys, args)
-      .Then([this, promise, redis_key, id](absl::StatusOr<Reply> reply) mutable {
-        promise->Set(Decide(std::move(reply), std::move(redis_key), std::move(id)));
-      });
+      .Then(
+          [this, promise = std::move(promise), redis_key, id](absl::StatusOr<Reply> reply) mutable {
+            promise.Set(Decide(std::move(reply), std::move(redis_key), std::move(id)));
+          });
   return future;
 }
 

@@ -38,6 +38,8 @@ class Argv {
       names_.append("{").append(name).append(":").append(key).append("}").append(s);
       keys_.push_back(std::string_view(names_).substr(start));  // no reallocation: reserved
     }
+    keys_.reserve(plan.suffixes.size());
+    args_.reserve(3 + plan.args.size());
     const auto [end, ec] = std::to_chars(quantity_, quantity_ + sizeof(quantity_), n);
     args_.push_back(std::string_view(quantity_, static_cast<size_t>(end - quantity_)));
     if (plan.compact_argv) {
@@ -229,11 +231,12 @@ Future<Decision> RateLimiter::TryAcquireAsync(Deadline deadline, std::string_vie
   }
   const std::string control = Control(Mode::kConsume, deadline);
   const Argv argv(*plan_, name_, key, n, /*now=*/"", control);
-  auto promise = std::make_shared<Promise<Decision>>(clock_);
-  Future<Decision> future = promise->future();
+  Promise<Decision> promise(clock_);
+  Future<Decision> future = promise.future();
   plan_->script->AsyncRunArgv(client_, deadline, argv.keys(), argv.args())
-      .Then([this, promise, key = std::string(key), n](absl::StatusOr<Reply> reply) {
-        promise->Set(Decide(std::move(reply), key, n, Mode::kConsume));
+      .Then([this, promise = std::move(promise), key = std::string(key),
+             n](absl::StatusOr<Reply> reply) mutable {
+        promise.Set(Decide(std::move(reply), key, n, Mode::kConsume));
       });
   return future;
 }

@@ -69,6 +69,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/functional/any_invocable.h"
 #include "absl/random/bit_gen_ref.h"
 #include "absl/random/random.h"
 #include "absl/status/statusor.h"
@@ -268,7 +269,7 @@ class Client {
   transport::CallResult RunMux(Deadline deadline, std::string_view request, uint32_t expected);
   // The async path: submits `request` and calls `done` with its result on the completing thread.
   void SubmitAsync(Deadline deadline, std::string_view request, uint32_t expected,
-                   std::function<void(transport::CallResult&&)> done);
+                   absl::AnyInvocable<void(transport::CallResult&&)> done);
   // What a multiplexed call's result becomes for Command and Run (server errors mapped, READONLY
   // handled).
   absl::StatusOr<Reply> CommandResult(transport::CallResult&& result, bool infinite);

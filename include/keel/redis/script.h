@@ -83,23 +83,39 @@ class Script {
   Future<Reply> AsyncRunArgv(Executor& executor, Deadline deadline,
                              std::span<const std::string_view> keys,
                              std::span<const std::string_view> args) const {
+    // One copy of the keys and arguments (for the EVAL fallback, after this call returns): one
+    // buffer and the views into it.
+    struct Owned {
+      std::string bytes;
+      std::vector<std::string_view> argv;
+    };
     std::string numkeys;
     const Argv views = BuildArgv(keys, args, numkeys);
-    auto owned = std::make_shared<std::vector<std::string>>(views.begin(), views.end());
-    auto as_views = [](const std::vector<std::string>& v) {
-      return std::vector<std::string_view>(v.begin(), v.end());
-    };
-    auto promise = std::make_shared<Promise<Reply>>();
-    Future<Reply> future = promise->future();
-    executor.AsyncCommandArgv(deadline, as_views(*owned))
-        .Then([this, &executor, deadline, owned, promise, as_views](absl::StatusOr<Reply> reply) {
+    auto owned = std::make_shared<Owned>();
+    size_t total = 0;
+    for (std::string_view v : views) total += v.size();
+    owned->bytes.reserve(total);
+    for (std::string_view v : views) owned->bytes.append(v);
+    owned->argv.reserve(views.size());
+    size_t at = 0;
+    for (std::string_view v : views) {
+      owned->argv.push_back(std::string_view(owned->bytes).substr(at, v.size()));
+      at += v.size();
+    }
+    Promise<Reply> promise;
+    Future<Reply> future = promise.future();
+    executor.AsyncCommandArgv(deadline, owned->argv)
+        .Then([this, &executor, deadline, owned,
+               promise = std::move(promise)](absl::StatusOr<Reply> reply) mutable {
           if (reply.ok() || !IsServerError(reply.status(), "NOSCRIPT")) {
-            return promise->Set(std::move(reply));
+            return promise.Set(std::move(reply));
           }
-          (*owned)[0] = "EVAL";
-          (*owned)[1] = source_;
-          executor.AsyncCommandArgv(deadline, as_views(*owned))
-              .Then([promise](absl::StatusOr<Reply> again) { promise->Set(std::move(again)); });
+          owned->argv[0] = "EVAL";
+          owned->argv[1] = source_;
+          executor.AsyncCommandArgv(deadline, owned->argv)
+              .Then([promise = std::move(promise), owned](absl::StatusOr<Reply> again) mutable {
+                promise.Set(std::move(again));
+              });
         });
     return future;
   }

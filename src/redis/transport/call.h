@@ -21,10 +21,10 @@
 
 #include <atomic>
 #include <cstdint>
-#include <functional>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "keel/clock.h"
 #include "keel/deadline.h"
@@ -43,7 +43,8 @@ struct CallResult {
 class Call {
  public:
   // Runs on the completing thread with the result; must not block and must not throw.
-  using Callback = std::function<void(CallResult&&)>;
+  // Move-only: it may own what it completes (a Promise).
+  using Callback = absl::AnyInvocable<void(CallResult&&)>;
 
   // A call of `expected` replies (1 for a command, k for a pipeline of k commands) that gives up
   // at `deadline`. Without `callback` the result is collected with Wait().
@@ -88,7 +89,7 @@ class Call {
 
   const uint32_t expected_;
   const Deadline deadline_;
-  const Callback callback_;
+  Callback callback_;  // run once, by the party that claimed the call
   std::atomic<uint8_t> state_{kPending};
 
   Mutex mu_;
