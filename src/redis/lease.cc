@@ -219,12 +219,14 @@ void Lease::Extended(TimePoint sent, absl::Status status) {
     if (status.ok()) {
       backend.counters().extended.fetch_add(1, std::memory_order_relaxed);
       valid_from = std::max(valid_from, sent);
+      first_failure = absl::OkStatus();
       ScheduleTick(sent + ttl / 3);
       busy = false;
       cv.SignalAll();
       return;
     }
     backend.counters().extend_failures.fetch_add(1, std::memory_order_relaxed);
+    if (first_failure.ok()) first_failure = status;
     if (!absl::IsAborted(status)) {
       // Redis failed or was slow: try again soon, while the lease may still be ours.
       const TimePoint retry_at =
@@ -237,6 +239,9 @@ void Lease::Extended(TimePoint sent, absl::Status status) {
       }
     }
     state = State::kLost;  // still busy: Release waits until on_lost has run
+    // Ran out while extensions kept failing: say why they failed, not that the last was cut
+    // short by the lease's end.
+    if (absl::IsDeadlineExceeded(status) && !first_failure.ok()) status = std::move(first_failure);
   }
   ReportLost(std::move(status));
   {

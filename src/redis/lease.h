@@ -188,6 +188,10 @@ struct Lease : std::enable_shared_from_this<Lease> {
   State state ABSL_GUARDED_BY(mu) = State::kHeld;
   TimePoint valid_from ABSL_GUARDED_BY(mu);  // start of the last successful acquire / extend
   bool busy ABSL_GUARDED_BY(mu) = false;
+  // The first failure of the watchdog's extensions since the last success: the reason reported
+  // when the lease runs out while they keep failing (the last one, cut short by the lease's end,
+  // would only say DEADLINE_EXCEEDED).
+  absl::Status first_failure ABSL_GUARDED_BY(mu);
   TimerId timer_id ABSL_GUARDED_BY(mu) = 0;
 };
 
