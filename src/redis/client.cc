@@ -96,7 +96,8 @@ absl::Status Client::StartTransport() {
     // Connection::Connect bounds the setup by connect_timeout and reports running out of it as
     // the server's UNAVAILABLE, which is what backs off.
     mux_.push_back(std::make_unique<transport::MuxConnection>(
-        mux, *loop_, [this](Deadline) { return Connect(Deadline::Infinite()); }));
+        mux, *loop_, [this](Deadline) { return Connect(Deadline::Infinite()); },
+        [this] { return ConnectGate(); }));
   }
   return absl::OkStatus();
 }
@@ -177,17 +178,18 @@ absl::Status Client::RegisterMetrics(MetricsRegistry& metrics) {
   return absl::OkStatus();
 }
 
+absl::Status Client::ConnectGate() {
+  MutexLock lock(connect_mu_);
+  const TimePoint now = clock_.Now();
+  if (now >= next_connect_) return absl::OkStatus();
+  connects_delayed_.fetch_add(1, std::memory_order_relaxed);
+  return absl::UnavailableError(StrCat(name_, ": not reconnecting for another ",
+                                       FormatDuration(next_connect_ - now),
+                                       " after a failed connect: ", last_connect_error_));
+}
+
 absl::StatusOr<std::unique_ptr<Connection>> Client::Connect(Deadline deadline) {
-  {
-    MutexLock lock(connect_mu_);
-    const TimePoint now = clock_.Now();
-    if (now < next_connect_) {
-      connects_delayed_.fetch_add(1, std::memory_order_relaxed);
-      return absl::UnavailableError(StrCat(name_, ": not reconnecting for another ",
-                                           FormatDuration(next_connect_ - now),
-                                           " after a failed connect: ", last_connect_error_));
-    }
-  }
+  if (absl::Status gate = ConnectGate(); !gate.ok()) return gate;
   // Stamp before connecting: a failure reported while we connect retires this one too, which
   // errs on the side of a fresh connection.
   const uint64_t generation = generation_.load(std::memory_order_relaxed);

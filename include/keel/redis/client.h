@@ -250,6 +250,9 @@ class Client {
   // The pool's hooks: connect with backoff, validate, and the handout check.
   absl::StatusOr<std::unique_ptr<Connection>> Connect(Deadline deadline)
       ABSL_LOCKS_EXCLUDED(connect_mu_);
+  // OK when a connection attempt may be made now; UNAVAILABLE with the last connect error (and
+  // counted in connects_delayed_total) while the reconnect backoff runs. No I/O.
+  absl::Status ConnectGate() ABSL_LOCKS_EXCLUDED(connect_mu_);
   absl::Status Validate(Connection& conn, Deadline deadline) const;
   bool Unusable(const Connection& conn);
   // True when `conn` has owed late replies for longer than late_reply_timeout.

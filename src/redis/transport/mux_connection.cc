@@ -38,10 +38,12 @@ constexpr Duration kDirectPollSlice = std::chrono::milliseconds(50);
 
 MuxConnection::Socket::~Socket() { close(fd); }
 
-MuxConnection::MuxConnection(Options options, EventLoop& loop, Connector connect)
+MuxConnection::MuxConnection(Options options, EventLoop& loop, Connector connect,
+                             ConnectGate gate)
     : options_(std::move(options)),
       loop_(loop),
       connect_(std::move(connect)),
+      gate_(std::move(gate)),
       lost_suffix_(" (a command in flight may or may not have been applied)"),
       matcher_(options_.name),
       read_buf_(new char[kReadChunk]),
@@ -88,6 +90,7 @@ void MuxConnection::Enqueue(std::shared_ptr<Call> call, std::string_view request
   calls_total_.fetch_add(1, std::memory_order_relaxed);
   bool write = false, connect = false, shut = false, full = false, arm = false, kick = false;
   std::shared_ptr<Socket> direct;
+  absl::Status refused;
   size_t calls = 0, bytes = 0;
   {
     MutexLock lock(mu_);
@@ -95,7 +98,10 @@ void MuxConnection::Enqueue(std::shared_ptr<Call> call, std::string_view request
     full = calls_ + 1 > options_.max_calls || bytes_ + request.size() > options_.max_bytes;
     calls = calls_;
     bytes = bytes_;
-    if (!shut && !full) {
+    // Down, and the reconnect backoff runs: no attempt would be made, so fail here rather than
+    // queue the call for a setup that the connector would refuse one task later.
+    if (!shut && !full && state_ == State::kDown && gate_) refused = gate_();
+    if (!shut && !full && refused.ok()) {
       if (may_read_reply && options_.lone_caller_reads && state_ == State::kUp &&
           socket_ != nullptr && calls_ == 0 && !writing_ && !loop_reading_ &&
           request.size() <= kDirectMaxRequest) {
@@ -132,6 +138,10 @@ void MuxConnection::Enqueue(std::shared_ptr<Call> call, std::string_view request
   if (shut) {
     call->TryFail(absl::StatusCode::kFailedPrecondition,
                   StrCat(options_.name, ": client is shut down"));
+    return;
+  }
+  if (!refused.ok()) {
+    call->TryComplete(CallResult{.status = std::move(refused), .replies = {}});
     return;
   }
   if (full) {

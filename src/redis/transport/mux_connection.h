@@ -30,7 +30,8 @@
 //     after the oldest one's deadline: then it is closed and reconnected.
 //   - A connection error fails every call in flight with UNAVAILABLE (a write may have been
 //     applied) and reconnects at once, then on demand; the connector (Client::Connect) applies the
-//     reconnect backoff, so while it runs calls fail fast with the last connect error.
+//     reconnect backoff. While it runs, a call that finds the connection down fails in Submit
+//     with the last connect error (the gate), without waking the I/O thread or the connector.
 //   - Backpressure: at most max_calls calls and max_bytes request bytes queued or in flight;
 //     beyond, RESOURCE_EXHAUSTED with a retry-after hint, without queueing.
 //   - Shutdown fails everything with CANCELLED.
@@ -80,6 +81,9 @@ struct MuxStats {
 class MuxConnection final : public EventLoop::Watcher {
  public:
   using Connector = std::function<absl::StatusOr<std::unique_ptr<Connection>>(Deadline)>;
+  // Says, without I/O, whether a connection attempt may be made now: not OK (UNAVAILABLE with
+  // the last connect error) while the reconnect backoff runs. Called under the connection's lock.
+  using ConnectGate = std::function<absl::Status()>;
   struct Options {
     std::string name;  // `redis "<pool name>"`, the prefix of errors
     Duration connect_timeout = std::chrono::seconds(1);
@@ -91,9 +95,11 @@ class MuxConnection final : public EventLoop::Watcher {
     bool lone_caller_reads = true;
   };
 
-  // Connects on the first Submit (on `loop`), not before. `loop` and whatever `connect` uses must
-  // outlive the connection; Shutdown() before destroying it, then stop the loop.
-  MuxConnection(Options options, EventLoop& loop, Connector connect);
+  // Connects on the first Submit (on `loop`), not before. `loop` and whatever `connect` and
+  // `gate` use must outlive the connection; Shutdown() before destroying it, then stop the loop.
+  // A call submitted while the connection is down and `gate` refuses fails at once with the
+  // gate's status, on the caller's thread: no task for the I/O thread, no setup attempted.
+  MuxConnection(Options options, EventLoop& loop, Connector connect, ConnectGate gate = nullptr);
   ~MuxConnection() override;
   MuxConnection(const MuxConnection&) = delete;
   MuxConnection& operator=(const MuxConnection&) = delete;
@@ -174,6 +180,7 @@ class MuxConnection final : public EventLoop::Watcher {
   const Options options_;
   EventLoop& loop_;
   const Connector connect_;
+  const ConnectGate gate_;
   const std::string lost_suffix_;
 
   mutable Mutex mu_;

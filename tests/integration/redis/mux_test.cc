@@ -42,9 +42,12 @@ Options OptionsFor(const keel::test::RedisServer& server) {
 // is, without a thread per call in flight.
 struct Transport {
   Options options;
+  std::atomic<int> connects{0};  // setups the connector ran
   std::unique_ptr<EventLoop> loop;
   std::unique_ptr<MuxConnection> mux;
-  explicit Transport(Options o, size_t max_calls = 4096) : options(std::move(o)) {
+  explicit Transport(Options o, size_t max_calls = 4096,
+                     MuxConnection::ConnectGate gate = nullptr)
+      : options(std::move(o)) {
     auto l = EventLoop::Start("redis \"test\"");
     REQUIRE(l.ok());
     loop = std::move(*l);
@@ -53,9 +56,12 @@ struct Transport {
                                .connect_timeout = options.connect_timeout,
                                .late_reply_timeout = options.late_reply_timeout,
                                .max_calls = max_calls},
-        *loop, [this](Deadline) {
+        *loop,
+        [this](Deadline) {
+          ++connects;
           return Connection::Connect(options.server, options, Deadline::Infinite());
-        });
+        },
+        std::move(gate));
   }
   ~Transport() {
     mux->Shutdown();
@@ -358,6 +364,29 @@ TEST_CASE("redis mux: a setup hanging on a paused server does not stall async de
     return after.ok();
   }));
   CHECK(*after == "after");
+}
+
+TEST_CASE("redis mux: while the reconnect backoff runs, a call fails in Submit without a setup") {
+  keel::test::RedisServer server;
+  std::atomic<bool> backing_off{true};
+  Transport t(OptionsFor(server), 4096, [&]() -> absl::Status {
+    if (!backing_off.load()) return absl::OkStatus();
+    return absl::UnavailableError("redis \"test\": not reconnecting for another 40ms");
+  });
+  // Down (never connected) and refused by the gate: completed before Submit returns, on this
+  // thread, with the gate's status; the connector never ran.
+  for (int i = 0; i < 3; ++i) {
+    Probe probe(Deadline::After(2s));
+    t.mux->Submit(probe.call, Encode({"ECHO", "refused"}));
+    REQUIRE(probe.done.load(std::memory_order_acquire));
+    CHECK(probe.code == absl::StatusCode::kUnavailable);
+  }
+  CHECK(t.connects.load() == 0);
+  CHECK(t.mux->Stats().in_flight == 0);
+  // The backoff over, the next call connects and is answered.
+  backing_off.store(false);
+  CHECK(Echo(t, "open", Deadline::After(2s)).value_or("") == "open");
+  CHECK(t.connects.load() == 1);
 }
 
 TEST_CASE("redis mux: kill -9 fails every call in flight and new calls work after a restart") {
