@@ -367,17 +367,26 @@ void Client::SubmitAsync(Deadline deadline, std::string_view request, uint32_t e
   mux_[pick]->Submit(std::move(call), request);
 }
 
-Future<Reply> Client::AsyncCommandArgv(Deadline deadline, std::span<const std::string_view> argv) {
+absl::Status Client::PrepareAsyncCommand(Deadline& deadline, std::span<const std::string_view> argv,
+                                         std::string& request, bool& infinite) {
   if (absl::Status ok = internal::CheckPooledCommand(name_, argv); !ok.ok()) {
-    return Future<Reply>::Ready(Refuse(std::move(ok)));
+    return Refuse(std::move(ok));
   }
   if (absl::Status ok = AsyncAllowed(internal::IsBlockingCommand(argv), argv.front()); !ok.ok()) {
-    return Future<Reply>::Ready(Refuse(std::move(ok)));
+    return Refuse(std::move(ok));
   }
-  const bool infinite = deadline.IsInfinite();
+  infinite = deadline.IsInfinite();
   deadline = Effective(deadline);
-  std::string request;
   AppendRespCommand(argv, request);
+  return absl::OkStatus();
+}
+
+Future<Reply> Client::AsyncCommandArgv(Deadline deadline, std::span<const std::string_view> argv) {
+  std::string request;
+  bool infinite = false;
+  if (absl::Status ok = PrepareAsyncCommand(deadline, argv, request, infinite); !ok.ok()) {
+    return Future<Reply>::Ready(std::move(ok));
+  }
   // The call owns the promise: nothing shared, one allocation fewer per call.
   Promise<Reply> promise(clock_);
   Future<Reply> future = promise.future();
@@ -386,6 +395,20 @@ Future<Reply> Client::AsyncCommandArgv(Deadline deadline, std::span<const std::s
                 promise.Set(CommandResult(std::move(r), infinite));
               });
   return future;
+}
+
+void Client::AsyncCommandArgv(Deadline deadline, std::span<const std::string_view> argv,
+                              ReplyCallback done) {
+  std::string request;
+  bool infinite = false;
+  if (absl::Status ok = PrepareAsyncCommand(deadline, argv, request, infinite); !ok.ok()) {
+    done(std::move(ok));
+    return;
+  }
+  SubmitAsync(deadline, request, 1,
+              [this, done = std::move(done), infinite](transport::CallResult&& r) mutable {
+                done(CommandResult(std::move(r), infinite));
+              });
 }
 
 Future<PipelineReplies> Client::AsyncRun(Deadline deadline, const Pipeline& pipeline) {

@@ -115,12 +115,11 @@ Future<std::optional<ConcurrencyLimiter::Permit>> ConcurrencyLimiter::TryAcquire
   const std::string max = std::to_string(options_.max);
   const std::string_view keys[] = {redis_key};
   const std::string_view args[] = {id, std::string_view(), lease, max};
-  AcquireScript()
-      .AsyncRunArgv(client_, deadline, keys, args)
-      .Then(
-          [this, promise = std::move(promise), redis_key, id](absl::StatusOr<Reply> reply) mutable {
-            promise.Set(Decide(std::move(reply), std::move(redis_key), std::move(id)));
-          });
+  AcquireScript().AsyncRunArgv(
+      client_, deadline, keys, args,
+      [this, promise = std::move(promise), redis_key, id](absl::StatusOr<Reply> reply) mutable {
+        promise.Set(Decide(std::move(reply), std::move(redis_key), std::move(id)));
+      });
   return future;
 }
 

@@ -53,13 +53,14 @@ Future<void> AsyncCompare(const Script& script, std::string_view what, Client& c
   const std::string ttl = StrCat(keys.ttl_ms);
   const std::string_view k[] = {keys.lock};
   const std::string_view a[] = {token, ttl};
-  auto promise = std::make_shared<Promise<void>>();
-  Future<void> future = promise->future();
+  Promise<void> promise;
+  Future<void> future = promise.future();
   // The prefix is copied: the answer may come after the lock is gone (a release that timed out).
-  script.AsyncRunArgv(client, deadline, k, a)
-      .Then([promise, prefix = keys.prefix, what](absl::StatusOr<Reply> reply) {
-        promise->Set(CompareResult(prefix, what, std::move(reply)));
-      });
+  script.AsyncRunArgv(client, deadline, k, a,
+                      [promise = std::move(promise), prefix = keys.prefix,
+                       what](absl::StatusOr<Reply> reply) mutable {
+                        promise.Set(CompareResult(prefix, what, std::move(reply)));
+                      });
   return future;
 }
 
@@ -85,12 +86,12 @@ Future<int64_t> AsyncNodeAcquire(Client& client, Deadline deadline, const LockKe
   const std::string ttl = StrCat(keys.ttl_ms);
   const std::string_view k[] = {keys.lock, keys.fence};
   const std::string_view a[] = {token, ttl};
-  auto promise = std::make_shared<Promise<int64_t>>();
-  Future<int64_t> future = promise->future();
-  AcquireScript()
-      .AsyncRunArgv(client, deadline, k, a)
-      .Then([promise, prefix = keys.prefix](absl::StatusOr<Reply> reply) {
-        promise->Set(AcquireResult(prefix, std::move(reply)));
+  Promise<int64_t> promise;
+  Future<int64_t> future = promise.future();
+  AcquireScript().AsyncRunArgv(
+      client, deadline, k, a,
+      [promise = std::move(promise), prefix = keys.prefix](absl::StatusOr<Reply> reply) mutable {
+        promise.Set(AcquireResult(prefix, std::move(reply)));
       });
   return future;
 }

@@ -141,7 +141,7 @@ absl::Status RateLimiter::ValidateKey(std::string_view key, int64_t n) const {
   return absl::OkStatus();
 }
 
-std::string RateLimiter::Control(Mode mode, Deadline deadline) const {
+std::string_view RateLimiter::Control(Mode mode, Deadline deadline, ControlBuf& buf) const {
   if (mode == Mode::kDryRun || mode == Mode::kReplayDryRun) return "d";
   if (mode == Mode::kReplay || !late_allowance_) return "";
   // The latest server time at which the caller may still be waiting for this answer, on the
@@ -151,8 +151,10 @@ std::string RateLimiter::Control(Mode mode, Deadline deadline) const {
                                  ? client_.options().command_timeout
                                  : std::max(Duration::zero(), deadline.Remaining());
   const auto latest = std::chrono::system_clock::now() + remaining + *late_allowance_;
-  return std::to_string(
-      std::chrono::duration_cast<std::chrono::microseconds>(latest.time_since_epoch()).count());
+  const int64_t us =
+      std::chrono::duration_cast<std::chrono::microseconds>(latest.time_since_epoch()).count();
+  const auto [end, ec] = std::to_chars(buf.bytes, buf.bytes + sizeof(buf.bytes), us);
+  return std::string_view(buf.bytes, static_cast<size_t>(end - buf.bytes));
 }
 
 int64_t RateLimiter::limit() const { return plan_->limit; }
@@ -192,7 +194,8 @@ absl::StatusOr<Decision> RateLimiter::Run(Deadline deadline, std::string_view ke
   if (deadline.Expired()) {
     return Fail(absl::DeadlineExceededError("the deadline passed before the call"), key, n, mode);
   }
-  const std::string control = Control(mode, deadline);
+  ControlBuf buf;
+  const std::string_view control = Control(mode, deadline, buf);
   const Argv argv(*plan_, name_, key, n, now, control);
   // EVALSHA, falling back to EVAL on NOSCRIPT (first use on this server, after a restart, a
   // failover or SCRIPT FLUSH).
@@ -229,15 +232,18 @@ Future<Decision> RateLimiter::TryAcquireAsync(Deadline deadline, std::string_vie
              Mode::kConsume),
         clock_);
   }
-  const std::string control = Control(Mode::kConsume, deadline);
+  ControlBuf buf;
+  const std::string_view control = Control(Mode::kConsume, deadline, buf);
   const Argv argv(*plan_, name_, key, n, /*now=*/"", control);
   Promise<Decision> promise(clock_);
   Future<Decision> future = promise.future();
-  plan_->script->AsyncRunArgv(client_, deadline, argv.keys(), argv.args())
-      .Then([this, promise = std::move(promise), key = std::string(key),
-             n](absl::StatusOr<Reply> reply) mutable {
-        promise.Set(Decide(std::move(reply), key, n, Mode::kConsume));
-      });
+  // The callback form: the script's completion decides and sets this promise directly, with no
+  // future in between.
+  plan_->script->AsyncRunArgv(client_, deadline, argv.keys(), argv.args(),
+                              [this, promise = std::move(promise), key = std::string(key),
+                               n](absl::StatusOr<Reply> reply) mutable {
+                                promise.Set(Decide(std::move(reply), key, n, Mode::kConsume));
+                              });
   return future;
 }
 
@@ -261,7 +267,8 @@ absl::StatusOr<std::vector<Decision>> RateLimiter::TryAcquireMany(
     pending.clear();
   }
   if (!pending.empty()) {
-    const std::string control = Control(Mode::kConsume, deadline);
+    ControlBuf buf;
+    const std::string_view control = Control(Mode::kConsume, deadline, buf);
     std::deque<Argv> argvs;  // stable addresses: the calls point into them
     std::vector<Script::Call> calls;
     calls.reserve(pending.size());

@@ -200,6 +200,14 @@ class Client {
   Future<Reply> AsyncCommandArgv(Deadline deadline, std::span<const std::string_view> argv);
   Future<PipelineReplies> AsyncRun(Deadline deadline, const Pipeline& pipeline);
 
+  // As AsyncCommandArgv, completing `done` instead of a future, for code that composes its own
+  // completion (keel's Script and limiters do): no future state and no continuation to allocate.
+  // `done` runs exactly once, on the I/O thread, or on this thread before the call returns when
+  // the command is refused at once (the refusals of AsyncCommandArgv). It must not block.
+  using ReplyCallback = absl::AnyInvocable<void(absl::StatusOr<Reply>)>;
+  void AsyncCommandArgv(Deadline deadline, std::span<const std::string_view> argv,
+                        ReplyCallback done);
+
   // Runs a pipeline on one connection in one round trip: one result per command, in order (see
   // Connection::Run). The outer Status carries connection-level failures as for Command, and
   // INVALID_ARGUMENT (without I/O) for a pipeline holding an empty or a state command.
@@ -279,6 +287,10 @@ class Client {
   absl::StatusOr<PipelineReplies> RunResult(transport::CallResult&& result, bool infinite);
   // OK when an async call may run: the multiplexed transport, no blocking command.
   absl::Status AsyncAllowed(bool blocking, std::string_view what) const;
+  // The checks and the encoding both async command forms share: OK with `request` encoded,
+  // `deadline` made effective and `infinite` set; or the (counted) refusal.
+  absl::Status PrepareAsyncCommand(Deadline& deadline, std::span<const std::string_view> argv,
+                                   std::string& request, bool& infinite);
   // After a multiplexed call whose replies hold a -READONLY: the primary moved.
   void Demoted(std::string_view error);
   bool multiplexed() const { return !mux_.empty(); }

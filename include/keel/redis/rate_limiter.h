@@ -271,8 +271,12 @@ class RateLimiter {
   enum class Mode { kConsume, kDryRun, kReplay, kReplayDryRun };
 
   absl::Status ValidateKey(std::string_view key, int64_t n) const;
-  // The script's control argument (rate_limiter_scripts.h) for a call under `deadline`.
-  std::string Control(Mode mode, Deadline deadline) const;
+  // The script's control argument (rate_limiter_scripts.h) for a call under `deadline`, written
+  // into `buf` (a time in microseconds has 16 digits: too long for a string's inline buffer).
+  struct ControlBuf {
+    char bytes[24];
+  };
+  std::string_view Control(Mode mode, Deadline deadline, ControlBuf& buf) const;
   // `now` is "" (TIME) or a time in microseconds.
   absl::StatusOr<limit::Decision> Run(Deadline deadline, std::string_view key, int64_t n,
                                       std::string_view now, Mode mode);

@@ -83,42 +83,47 @@ class Script {
   Future<Reply> AsyncRunArgv(Executor& executor, Deadline deadline,
                              std::span<const std::string_view> keys,
                              std::span<const std::string_view> args) const {
-    // One copy of the keys and arguments (for the EVAL fallback, after this call returns): one
-    // buffer and the views into it.
-    struct Owned {
-      std::string bytes;
-      std::vector<std::string_view> argv;
-    };
-    std::string numkeys;
-    const Argv views = BuildArgv(keys, args, numkeys);
-    auto owned = std::make_shared<Owned>();
-    size_t total = 0;
-    for (std::string_view v : views) total += v.size();
-    owned->bytes.reserve(total);
-    for (std::string_view v : views) owned->bytes.append(v);
-    owned->argv.reserve(views.size());
-    size_t at = 0;
-    for (std::string_view v : views) {
-      owned->argv.push_back(std::string_view(owned->bytes).substr(at, v.size()));
-      at += v.size();
-    }
     Promise<Reply> promise;
     Future<Reply> future = promise.future();
-    executor.AsyncCommandArgv(deadline, owned->argv)
-        .Then([this, &executor, deadline, owned,
-               promise = std::move(promise)](absl::StatusOr<Reply> reply) mutable {
-          if (reply.ok() || !IsServerError(reply.status(), "NOSCRIPT")) {
-            return promise.Set(std::move(reply));
-          }
-          owned->argv[0] = "EVAL";
-          owned->argv[1] = source_;
-          executor.AsyncCommandArgv(deadline, owned->argv)
-              .Then([promise = std::move(promise), owned](absl::StatusOr<Reply> again) mutable {
-                promise.Set(std::move(again));
-              });
-        });
+    AsyncRunArgv(executor, deadline, keys, args,
+                 [promise = std::move(promise)](absl::StatusOr<Reply> reply) mutable {
+                   promise.Set(std::move(reply));
+                 });
     return future;
   }
+
+  // As above, completing `done(absl::StatusOr<Reply>)` instead of a future (the callback form
+  // of Client::AsyncCommandArgv; `done` runs once, on the I/O thread or, for a call refused at
+  // once, on this thread before the call returns): for code that composes its own completion.
+  template <typename Executor, typename Done>
+  void AsyncRunArgv(Executor& executor, Deadline deadline, std::span<const std::string_view> keys,
+                    std::span<const std::string_view> args, Done&& done) const {
+    std::string numkeys;
+    const Argv views = BuildArgv(keys, args, numkeys);
+    // For the EVAL fallback, after this call returns: the bytes of every argument in one buffer
+    // and their sizes (views would dangle when the buffer moves into the callback).
+    SavedArgv saved;
+    size_t total = 0;
+    for (std::string_view v : views) total += v.size();
+    saved.bytes.reserve(total);
+    for (std::string_view v : views) {
+      saved.bytes.append(v);
+      saved.sizes.push_back(v.size());
+    }
+    executor.AsyncCommandArgv(
+        deadline, views,
+        [this, &executor, deadline, saved = std::move(saved),
+         done = std::forward<Done>(done)](absl::StatusOr<Reply> reply) mutable {
+          if (reply.ok() || !IsServerError(reply.status(), "NOSCRIPT")) {
+            return done(std::move(reply));
+          }
+          Argv again = saved.Views();
+          again[0] = "EVAL";
+          again[1] = source_;
+          executor.AsyncCommandArgv(deadline, again, std::move(done));
+        });
+  }
+
   template <typename Executor>
   Future<Reply> AsyncRun(Executor& executor, Deadline deadline, std::initializer_list<Arg> keys,
                          std::initializer_list<Arg> args = {}) const {
@@ -169,6 +174,20 @@ class Script {
  private:
   // Inline for up to 16 arguments, so a call (a rate-limit check, a lock) allocates nothing.
   using Argv = absl::InlinedVector<std::string_view, 16>;
+  // An async run's copy of its arguments, for the EVAL fallback.
+  struct SavedArgv {
+    std::string bytes;
+    absl::InlinedVector<size_t, 16> sizes;
+    Argv Views() const {
+      Argv views;
+      size_t at = 0;
+      for (size_t n : sizes) {
+        views.push_back(std::string_view(bytes).substr(at, n));
+        at += n;
+      }
+      return views;
+    }
+  };
   // EVALSHA sha1 numkeys keys... args...; `numkeys` holds the count's digits.
   Argv BuildArgv(std::span<const std::string_view> keys, std::span<const std::string_view> args,
                  std::string& numkeys) const;

@@ -38,8 +38,7 @@ constexpr Duration kDirectPollSlice = std::chrono::milliseconds(50);
 
 MuxConnection::Socket::~Socket() { close(fd); }
 
-MuxConnection::MuxConnection(Options options, EventLoop& loop, Connector connect,
-                             ConnectGate gate)
+MuxConnection::MuxConnection(Options options, EventLoop& loop, Connector connect, ConnectGate gate)
     : options_(std::move(options)),
       loop_(loop),
       connect_(std::move(connect)),

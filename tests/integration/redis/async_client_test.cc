@@ -15,6 +15,7 @@
 #include "keel/redis/client.h"
 #include "keel/redis/script.h"
 #include "keel/resilience/circuit_breaker.h"
+#include "keel/sync.h"
 #include "support/subprocess.h"
 
 namespace keel::redis {
@@ -65,6 +66,43 @@ TEST_CASE("async calls refuse what cannot share a connection, and the pooled tra
   auto pooled = MakeClient(server.url(), Transport::kPooled);
   CHECK(pooled->AsyncCommand(Deadline::After(1s), "PING").Get().status().code() ==
         absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_CASE("the callback form of AsyncCommandArgv completes on the I/O thread, refusals at once",
+          "[redis][async]") {
+  keel::test::RedisServer server;
+  auto client = MakeClient(server.url());
+  struct Seen {
+    keel::Mutex mu;
+    keel::CondVar cv;
+    bool done = false;
+    bool on_io_thread = false;
+    std::string reply;
+    absl::StatusCode code = absl::StatusCode::kUnknown;
+  } seen;
+  const std::string_view echo[] = {"ECHO", "called back"};
+  client->AsyncCommandArgv(Deadline::After(2s), echo, [&](absl::StatusOr<Reply> r) {
+    keel::MutexLock lock(seen.mu);
+    seen.on_io_thread = client->OnIoThread();
+    seen.code = r.status().code();
+    if (r.ok()) seen.reply = r->str();
+    seen.done = true;
+    seen.cv.SignalAll();
+  });
+  {
+    keel::MutexLock lock(seen.mu);
+    while (!seen.done) seen.cv.Wait(seen.mu);
+    CHECK(seen.code == absl::StatusCode::kOk);
+    CHECK(seen.reply == "called back");
+    CHECK(seen.on_io_thread);
+  }
+  // A blocking command cannot share the connection: refused before the call returns.
+  const std::string_view blpop[] = {"BLPOP", "k", "1"};
+  bool refused = false;
+  client->AsyncCommandArgv(Deadline::After(2s), blpop, [&](absl::StatusOr<Reply> r) {
+    refused = r.status().code() == absl::StatusCode::kInvalidArgument;
+  });
+  CHECK(refused);
 }
 
 TEST_CASE("Script::AsyncRun falls back to EVAL after SCRIPT FLUSH", "[redis][async]") {

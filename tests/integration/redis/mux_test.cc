@@ -45,8 +45,7 @@ struct Transport {
   std::atomic<int> connects{0};  // setups the connector ran
   std::unique_ptr<EventLoop> loop;
   std::unique_ptr<MuxConnection> mux;
-  explicit Transport(Options o, size_t max_calls = 4096,
-                     MuxConnection::ConnectGate gate = nullptr)
+  explicit Transport(Options o, size_t max_calls = 4096, MuxConnection::ConnectGate gate = nullptr)
       : options(std::move(o)) {
     auto l = EventLoop::Start("redis \"test\"");
     REQUIRE(l.ok());
