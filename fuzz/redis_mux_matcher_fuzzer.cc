@@ -47,9 +47,9 @@ struct Tracked {
   int completions = 0;
   bool gave_up = false;
   bool ok = false;
-  std::vector<Reply> replies;       // what the matcher handed over
-  std::vector<Reply> reference;     // what the reference decoder says is this call's
-  bool reference_complete = false;  // the reference assigned all its replies
+  keel::redis::transport::CallReplies replies;    // what the matcher handed over
+  keel::redis::transport::CallReplies reference;  // what the reference decoder says is this call's
+  bool reference_complete = false;                // the reference assigned all its replies
 };
 
 // A second, independent reading of the stream: hiredis's reader fed the same bytes, its replies

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/inlined_vector.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "keel/clock.h"
@@ -35,9 +36,11 @@ namespace keel::redis::transport {
 
 // What a call yields: OK with one reply per command (server error replies are Reply values of
 // type kError here; the client maps them), or why the call failed.
+// Inline for one reply: a command (the common call) allocates no vector for its result.
+using CallReplies = absl::InlinedVector<Reply, 1>;
 struct CallResult {
   absl::Status status;
-  std::vector<Reply> replies;
+  CallReplies replies;
 };
 
 class Call {

@@ -102,7 +102,7 @@ class ReplyMatcher {
   const std::string name_;
   redisReader* reader_ = nullptr;
   std::deque<std::shared_ptr<Call>> slots_;
-  std::vector<Reply> current_;  // replies of the front slot so far
+  CallReplies current_;         // replies of the front slot so far
   uint32_t current_count_ = 0;  // replies of the front slot so far, decoded or not
   uint64_t discarded_ = 0;
   Retired retired_;

@@ -44,7 +44,7 @@ TEST_CASE("reply matcher: completes calls in FIFO order with their own replies")
   matcher.Push(c.call);
   REQUIRE(matcher.Feed("+OK\r\n:4").ok());
   REQUIRE(a.results.size() == 1);
-  CHECK(a.results[0].replies == std::vector<Reply>{Reply::Status("OK")});
+  CHECK(a.results[0].replies == keel::redis::transport::CallReplies{Reply::Status("OK")});
   CHECK(b.results.empty());
   // A reply split across reads, then the rest of the pipeline and the next call at once.
   REQUIRE(matcher.Feed("2\r\n$3\r\nab").ok());
@@ -52,9 +52,10 @@ TEST_CASE("reply matcher: completes calls in FIFO order with their own replies")
   REQUIRE(matcher.Feed("c\r\n-ERR x\r\n").ok());
   REQUIRE(b.results.size() == 1);
   CHECK(b.results[0].status.ok());
-  CHECK(b.results[0].replies == std::vector<Reply>{Reply::Integer(42), Reply::String("abc")});
+  CHECK(b.results[0].replies ==
+        keel::redis::transport::CallReplies{Reply::Integer(42), Reply::String("abc")});
   REQUIRE(c.results.size() == 1);
-  CHECK(c.results[0].replies == std::vector<Reply>{Reply::Error("ERR x")});
+  CHECK(c.results[0].replies == keel::redis::transport::CallReplies{Reply::Error("ERR x")});
   CHECK(matcher.in_flight() == 0);
   CHECK(matcher.late_replies_discarded() == 0);
 }
@@ -77,7 +78,7 @@ TEST_CASE("reply matcher: the replies of a call whose caller gave up are read an
   REQUIRE(matcher.Feed(":2\r\n$4\r\nmine\r\n").ok());
   CHECK(gave_up.results.size() == 1);  // completed exactly once
   REQUIRE(next.results.size() == 1);
-  CHECK(next.results[0].replies == std::vector<Reply>{Reply::String("mine")});
+  CHECK(next.results[0].replies == keel::redis::transport::CallReplies{Reply::String("mine")});
   CHECK(matcher.late_replies_discarded() == 2);
   CHECK_FALSE(matcher.owes_late_replies());
 }
@@ -104,7 +105,7 @@ TEST_CASE("reply matcher: a call completed before its caller waits hands over it
   REQUIRE(matcher.Feed("$2\r\nhi\r\n").ok());
   CallResult result = call->Wait("unused");
   REQUIRE(result.status.ok());
-  CHECK(result.replies == std::vector<Reply>{Reply::String("hi")});
+  CHECK(result.replies == keel::redis::transport::CallReplies{Reply::String("hi")});
   // Completing again is refused: one completion per call.
   CHECK_FALSE(call->TryFail(absl::StatusCode::kCancelled, "again"));
 }
@@ -128,7 +129,7 @@ TEST_CASE("reply matcher: a protocol error fails every call in flight") {
   matcher.Push(c.call);
   REQUIRE(matcher.Feed(":7\r\n").ok());
   REQUIRE(c.results.size() == 1);
-  CHECK(c.results[0].replies == std::vector<Reply>{Reply::Integer(7)});
+  CHECK(c.results[0].replies == keel::redis::transport::CallReplies{Reply::Integer(7)});
 }
 
 TEST_CASE("reply matcher: a reply nobody waits for is a protocol error") {
