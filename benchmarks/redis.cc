@@ -5,6 +5,8 @@
 //   BM_RedisMux_Ping        blocking Command on the multiplexed transport from 1, 16 and 64
 //                           threads: 1 thread <= 1.1x BM_Baseline_RedisPing; 16 and 64 threads
 //                           (items/s) >= 80% of BM_Baseline_RedisPipelinedPing over 1 connection
+//   BM_RedisPooled_PingThreads  the same 16 and 64 blocking threads on Transport::kPooled (a
+//                           connection each): what the multiplexed default replaced
 //   BM_RedisMux_PingCallbacks/N  N callback calls in flight from 1 thread (the transport's
 //                           internal submit), vs BM_Baseline_RedisPipelinedPing/N
 //   BM_RedisLock_AcquireRelease/T  TryAcquire + Release of an uncontended redis::Lock: two round
@@ -31,7 +33,8 @@ using keel::Deadline;
 using namespace std::chrono_literals;
 
 std::unique_ptr<keel::redis::Client> MakeClient(
-    benchmark::State& state, keel::redis::Transport transport = keel::redis::Transport::kPooled) {
+    benchmark::State& state, keel::redis::Transport transport = keel::redis::Transport::kPooled,
+    int pool_size = 2) {
   const auto url = keel::bench::Env("KEEL_TEST_REDIS_URL");
   if (!url) {
     state.SkipWithError("KEEL_TEST_REDIS_URL is not set (run scripts/bench or scripts/test)");
@@ -42,7 +45,7 @@ std::unique_ptr<keel::redis::Client> MakeClient(
     state.SkipWithError(std::string(options.status().message()).c_str());
     return nullptr;
   }
-  options->pool.max_size = 2;
+  options->pool.max_size = pool_size;
   options->transport = transport;
   auto client = keel::redis::Client::Create(*options);
   if (!client.ok()) {
@@ -126,6 +129,22 @@ void BM_RedisMux_Ping(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations());
 }
 BENCHMARK(BM_RedisMux_Ping)->UseRealTime()->Threads(1)->Threads(16)->Threads(64);
+
+// The same threads on the pooled transport, a connection per thread: what a service with a
+// blocking thread per request had before the multiplexed transport became the default.
+keel::redis::Client* SharedPooledClient(benchmark::State& state) {
+  static std::unique_ptr<keel::redis::Client> client =
+      MakeClient(state, keel::redis::Transport::kPooled, /*pool_size=*/64);
+  return client.get();
+}
+
+void BM_RedisPooled_PingThreads(benchmark::State& state) {
+  keel::redis::Client* client = SharedPooledClient(state);
+  if (client == nullptr) return;
+  PingLoop(state, *client);
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_RedisPooled_PingThreads)->UseRealTime()->Threads(16)->Threads(64);
 
 // N calls in flight from one thread through the transport's callback submit (what a future or
 // coroutine will sit on): submit N PINGs, wait for the N completions, repeat.
