@@ -241,6 +241,14 @@ bool Client::Unusable(const Connection& conn) {
   return false;
 }
 
+absl::StatusOr<Timer*> Client::SharedTimer() {
+  MutexLock lock(timer_mu_);
+  if (timer_ == nullptr) {
+    KEEL_ASSIGN_OR_RETURN(timer_, Timer::Create({.name = options_.pool.name}, clock_));
+  }
+  return timer_.get();
+}
+
 void Client::Shutdown() {
   for (const auto& mux : mux_) mux->Shutdown();
   if (loop_) loop_->Stop();

@@ -63,6 +63,11 @@ absl::StatusOr<std::unique_ptr<Lock>> Lock::Create(Options options, Client& clie
     return keel::internal::InvalidOption(
         of, "watchdog", "used with a client on the multiplexed transport", "a pooled client");
   }
+  // The watchdog's extensions run on the client's shared timer when the clocks agree: one timer
+  // thread per client, however many locks.
+  if (timer == nullptr && options.watchdog && &client.clock() == &clock) {
+    KEEL_ASSIGN_OR_RETURN(timer, client.SharedTimer());
+  }
   auto backend = std::make_unique<Backend>(std::move(options), client, clock, timer, backoff);
   KEEL_RETURN_IF_ERROR(backend->Init(metrics, "redis"));
   return std::unique_ptr<Lock>(new Lock(std::move(backend)));

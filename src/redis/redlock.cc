@@ -227,6 +227,10 @@ absl::StatusOr<std::unique_ptr<Redlock>> Redlock::Create(Options options,
     return keel::internal::InvalidOption(of, "fencing_node", StrCat("< ", nodes.size()),
                                          options.fencing_node);
   }
+  // As Lock: the watchdog runs on the first node's shared timer when the clocks agree.
+  if (timer == nullptr && options.watchdog && &nodes.front()->clock() == &clock) {
+    KEEL_ASSIGN_OR_RETURN(timer, nodes.front()->SharedTimer());
+  }
   auto backend =
       std::make_unique<Backend>(std::move(options), std::move(nodes), clock, timer, backoff);
   KEEL_RETURN_IF_ERROR(backend->Init(metrics, "redlock"));

@@ -74,6 +74,7 @@
 #include "absl/random/random.h"
 #include "absl/status/statusor.h"
 #include "keel/async/future.h"
+#include "keel/async/timer.h"
 #include "keel/clock.h"
 #include "keel/deadline.h"
 #include "keel/metrics.h"
@@ -245,6 +246,14 @@ class Client {
   // FAILED_PRECONDITION at once: they would wait for a reply only that thread can read.
   bool OnIoThread() const;
 
+  // The clock the client was created with.
+  Clock& clock() const { return clock_; }
+  // A timer thread on the client's clock shared by the blocks built on this client (the lock
+  // watchdogs of every Lock and Redlock on it), so a process holding many locks runs one timer
+  // thread per client, not one per lock. Started on first use; lives as long as the client.
+  // Errors: INTERNAL when its thread cannot start.
+  absl::StatusOr<Timer*> SharedTimer() ABSL_LOCKS_EXCLUDED(timer_mu_);
+
   // Fails waiting callers with CANCELLED and closes idle connections; later calls fail with
   // FAILED_PRECONDITION. Idempotent; the destructor calls it.
   void Shutdown();
@@ -337,6 +346,9 @@ class Client {
   std::atomic<uint32_t> next_mux_{0};
   std::string timeout_message_;      // a multiplexed call's DEADLINE_EXCEEDED
   std::string timeout_message_inf_;  // the same when the caller's deadline was infinite
+  // After the transport, so destroyed before it: its callbacks call into the transport.
+  Mutex timer_mu_;
+  std::unique_ptr<Timer> timer_ ABSL_GUARDED_BY(timer_mu_);
   // Last: removed from the registry before anything their callbacks read is destroyed.
   std::vector<MetricsRegistry::Registration> registrations_;
 };

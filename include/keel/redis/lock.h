@@ -283,10 +283,11 @@ class Lock : public internal::LockBase {
   };
 
   // Validates `options` (INVALID_ARGUMENT naming the field); no I/O. `client` and `clock` must
-  // outlive the Lock. With the watchdog, extensions run on `timer` when given (one Timer for all
-  // the locks of a process: REQUIRES &timer->clock() == &clock, it must outlive the Lock), else
-  // on a Timer the Lock creates for itself. With `metrics`, registers counters mirroring
-  // LockStats: keel_lock_{acquired,contended,errors,released,release_aborted,extended,
+  // outlive the Lock. With the watchdog, extensions run on `timer` when given (REQUIRES
+  // &timer->clock() == &clock, it must outlive the Lock), else on the client's shared timer
+  // (Client::SharedTimer: one timer thread per client, however many locks) when `clock` is the
+  // client's, else on a Timer the Lock creates for itself. With `metrics`, registers counters
+  // mirroring LockStats: keel_lock_{acquired,contended,errors,released,release_aborted,extended,
   // extend_failures,lost,on_lost_exceptions}_total{name=<name>,backend="redis"}.
   static absl::StatusOr<std::unique_ptr<Lock>> Create(Options options, Client& client,
                                                       Clock& clock = SteadyClock(),

@@ -242,6 +242,24 @@ TEST_CASE("redis lock watchdog keeps a guard held well past its ttl", "[redis_lo
   CHECK(other->TryAcquire(Deadline::After(1s))->has_value());
 }
 
+TEST_CASE("redis lock watchdogs of one client share the client's timer thread", "[redis_lock]") {
+  auto client = keel::test::MakeRedisClient(keel::test::RequireEnv("KEEL_TEST_REDIS_URL"));
+  absl::StatusOr<keel::Timer*> shared = client->SharedTimer();
+  REQUIRE(shared.ok());
+  CHECK(client->SharedTimer().value() == *shared);  // one per client
+  const uint64_t before = (*shared)->Stats().scheduled_total;
+  auto a = MakeLock(*client, {.name = UniqueName("shared-a"), .ttl = 3s, .watchdog = true});
+  auto b = MakeLock(*client, {.name = UniqueName("shared-b"), .ttl = 3s, .watchdog = true});
+  LockGuard ga = MustAcquire(*a);
+  LockGuard gb = MustAcquire(*b);
+  // Both guards' first extensions are waiting on the client's timer.
+  CHECK((*shared)->Stats().scheduled_total >= before + 2);
+  CHECK((*shared)->Stats().pending >= 2);
+  REQUIRE(ga.Release().ok());
+  REQUIRE(gb.Release().ok());
+  CHECK((*shared)->Stats().pending == 0);
+}
+
 TEST_CASE("redis lock watchdog reports a lease whose key vanished: on_lost and the token cancelled",
           "[redis_lock]") {
   auto client = keel::test::SharedRedisClient();
