@@ -6,9 +6,10 @@
 //
 //   - The first attempt starts at once. While no attempt has won, after `delay` another attempt
 //     starts, up to `max_hedges` extra attempts (`delay` after the previous one). The delay is
-//     fixed (Options::delay) or the `percentile` (default p95) of the latency of recent
-//     successful attempts (LatencyPercentile, latency_percentile.h); until latency_window / 10
-//     attempts have succeeded there is no percentile yet and calls are not hedged. No hedge
+//     fixed (Options::delay) or the `percentile` (default p95) of recent calls' first-attempt
+//     latency (LatencyPercentile, latency_percentile.h; see "Latency samples" below); until
+//     latency_window / 10 calls have been sampled there is no percentile yet and calls are not
+//     hedged. No hedge
 //     starts at or after the call's deadline.
 //   - The first attempt that succeeds wins (or, with Options::is_final, the first whose status
 //     it accepts as an answer): its result is the call's, and every other attempt still running
@@ -29,10 +30,14 @@
 // Execute, the blocking form, submits every attempt to a ThreadPoolBulkhead and waits. The
 // Pipeline stage is in hedge_stage.h.
 //
-// Latency samples are the successful attempts' own latencies, the losers' included when they
-// finish; a loser that stops at its cancellation reports no sample, so a tail made of attempts
-// that always lose is under-represented (the percentile is a little low, hedging a little
-// more).
+// Latency samples: the delay should be a percentile of how long a call takes unhedged, which
+// is the first attempt's latency. Each decided call records it once: the first attempt's
+// latency when it won; when a hedge won while the first attempt was still running, the time
+// until then, a lower bound (the first attempt is cancelled, its true latency never known); no
+// sample when the first attempt failed. A lower bound above the delay still counts above the
+// percentile, so censoring does not drag the estimate down (recording the winners' latencies
+// would: the slow first attempts would never be seen, the delay would shrink and more calls be
+// hedged).
 //
 // Thread safety: thread-safe. REQUIRES: the Hedge, its budget, the timer and the executor
 // outlive every call's last attempt (losers run on after the call returns).
@@ -83,7 +88,7 @@ class Hedge {
     // A fixed delay before each hedge. Unset: the `percentile` of recent latency. Default: unset.
     // Must be > 0 when set.
     std::optional<Duration> delay;
-    // The percentile of recent successful attempts' latency a hedge waits for. At p95 about 5%
+    // XX At p95 about 5%
     // of calls are hedged (5% extra load); higher percentiles cost less and cut less of the
     // tail. Default: 0.95. Must be in (0, 1).
     double percentile = 0.95;
@@ -161,7 +166,7 @@ class Hedge {
   template <typename T>
   static void FireHedge(const std::shared_ptr<Call<T>>& call, int number, Duration waited);
   template <typename T>
-  static void OnResult(const std::shared_ptr<Call<T>>& call, size_t index, TimePoint start,
+  static void OnResult(const std::shared_ptr<Call<T>>& call, size_t index,
                        std::optional<RetryBudgetPolicy::Grant> grant, absl::StatusOr<T> result);
 
   const Options options_;
@@ -208,6 +213,7 @@ struct Hedge::Call {
   // One per attempt started, in order.
   std::vector<CancellationSource> sources ABSL_GUARDED_BY(mu);
   std::vector<bool> finished ABSL_GUARDED_BY(mu);
+  TimePoint first_start ABSL_GUARDED_BY(mu);  // when the first attempt started
 };
 
 template <typename F>
@@ -258,6 +264,7 @@ void Hedge::Launch(const std::shared_ptr<Call<T>>& call,
     if (!call->done) {
       launch = true;
       index = call->sources.size();
+      if (index == 0) call->first_start = h.clock_.Now();
       call->sources.push_back(source);
       call->finished.push_back(false);
       ++call->outstanding;
@@ -280,8 +287,8 @@ void Hedge::Launch(const std::shared_ptr<Call<T>>& call,
     future.emplace(Future<T>::Ready(absl::InternalError(
         internal::StrCat("hedge \"", h.options_.name, "\": the call threw an exception"))));
   }
-  std::move(*future).Then([call, index, start, grant](absl::StatusOr<T> r) mutable {
-    OnResult<T>(call, index, start, grant, std::move(r));
+  std::move(*future).Then([call, index, grant](absl::StatusOr<T> r) mutable {
+    OnResult<T>(call, index, grant, std::move(r));
   });
 }
 
@@ -317,11 +324,10 @@ void Hedge::FireHedge(const std::shared_ptr<Call<T>>& call, int number, Duration
 }
 
 template <typename T>
-void Hedge::OnResult(const std::shared_ptr<Call<T>>& call, size_t index, TimePoint start,
+void Hedge::OnResult(const std::shared_ptr<Call<T>>& call, size_t index,
                      std::optional<RetryBudgetPolicy::Grant> grant, absl::StatusOr<T> result) {
   Hedge& h = call->hedge;
   const bool ok = result.ok();
-  if (ok && !h.options_.delay) h.latency_.Record(h.clock_.Now() - start);
   RetryBudgetPolicy* const budget = h.options_.budget;
   if (budget != nullptr) {
     if (ok) budget->OnAttemptSucceeded(static_cast<int>(index) + 1);
@@ -330,13 +336,16 @@ void Hedge::OnResult(const std::shared_ptr<Call<T>>& call, size_t index, TimePoi
   const bool final = ok || h.IsFinal(result.status());  // user code: before the lock
   std::vector<CancellationSource> losers;
   TimerId pending = 0;
+  std::optional<Duration> sample;  // the first attempt's latency, or a lower bound of it
   {
     MutexLock lock(call->mu);
+    const bool first_running = !call->finished[0];
     call->finished[index] = true;
     --call->outstanding;
     if (call->done) return;                       // a loser
     if (!final && call->outstanding > 0) return;  // others may still succeed
     call->done = true;
+    if (ok && (index == 0 || first_running)) sample = h.clock_.Now() - call->first_start;
     pending = std::exchange(call->next_hedge, 0);
     for (size_t i = 0; i < call->sources.size(); ++i) {
       if (!call->finished[i]) losers.push_back(call->sources[i]);
@@ -344,6 +353,7 @@ void Hedge::OnResult(const std::shared_ptr<Call<T>>& call, size_t index, TimePoi
   }
   if (pending != 0) call->timer.Cancel(pending);
   for (CancellationSource& loser : losers) loser.Cancel();
+  if (sample && !h.options_.delay) h.latency_.Record(*sample);
   h.cancelled_.fetch_add(losers.size(), std::memory_order_relaxed);
   if (final && index > 0) h.wins_.fetch_add(1, std::memory_order_relaxed);
   if (budget != nullptr) budget->OnCallFinished();

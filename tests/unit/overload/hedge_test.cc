@@ -240,6 +240,32 @@ TEST_CASE("hedge's delay follows the percentile of recent latency") {
   CHECK(hedged.Get().ok());
 }
 
+TEST_CASE("hedge learns a lower bound of the first attempt's latency when a hedge wins") {
+  Fixture f;
+  auto hedge = Hedge::Create({.name = "search", .latency_window = 100}, f.clock).value();
+  for (int i = 0; i < 10; ++i) {
+    keel::Future<int> out = f.Run(*hedge, Idempotent());
+    f.clock.Advance(10ms);
+    f.attempts.Complete(f.attempts.started() - 1, 1);
+    REQUIRE(out.Get().ok());
+  }
+  REQUIRE(hedge->delay() == std::optional<keel::Duration>(10ms));
+  // Ten calls whose first attempt stalls: hedged at 10 ms, the hedge answers 15 ms later.
+  for (int i = 0; i < 10; ++i) {
+    const size_t first = f.attempts.started();
+    keel::Future<int> out = f.Run(*hedge, Idempotent());
+    f.clock.Advance(10ms);
+    f.attempts.AwaitStarted(first + 2);
+    f.clock.Advance(15ms);
+    f.attempts.Complete(first + 1, 2);
+    REQUIRE(out.Get().ok());
+    REQUIRE(f.attempts.cancelled(first));
+  }
+  // The first attempts took at least 25 ms: p95 of {10 x 10 ms, 10 x 25 ms} is 25 ms (the
+  // hedges' own 15 ms, or no sample, would keep it low).
+  CHECK(hedge->delay() == std::optional<keel::Duration>(25ms));
+}
+
 TEST_CASE("hedge stage hedges async pipelines and refuses to hedge a blocking one") {
   Fixture f;
   auto hedge = Hedge::Create({.name = "search", .delay = 10ms}, f.clock).value();
