@@ -12,6 +12,7 @@
 #include "keel/internal/status_macros.h"
 #include "keel/internal/strings.h"
 #include "keel/internal/validate.h"
+#include "overload/criticality_share.h"
 
 namespace keel::overload {
 
@@ -37,14 +38,7 @@ absl::StatusOr<std::unique_ptr<AdaptiveThrottle>> AdaptiveThrottle::CreateImpl(
   if (!(options.k >= 1 && std::isfinite(options.k))) {
     return ki::InvalidOption(of, "k", ">= 1", options.k);
   }
-  for (size_t i = 0; i < options.criticality_share.size(); ++i) {
-    const std::string field = ki::StrCat("criticality_share[", i, "]");
-    KEEL_RETURN_IF_ERROR(ki::RequireFraction(of, field, options.criticality_share[i]));
-    if (i > 0 && options.criticality_share[i] > options.criticality_share[i - 1]) {
-      return ki::InvalidOption(of, field, ki::StrCat("<= criticality_share[", i - 1, "]"),
-                               options.criticality_share[i]);
-    }
-  }
+  KEEL_RETURN_IF_ERROR(ki::ValidateCriticalityShare(of, options.criticality_share));
   KEEL_RETURN_IF_ERROR(ki::RequirePositive(of, "window", options.window));
   if (options.buckets < 1 || options.buckets > 3600) {
     return ki::InvalidOption(of, "buckets", "in [1, 3600]", options.buckets);
