@@ -40,7 +40,8 @@
 // hedged).
 //
 // Thread safety: thread-safe. REQUIRES: the Hedge, its budget, the timer and the executor
-// outlive every call's last attempt (losers run on after the call returns).
+// outlive every call's last attempt (losers run on after the call returns); shut the timer down
+// before destroying the Hedge (its thread may be starting a hedge).
 //
 //   auto hedge = keel::overload::Hedge::Create({.name = "search", .budget = budget.get()}).value();
 //   keel::CallContext ctx{.deadline = keel::Deadline::After(200ms), .idempotent = true};

@@ -67,10 +67,18 @@ CallContext Idempotent(keel::Deadline deadline = keel::Deadline::Infinite()) {
   return ctx;
 }
 
+// Declared so that the attempts go first (a promise left unset completes its attempt with
+// CANCELLED when destroyed), then the timer (its thread may still be starting a hedge), then the
+// Hedges, which must outlive both.
 struct Fixture {
   keel::ManualClock clock;
+  std::vector<std::unique_ptr<Hedge>> hedges;
   std::unique_ptr<keel::Timer> timer = keel::Timer::Create({}, clock).value();
   Attempts attempts;
+  Hedge* Keep(std::unique_ptr<Hedge> hedge) {
+    hedges.push_back(std::move(hedge));
+    return hedges.back().get();
+  }
   keel::Future<int> Run(Hedge& hedge, const CallContext& ctx) {
     return hedge.ExecuteAsync(*timer, ctx,
                               [this](const CallContext& c) { return attempts.Start(c); });
@@ -79,7 +87,7 @@ struct Fixture {
 
 TEST_CASE("hedge fires at the delay, takes the first success and cancels the loser") {
   Fixture f;
-  auto hedge = Hedge::Create({.name = "search", .delay = 10ms}, f.clock).value();
+  Hedge* hedge = f.Keep(Hedge::Create({.name = "search", .delay = 10ms}, f.clock).value());
   keel::Future<int> out = f.Run(*hedge, Idempotent());
   CHECK(f.attempts.started() == 1);
   f.clock.Advance(9ms);
@@ -101,7 +109,7 @@ TEST_CASE("hedge fires at the delay, takes the first success and cancels the los
 
 TEST_CASE("hedge does not fire when the first attempt answers before the delay") {
   Fixture f;
-  auto hedge = Hedge::Create({.name = "search", .delay = 10ms}, f.clock).value();
+  Hedge* hedge = f.Keep(Hedge::Create({.name = "search", .delay = 10ms}, f.clock).value());
   keel::Future<int> out = f.Run(*hedge, Idempotent());
   f.clock.Advance(5ms);
   f.attempts.Complete(0, 1);
@@ -115,7 +123,8 @@ TEST_CASE("hedge does not fire when the first attempt answers before the delay")
 
 TEST_CASE("hedge sends at most max_hedges extra attempts, delay apart") {
   Fixture f;
-  auto hedge = Hedge::Create({.name = "search", .delay = 10ms, .max_hedges = 2}, f.clock).value();
+  Hedge* hedge =
+      f.Keep(Hedge::Create({.name = "search", .delay = 10ms, .max_hedges = 2}, f.clock).value());
   keel::Future<int> out = f.Run(*hedge, Idempotent());
   f.clock.Advance(10ms);
   f.attempts.AwaitStarted(2);
@@ -134,7 +143,7 @@ TEST_CASE("hedge sends at most max_hedges extra attempts, delay apart") {
 
 TEST_CASE("hedge never sends an extra attempt for a call not marked idempotent") {
   Fixture f;
-  auto hedge = Hedge::Create({.name = "search", .delay = 10ms}, f.clock).value();
+  Hedge* hedge = f.Keep(Hedge::Create({.name = "search", .delay = 10ms}, f.clock).value());
   CallContext write;
   keel::Future<int> out = f.Run(*hedge, write);
   CHECK(f.timer->Stats().pending == 0);
@@ -152,8 +161,8 @@ TEST_CASE("hedges spend the retry budget") {
   // One retry (or hedge) in flight at most, whatever the traffic.
   auto budget =
       keel::ConcurrentRetryBudget::Create({.percent = 0, .min_concurrent_retries = 1}).value();
-  auto hedge =
-      Hedge::Create({.name = "search", .delay = 10ms, .budget = budget.get()}, f.clock).value();
+  Hedge* hedge = f.Keep(
+      Hedge::Create({.name = "search", .delay = 10ms, .budget = budget.get()}, f.clock).value());
   keel::Future<int> first = f.Run(*hedge, Idempotent());
   keel::Future<int> second = f.Run(*hedge, Idempotent());
   CHECK(budget->calls_in_flight() == 2);
@@ -175,7 +184,7 @@ TEST_CASE("hedges spend the retry budget") {
 
 TEST_CASE("hedge: a failure starts no hedge, and the last failure ends the call") {
   Fixture f;
-  auto hedge = Hedge::Create({.name = "search", .delay = 10ms}, f.clock).value();
+  Hedge* hedge = f.Keep(Hedge::Create({.name = "search", .delay = 10ms}, f.clock).value());
   keel::Future<int> alone = f.Run(*hedge, Idempotent());
   f.clock.Advance(2ms);
   f.attempts.Complete(0, absl::UnavailableError("replica down"));
@@ -193,12 +202,12 @@ TEST_CASE("hedge: a failure starts no hedge, and the last failure ends the call"
 
 TEST_CASE("hedge: is_final lets a definitive error answer at once") {
   Fixture f;
-  auto hedge =
-      Hedge::Create({.name = "search",
-                     .delay = 10ms,
-                     .is_final = [](const absl::Status& s) { return absl::IsNotFound(s); }},
-                    f.clock)
-          .value();
+  Hedge* hedge =
+      f.Keep(Hedge::Create({.name = "search",
+                            .delay = 10ms,
+                            .is_final = [](const absl::Status& s) { return absl::IsNotFound(s); }},
+                           f.clock)
+                 .value());
   keel::Future<int> out = f.Run(*hedge, Idempotent());
   f.clock.Advance(10ms);
   f.attempts.AwaitStarted(2);
@@ -209,7 +218,7 @@ TEST_CASE("hedge: is_final lets a definitive error answer at once") {
 
 TEST_CASE("hedge sends no hedge at or past the call's deadline") {
   Fixture f;
-  auto hedge = Hedge::Create({.name = "search", .delay = 10ms}, f.clock).value();
+  Hedge* hedge = f.Keep(Hedge::Create({.name = "search", .delay = 10ms}, f.clock).value());
   keel::Future<int> out = f.Run(*hedge, Idempotent(keel::Deadline::After(10ms, f.clock)));
   CHECK(f.timer->Stats().pending == 0);
   f.attempts.Complete(0, 1);
@@ -219,7 +228,7 @@ TEST_CASE("hedge sends no hedge at or past the call's deadline") {
 TEST_CASE("hedge's delay follows the percentile of recent latency") {
   Fixture f;
   // A window of 100: the percentile is known after 10 successful attempts.
-  auto hedge = Hedge::Create({.name = "search", .latency_window = 100}, f.clock).value();
+  Hedge* hedge = f.Keep(Hedge::Create({.name = "search", .latency_window = 100}, f.clock).value());
   CHECK_FALSE(hedge->delay().has_value());
   // Unknown delay: calls are not hedged (nothing scheduled), but their latency is learned.
   for (int ms = 1; ms <= 10; ++ms) {
@@ -242,7 +251,7 @@ TEST_CASE("hedge's delay follows the percentile of recent latency") {
 
 TEST_CASE("hedge learns a lower bound of the first attempt's latency when a hedge wins") {
   Fixture f;
-  auto hedge = Hedge::Create({.name = "search", .latency_window = 100}, f.clock).value();
+  Hedge* hedge = f.Keep(Hedge::Create({.name = "search", .latency_window = 100}, f.clock).value());
   for (int i = 0; i < 10; ++i) {
     keel::Future<int> out = f.Run(*hedge, Idempotent());
     f.clock.Advance(10ms);
@@ -268,7 +277,7 @@ TEST_CASE("hedge learns a lower bound of the first attempt's latency when a hedg
 
 TEST_CASE("hedge stage hedges async pipelines and refuses to hedge a blocking one") {
   Fixture f;
-  auto hedge = Hedge::Create({.name = "search", .delay = 10ms}, f.clock).value();
+  Hedge* hedge = f.Keep(Hedge::Create({.name = "search", .delay = 10ms}, f.clock).value());
   auto pipeline =
       keel::Pipeline<int>::Builder().Add(keel::overload::HedgeStage<int>::Make(*hedge)).Build();
   keel::Future<int> out = pipeline.ExecuteAsync(
@@ -310,6 +319,7 @@ TEST_CASE("hedge's blocking form runs attempts on a thread pool") {
   caller.join();
   CHECK(result.value() == 2);
   pool->Shutdown(keel::ThreadPoolBulkhead::ShutdownMode::kDrain);  // the loser has stopped
+  timer->Shutdown();  // before the Hedge goes: its thread may still be finishing the hedge
   CHECK(hedge->Stats().wins_total == 1);
 }
 
