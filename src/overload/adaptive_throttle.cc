@@ -61,7 +61,8 @@ AdaptiveThrottle::AdaptiveThrottle(Options options, Clock& clock,
       origin_(clock.Now()),
       bucket_width_ns_((options_.window / options_.buckets).count()),
       buckets_(options_.buckets),
-      ring_(static_cast<size_t>(options_.buckets)) {
+      ring_(static_cast<size_t>(options_.buckets)),
+      next_boundary_(bucket_width_ns_) {
   for (int c = 0; c < kLevels; ++c) {
     k_[c] = std::max(1.0, options_.k * options_.criticality_share[c]);
   }
@@ -118,9 +119,15 @@ absl::Status AdaptiveThrottle::RegisterMetrics(MetricsRegistry& metrics) {
   return absl::OkStatus();
 }
 
-int64_t AdaptiveThrottle::BucketOf(TimePoint now) const {
+int64_t AdaptiveThrottle::SinceOrigin(TimePoint now) const {
   const int64_t since = (now - origin_).count();
-  return since <= 0 ? 0 : since / bucket_width_ns_;
+  return since < 0 ? 0 : since;
+}
+
+void AdaptiveThrottle::AdvanceToLocked(int64_t since) const {
+  // The common case, a call within the newest bucket, costs one comparison, not a division.
+  if (since < next_boundary_) return;
+  AdvanceLocked(since / bucket_width_ns_);
 }
 
 void AdaptiveThrottle::AdvanceLocked(int64_t b) const {
@@ -140,6 +147,7 @@ void AdaptiveThrottle::AdvanceLocked(int64_t b) const {
     }
   }
   newest_ = b;
+  next_boundary_ = (b + 1) * bucket_width_ns_;
 }
 
 double AdaptiveThrottle::ProbabilityLocked(Criticality c, int64_t* requests_out,
@@ -160,7 +168,7 @@ double AdaptiveThrottle::ProbabilityLocked(Criticality c, int64_t* requests_out,
 absl::StatusOr<AdaptiveThrottle::Ticket> AdaptiveThrottle::TryAcquire(Criticality c,
                                                                       TimePoint now) {
   const int level = static_cast<int>(c);
-  const int64_t b = BucketOf(now);
+  const int64_t since = SinceOrigin(now);
   double p;
   int64_t bucket;
   bool changed;
@@ -168,7 +176,7 @@ absl::StatusOr<AdaptiveThrottle::Ticket> AdaptiveThrottle::TryAcquire(Criticalit
   int64_t accepts;
   {
     internal::SpinLockGuard guard(mu_);
-    AdvanceLocked(b);
+    AdvanceToLocked(since);
     p = ProbabilityLocked(c, &requests, &accepts);
     bucket = newest_;  // an older `now` counts in the newest bucket
     ++ring_[static_cast<size_t>(bucket % buckets_)].requests[level];
@@ -277,18 +285,18 @@ void AdaptiveThrottle::DeliverThrottlingChanges() {
 }
 
 double AdaptiveThrottle::RejectionProbability(Criticality c) const {
-  const int64_t b = BucketOf(clock_.Now());
+  const int64_t since = SinceOrigin(clock_.Now());
   internal::SpinLockGuard guard(mu_);
-  AdvanceLocked(b);
+  AdvanceToLocked(since);
   return ProbabilityLocked(c);
 }
 
 AdaptiveThrottleStats AdaptiveThrottle::Stats() const {
-  const int64_t b = BucketOf(clock_.Now());
+  const int64_t since = SinceOrigin(clock_.Now());
   AdaptiveThrottleStats s;
   {
     internal::SpinLockGuard guard(mu_);
-    AdvanceLocked(b);
+    AdvanceToLocked(since);
     for (int c = 0; c < kLevels; ++c) {
       s.requests += requests_[c];
       s.accepts += accepts_[c];

@@ -209,7 +209,10 @@ class AdaptiveThrottle {
   static absl::StatusOr<std::unique_ptr<AdaptiveThrottle>> CreateImpl(
       Options options, Clock& clock, std::optional<absl::BitGenRef> gen, MetricsRegistry* metrics);
   absl::Status RegisterMetrics(MetricsRegistry& metrics);
-  int64_t BucketOf(TimePoint now) const;
+  // Nanoseconds from the origin to `now`, at least 0.
+  int64_t SinceOrigin(TimePoint now) const;
+  // Makes the bucket holding `since` the newest, unless it is already (or older).
+  void AdvanceToLocked(int64_t since) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Expires the buckets that left the window by bucket `b` and makes `b` the newest.
   void AdvanceLocked(int64_t b) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // p(c), and (when asked) the requests and accepts it was computed on.
@@ -231,6 +234,8 @@ class AdaptiveThrottle {
   alignas(64) mutable internal::SpinLock mu_;
   mutable std::vector<Bucket> ring_ ABSL_GUARDED_BY(mu_);
   mutable int64_t newest_ ABSL_GUARDED_BY(mu_) = 0;  // the newest bucket's number
+  // Where the bucket after the newest starts, in nanoseconds since origin_.
+  mutable int64_t next_boundary_ ABSL_GUARDED_BY(mu_);
   // Per criticality, summed over the ring.
   mutable std::array<int64_t, kLevels> requests_ ABSL_GUARDED_BY(mu_){};
   mutable std::array<int64_t, kLevels> accepts_ ABSL_GUARDED_BY(mu_){};

@@ -120,6 +120,21 @@ TEST_CASE("adaptive throttle's window rolls bucket by bucket") {
   CHECK(t->Stats().requests == 0);
 }
 
+TEST_CASE("adaptive throttle counts a call at an earlier time in the newest bucket") {
+  keel::ManualClock clock;
+  double u = 0.999;
+  keel_test::FractionGen gen{&u};
+  auto t = Throttle(clock, gen);
+  const keel::TimePoint start = clock.Now();
+  clock.Advance(90s);
+  Calls(*t, 1, false);
+  auto late = t->TryAcquire(Criticality::kCritical, start);  // a caller's stale clock read
+  REQUIRE(late.ok());
+  late->OnRejected();
+  clock.Advance(30s);  // 120 s after start, 30 s after the bucket they were counted in
+  CHECK(t->Stats().requests == 2);
+}
+
 TEST_CASE("adaptive throttle counts an accept in its request's bucket") {
   keel::ManualClock clock;
   double u = 0.999;

@@ -7,6 +7,8 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -273,6 +275,34 @@ TEST_CASE("hedge learns a lower bound of the first attempt's latency when a hedg
   // The first attempts took at least 25 ms: p95 of {10 x 10 ms, 10 x 25 ms} is 25 ms (the
   // hedges' own 15 ms, or no sample, would keep it low).
   CHECK(hedge->delay() == std::optional<keel::Duration>(25ms));
+}
+
+TEST_CASE("hedge posts its hedges to the executor it is given") {
+  Fixture f;
+  keel::ManualExecutor executor;
+  Hedge* hedge = f.Keep(Hedge::Create({.name = "search", .delay = 10ms}, f.clock).value());
+  keel::Future<int> out = hedge->ExecuteAsync(
+      *f.timer, Idempotent(), [&](const CallContext& c) { return f.attempts.Start(c); }, executor);
+  CHECK(f.attempts.started() == 1);  // the first attempt: on this thread, at once
+  f.clock.Advance(10ms);
+  while (executor.pending() == 0) std::this_thread::yield();  // the timer posted the hedge
+  CHECK(f.attempts.started() == 1);
+  CHECK(executor.RunPending() == 1);  // ... which starts here, on the executor
+  CHECK(f.attempts.started() == 2);
+  f.attempts.Complete(1, 4);
+  CHECK(out.Get().value() == 4);
+}
+
+TEST_CASE("hedge turns a call that throws into INTERNAL") {
+  Fixture f;
+  Hedge* hedge = f.Keep(Hedge::Create({.name = "search", .delay = 10ms}, f.clock).value());
+  keel::Future<int> out = hedge->ExecuteAsync(
+      *f.timer, Idempotent(),
+      [](const CallContext&) -> keel::Future<int> { throw std::runtime_error("bug"); });
+  auto r = out.Get();
+  CHECK(absl::IsInternal(r.status()));
+  CHECK(r.status().message() == "hedge \"search\": the call threw an exception");
+  CHECK(f.timer->Stats().pending == 0);
 }
 
 TEST_CASE("hedge stage hedges async pipelines and refuses to hedge a blocking one") {
