@@ -9,6 +9,7 @@
 #include "keel/internal/strings.h"
 #include "keel/internal/validate.h"
 #include "keel/status.h"
+#include "overload/criticality_share.h"
 
 namespace keel::overload {
 namespace {
@@ -24,14 +25,7 @@ absl::StatusOr<std::unique_ptr<AdaptiveLimiter>> AdaptiveLimiter::Create(
   const ki::OptionsOf of("adaptive limiter", options.name);
   if (options.name.empty()) return ki::InvalidOption(of, "name", "non-empty", "\"\"");
   KEEL_RETURN_IF_ERROR(ki::RequireSet(of, "algorithm", algorithm != nullptr));
-  for (size_t i = 0; i < options.criticality_share.size(); ++i) {
-    const std::string field = ki::StrCat("criticality_share[", i, "]");
-    KEEL_RETURN_IF_ERROR(ki::RequireFraction(of, field, options.criticality_share[i]));
-    if (i > 0 && options.criticality_share[i] > options.criticality_share[i - 1]) {
-      return ki::InvalidOption(of, field, ki::StrCat("<= criticality_share[", i - 1, "]"),
-                               options.criticality_share[i]);
-    }
-  }
+  KEEL_RETURN_IF_ERROR(ki::ValidateCriticalityShare(of, options.criticality_share));
   if (options.queue) KEEL_RETURN_IF_ERROR(CodelQueue::Validate(of, *options.queue));
   std::unique_ptr<AdaptiveLimiter> l(
       new AdaptiveLimiter(std::move(options), std::move(algorithm), clock));

@@ -1,9 +1,10 @@
 // keel/resilience/call_context.h: what every policy passes down to the call it protects.
 //
 // Defines `keel::CallContext`: the deadline the call must honour, the cancellation token it may
-// poll, which attempt this is, and how critical the call is. Policies derive the context they pass
-// inward from the one they received (a Timeout shortens the deadline, a Retry sets the attempt
-// number), so the innermost call sees the tightest bound of every layer around it.
+// poll, which attempt this is, how critical the call is, and whether it may run twice at once.
+// Policies derive the context they pass inward from the one they received (a Timeout shortens the
+// deadline, a Retry sets the attempt number), so the innermost call sees the tightest bound of
+// every layer around it.
 //
 // Thread safety: a value; copy it freely.
 //
@@ -58,6 +59,10 @@ struct CallContext {
   // How critical the call is; overload controls shed the least critical first. Policies pass it
   // inward unchanged.
   Criticality criticality = Criticality::kCritical;
+  // Whether running the call more than once at the same time is harmless (a read, a write with
+  // an idempotency key). keel::overload::Hedge sends extra attempts only for idempotent calls.
+  // Policies pass it inward unchanged.
+  bool idempotent = false;
 };
 
 }  // namespace keel
