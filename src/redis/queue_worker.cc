@@ -367,6 +367,13 @@ void Worker::Impl::FetchLoop() {
     size_t held = 0;
     {
       MutexLock lock(mu_);
+      if (stop_deadline_.has_value() && stop_deadline_->Expired()) {
+        // Stop's time is up: what is left comes back after its visibility timeout.
+        final_ok_ = completions_.empty() && buffered_.empty() && delivered_.empty();
+        fetch_done_ = true;
+        stop_cv_.SignalAll();
+        return;
+      }
       // Visibility timeouts that ran out: another worker may take the job now; tell the handler.
       for (auto& [slot, r] : running_) {
         if (r.deadline.Expired() && !r.source.cancelled()) r.source.Cancel();
@@ -490,7 +497,8 @@ void Worker::Impl::HandlerLoop() {
 }
 
 bool Worker::Impl::AwaitPermit(const Held& held, const CancellationToken& token) {
-  if (!options_.start_limiter) return true;
+  // Cancelled before it started: Stop is handing it back (or its visibility ran out already).
+  if (!options_.start_limiter) return !token.cancelled();
   while (!token.cancelled()) {
     absl::StatusOr<limit::Decision> decision;
     try {
