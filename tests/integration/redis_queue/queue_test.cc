@@ -368,3 +368,76 @@ TEST_CASE(
   CHECK(per_job <= 0.5);
   CHECK(queue->Inspect(Deadline::After(2s))->pending == 0);
 }
+
+TEST_CASE("job queue: a handler past its visibility timeout sees its cancellation",
+          "[redis_queue]") {
+  auto client = keel::test::SharedRedisClient();
+  auto queue = keel::test::MakeQueue(*client, {.name = keel::test::UniqueName("overrun")});
+  REQUIRE(queue->Enqueue(Deadline::After(2s), "slow").ok());
+  std::atomic<bool> cancelled{false};
+  std::atomic<int64_t> ran_ms{0};
+  keel::test::Seen seen;
+  auto worker = keel::test::MakeWorker(
+      *queue, {.handler =
+                   [&](const Job& job, JobContext& ctx) {
+                     const auto start = std::chrono::steady_clock::now();
+                     // Sleeps until cancelled, at most 5 s.
+                     cancelled = !ctx.cancellation().SleepUntil(keel::SteadyClock(),
+                                                                keel::SteadyClock().Now() + 5s);
+                     ran_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                  std::chrono::steady_clock::now() - start)
+                                  .count();
+                     seen.Add(job.id);
+                     return absl::OkStatus();
+                   },
+               .visibility_timeout = 100ms,
+               .poll_interval = 50ms});
+  REQUIRE(seen.WaitFor(1, kWait));
+  REQUIRE(worker->Stop(Deadline::After(5s)).ok());
+  CHECK(cancelled.load());
+  CHECK(ran_ms.load() >= 90);
+  CHECK(ran_ms.load() < 1000);
+}
+
+TEST_CASE("job queue: a job whose workers keep vanishing reaches the dead letters",
+          "[redis_queue]") {
+  auto client = keel::test::SharedRedisClient();
+  auto queue = keel::test::MakeQueue(*client, {.name = keel::test::UniqueName("cursed")});
+  auto id = queue->Enqueue(Deadline::After(2s), "kills its worker", {.max_attempts = 1});
+  REQUIRE(id.ok());
+  keel::CancellationSource release;
+  keel::test::Seen ghost_seen;
+  auto ghost = keel::test::MakeWorker(*queue, {.handler =
+                                                   [&](const Job& job, JobContext&) {
+                                                     ghost_seen.Add(job.id);
+                                                     while (!release.cancelled()) {
+                                                       std::this_thread::sleep_for(5ms);
+                                                     }
+                                                     return absl::OkStatus();
+                                                   },
+                                               .visibility_timeout = 200ms});
+  REQUIRE(ghost_seen.WaitFor(1, kWait));
+  std::atomic<int> ran{0};
+  auto worker = keel::test::MakeWorker(*queue, {.handler =
+                                                    [&](const Job&, JobContext&) {
+                                                      ran.fetch_add(1);
+                                                      return absl::OkStatus();
+                                                    },
+                                                .visibility_timeout = 200ms,
+                                                .poll_interval = 50ms});
+  std::vector<keel::redis::DeadLetter> dead;
+  for (int i = 0; i < 300 && dead.empty(); ++i) {
+    std::this_thread::sleep_for(10ms);
+    dead = queue->DeadLetters(Deadline::After(2s)).value();
+  }
+  REQUIRE(dead.size() == 1);
+  CHECK(dead[0].id == *id);
+  CHECK(dead[0].error == "attempt 1 was not acknowledged within the visibility timeout");
+  CHECK(ran.load() == 0);
+  CHECK(queue->Status(Deadline::After(2s), *id)->state == JobState::kDead);
+  release.Cancel();
+  REQUIRE(worker->Stop(Deadline::After(5s)).ok());
+  REQUIRE(ghost->Stop(Deadline::After(5s)).ok());
+  // The ghost's late success finds the job gone from the stream: it stays dead.
+  CHECK(queue->Status(Deadline::After(2s), *id)->state == JobState::kDead);
+}
