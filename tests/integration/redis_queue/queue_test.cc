@@ -40,6 +40,31 @@ std::vector<std::string> EnqueueN(keel::redis::JobQueue& queue, int n,
   return out;
 }
 
+// A worker that takes one job and vanishes without a word, as if its process had been killed:
+// its handler hangs until Release, and it is not stopped before.
+struct Ghost {
+  explicit Ghost(keel::redis::JobQueue& queue)
+      : worker(keel::test::MakeWorker(queue, {.handler =
+                                                  [this](const Job& job, JobContext&) {
+                                                    seen.Add(job.id);
+                                                    while (!release.cancelled()) {
+                                                      std::this_thread::sleep_for(5ms);
+                                                    }
+                                                    return absl::OkStatus();
+                                                  },
+                                              .visibility_timeout = 200ms})) {
+    REQUIRE(seen.WaitFor(1, kWait));
+  }
+  ~Ghost() { release.Cancel(); }  // so the worker's destructor can join its handler
+  void Release() {
+    release.Cancel();
+    REQUIRE(worker->Stop(Deadline::After(5s)).ok());
+  }
+  keel::CancellationSource release;
+  keel::test::Seen seen;
+  std::unique_ptr<Worker> worker;
+};
+
 }  // namespace
 
 TEST_CASE("job queue: every enqueued job runs once and its status becomes done", "[redis_queue]") {
@@ -219,20 +244,8 @@ TEST_CASE(
   auto queue = keel::test::MakeQueue(*client, {.name = keel::test::UniqueName("lost")});
   auto id = queue->Enqueue(Deadline::After(2s), "orphan");
   REQUIRE(id.ok());
-  // A worker takes the job and dies without a word: its handler never returns, and Stop is
-  // never called (the process would have been killed).
-  keel::CancellationSource release;
-  keel::test::Seen ghost_seen, seen;
-  auto ghost = keel::test::MakeWorker(*queue, {.handler =
-                                                   [&](const Job& job, JobContext&) {
-                                                     ghost_seen.Add(job.id);
-                                                     while (!release.cancelled()) {
-                                                       std::this_thread::sleep_for(5ms);
-                                                     }
-                                                     return absl::OkStatus();
-                                                   },
-                                               .visibility_timeout = 200ms});
-  REQUIRE(ghost_seen.WaitFor(1, kWait));
+  Ghost ghost(*queue);
+  keel::test::Seen seen;
   auto worker = keel::test::MakeWorker(*queue, {.handler =
                                                     [&](const Job& job, JobContext& ctx) {
                                                       CHECK(ctx.attempt() == 2);
@@ -246,9 +259,8 @@ TEST_CASE(
   CHECK(worker->Stats().reclaimed_total == 1);
   REQUIRE(worker->Stop(Deadline::After(5s)).ok());
   CHECK(queue->Status(Deadline::After(2s), *id)->state == JobState::kDone);
-  release.Cancel();
   // The ghost finishes late: the job is acknowledged already, nothing changes.
-  REQUIRE(ghost->Stop(Deadline::After(5s)).ok());
+  ghost.Release();
   CHECK(queue->Status(Deadline::After(2s), *id)->attempts == 2);
 }
 
@@ -405,18 +417,7 @@ TEST_CASE("job queue: a job whose workers keep vanishing reaches the dead letter
   auto queue = keel::test::MakeQueue(*client, {.name = keel::test::UniqueName("cursed")});
   auto id = queue->Enqueue(Deadline::After(2s), "kills its worker", {.max_attempts = 1});
   REQUIRE(id.ok());
-  keel::CancellationSource release;
-  keel::test::Seen ghost_seen;
-  auto ghost = keel::test::MakeWorker(*queue, {.handler =
-                                                   [&](const Job& job, JobContext&) {
-                                                     ghost_seen.Add(job.id);
-                                                     while (!release.cancelled()) {
-                                                       std::this_thread::sleep_for(5ms);
-                                                     }
-                                                     return absl::OkStatus();
-                                                   },
-                                               .visibility_timeout = 200ms});
-  REQUIRE(ghost_seen.WaitFor(1, kWait));
+  Ghost ghost(*queue);
   std::atomic<int> ran{0};
   auto worker = keel::test::MakeWorker(*queue, {.handler =
                                                     [&](const Job&, JobContext&) {
@@ -435,9 +436,8 @@ TEST_CASE("job queue: a job whose workers keep vanishing reaches the dead letter
   CHECK(dead[0].error == "attempt 1 was not acknowledged within the visibility timeout");
   CHECK(ran.load() == 0);
   CHECK(queue->Status(Deadline::After(2s), *id)->state == JobState::kDead);
-  release.Cancel();
   REQUIRE(worker->Stop(Deadline::After(5s)).ok());
-  REQUIRE(ghost->Stop(Deadline::After(5s)).ok());
+  ghost.Release();
   // The ghost's late success finds the job gone from the stream: it stays dead.
   CHECK(queue->Status(Deadline::After(2s), *id)->state == JobState::kDead);
 }
