@@ -33,10 +33,17 @@ inline std::unique_ptr<redis::Worker> MakeWorker(redis::JobQueue& queue,
 // Job ids seen by handlers, thread-safe, with a wait for a count.
 class Seen {
  public:
-  void Add(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_) {
+  // Catch2's assertions are not thread-safe: handlers record here, the test checks after.
+  void Add(const std::string& id, int attempt = 0) ABSL_LOCKS_EXCLUDED(mu_) {
     MutexLock lock(mu_);
     ids_.push_back(id);
+    attempts_.insert(attempt);
     cv_.SignalAll();
+  }
+  // The distinct attempt numbers recorded.
+  std::set<int> attempts() const ABSL_LOCKS_EXCLUDED(mu_) {
+    MutexLock lock(mu_);
+    return attempts_;
   }
   // True when at least `n` were seen before `timeout`.
   bool WaitFor(size_t n, std::chrono::milliseconds timeout) ABSL_LOCKS_EXCLUDED(mu_) {
@@ -55,6 +62,7 @@ class Seen {
   mutable Mutex mu_;
   CondVar cv_;
   std::vector<std::string> ids_ ABSL_GUARDED_BY(mu_);
+  std::set<int> attempts_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace keel::test
