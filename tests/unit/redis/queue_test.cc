@@ -139,7 +139,7 @@ TEST_CASE("a blocking read's reply names each entry's level by its stream") {
   CHECK(keel::redis::internal::ParseBlockingRead(Reply::Nil(), streams)->empty());
 }
 
-TEST_CASE("a job's status is read from its hash; no state means no job") {
+TEST_CASE("a job's status is read from its hash, and a hash without a state is no job") {
   const Reply hash =
       Reply::Array({Reply::String("failed"), Reply::String("2"), Reply::String("5"),
                     Reply::String("1"), Reply::Nil(), Reply::String("UNAVAILABLE: down")});
