@@ -1,5 +1,6 @@
-// redis::JobQueue across a Redis crash: with appendonly (appendfsync always), a Redis killed
-// (kill -9) and restarted while a worker processes loses no enqueue that was acknowledged.
+// redis::JobQueue and redis::Worker when Redis fails: with appendonly (appendfsync always), a
+// Redis killed (kill -9) and restarted while a worker processes loses no enqueue that was
+// acknowledged; a worker stopping while Redis is paused returns by its deadline.
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <set>
@@ -65,4 +66,40 @@ TEST_CASE("job queue: a Redis restart during processing loses no acknowledged en
     REQUIRE(status.ok());
     CHECK(status->state == keel::redis::JobState::kDone);
   }
+}
+
+TEST_CASE("job queue: Stop returns by its deadline while Redis is paused, with DEADLINE_EXCEEDED",
+          "[redis_queue]") {
+  keel::test::RedisServer server;
+  auto options = keel::redis::Options::FromUrl(server.url());
+  REQUIRE(options.ok());
+  options->command_timeout = 300ms;
+  auto client = keel::redis::Client::Create(*options);
+  REQUIRE(client.ok());
+  auto queue = keel::test::MakeQueue(**client, {.name = "paused"});
+  auto id = queue->Enqueue(Deadline::After(1s), "x");
+  REQUIRE(id.ok());
+  keel::CancellationSource go;
+  keel::test::Seen started;
+  auto worker = keel::test::MakeWorker(*queue, {.handler = [&](const Job& job, JobContext&) {
+    started.Add(job.id);
+    while (!go.cancelled()) {
+      std::this_thread::sleep_for(1ms);
+    }
+    return absl::OkStatus();
+  }});
+  REQUIRE(started.WaitFor(1, 10s));
+  server.Stop();  // SIGSTOP: the acknowledgement of the job cannot reach Redis
+  go.Cancel();
+  const auto began = std::chrono::steady_clock::now();
+  const absl::Status stopped = worker->Stop(Deadline::After(400ms));
+  const auto took = std::chrono::steady_clock::now() - began;
+  server.Continue();
+  CHECK(stopped.code() == absl::StatusCode::kDeadlineExceeded);
+  CHECK(took < 1s);
+  worker.reset();
+  // Never acknowledged: the job is still pending, to run again after its visibility timeout.
+  auto status = queue->Status(Deadline::After(2s), *id);
+  REQUIRE(status.ok());
+  CHECK(status->state == keel::redis::JobState::kRunning);
 }
