@@ -36,10 +36,11 @@
 //   absl::StatusOr<std::string> id = queue->Enqueue(Deadline::After(100ms), payload,
 //                                                   {.idempotency_key = "welcome:42"});
 //   auto worker = keel::redis::Worker::Create(
-//       {.concurrency = 8, .visibility_timeout = 30s,
-//        .handler = [&](const keel::redis::Job& job, keel::redis::JobContext& ctx) {
+//       {.handler = [&](const keel::redis::Job& job, keel::redis::JobContext& ctx) {
 //          return SendEmail(job.payload, ctx.deadline());   // OK acknowledges; an error retries
-//        }},
+//        },
+//        .concurrency = 8,
+//        .visibility_timeout = 30s},
 //       *queue).value();
 //   ...
 //   worker->Stop(Deadline::After(10s));   // finishes or hands back the jobs it holds
@@ -248,7 +249,8 @@ class JobContext {
   // after it another worker may take the job over. Pass it down to the job's own calls.
   Deadline deadline() const { return deadline_; }
   // Cancelled when the worker stops before the handler finished (the job is being handed back)
-  // or when deadline() passed.
+  // or once deadline() has passed (noticed by the worker's Redis thread within about
+  // Worker::Options::poll_interval).
   CancellationToken cancellation() const { return cancellation_; }
   // Records a progress note that Status(id) reports (one script on the client; Infinite: the
   // client's command_timeout). Does nothing once the job's record is gone. Errors: the client's.
@@ -281,7 +283,7 @@ struct WorkerStats {
   uint64_t dead_total = 0;                // jobs this worker moved to the dead letters
   uint64_t handed_back_total = 0;         // jobs handed back at Stop (not run or not finished)
   uint64_t handler_exceptions_total = 0;  // handlers that threw (counted as failed attempts)
-  uint64_t redis_errors_total = 0;        // take / finish / wait calls that failed (retried)
+  uint64_t redis_errors_total = 0;        // take / finish / wait / inspect calls that failed
   uint64_t take_calls_total = 0;          // take scripts run (round trips)
   uint64_t finish_calls_total = 0;        // finish scripts run (round trips)
   uint64_t blocking_reads_total = 0;      // XREADGROUP BLOCK waits on the dedicated connection
