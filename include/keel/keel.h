@@ -77,6 +77,7 @@
 #include "keel/redis/fail_mode.h"
 #include "keel/redis/lock.h"
 #include "keel/redis/options.h"
+#include "keel/redis/queue.h"
 #include "keel/redis/rate_limiter.h"
 #include "keel/redis/redlock.h"
 #include "keel/redis/reply.h"
