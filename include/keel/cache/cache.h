@@ -322,7 +322,11 @@ class Cache {
           return out;
         }
         c.errors.fetch_add(1, std::memory_order_relaxed);
-        out.failed |= uint32_t{1} << i;
+        // An unreachable tier is not written in this call either (it would only cost the
+        // caller another timeout); one that answered with an unreadable entry is overwritten.
+        if (absl::IsUnavailable(got.status()) || absl::IsDeadlineExceeded(got.status())) {
+          out.failed |= uint32_t{1} << i;
+        }
         continue;
       }
       if (!got->has_value()) {
