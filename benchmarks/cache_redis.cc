@@ -56,7 +56,8 @@ void BM_Cache_RedisTierHit(benchmark::State& state) {
     }
     benchmark::DoNotOptimize(hit);
   }
-  if (cache->Stats().loads_total != 1) state.SkipWithError("a read missed the Redis tier");
+  // Only the warm-up may have missed (the key may be left from an earlier run).
+  if (cache->Stats().misses_total > 1) state.SkipWithError("a read missed the Redis tier");
 }
 BENCHMARK(BM_Cache_RedisTierHit)->UseRealTime();
 
