@@ -199,13 +199,13 @@ TEST_CASE(
     server.Stop();
     for (int i = 0; i < 3; ++i) {
       // The read waits command_timeout, the loader runs, the write to the failed tier is skipped.
-      CHECK(read_within("cold" + std::to_string(i)) < 600ms);
+      CHECK(read_within(std::string("cold").append(std::to_string(i))) < 600ms);
     }
     server.Continue();
   }
   SECTION("killed") {
     server.Kill();
-    for (int i = 0; i < 3; ++i) read_within("cold" + std::to_string(i));
+    for (int i = 0; i < 3; ++i) read_within(std::string("cold").append(std::to_string(i)));
   }
   CHECK(loads == 4);
   const auto s = cache->Stats();

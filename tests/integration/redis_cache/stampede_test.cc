@@ -144,7 +144,7 @@ TEST_CASE("redis cache stampede lock: 4 processes x 50 threads on one cold key l
   std::vector<keel::test::Subprocess> workers;
   std::vector<std::string> outs;
   for (int p = 0; p < kProcesses; ++p) {
-    outs.push_back((dir.path() / ("worker" + std::to_string(p))).string());
+    outs.push_back((dir.path() / std::string("worker").append(std::to_string(p))).string());
     workers.push_back(
         StartWorker("load " + server.url() + " " + name + " " + outs[p], outs[p] + ".log"));
   }
@@ -181,7 +181,7 @@ TEST_CASE(
   std::vector<keel::test::Subprocess> workers;
   std::vector<std::string> outs;
   for (int p = 0; p < kOthers; ++p) {
-    outs.push_back((dir.path() / ("worker" + std::to_string(p))).string());
+    outs.push_back((dir.path() / std::string("worker").append(std::to_string(p))).string());
     workers.push_back(
         StartWorker("load " + server.url() + " " + name + " " + outs[p], outs[p] + ".log"));
   }

@@ -87,7 +87,7 @@ TEST_CASE("cache stores each load for ttl plus a jitter drawn in [0, ttl_jitter]
   auto cache = f.Make({.name = "jitter", .ttl = 60s, .ttl_jitter = 10s});
   std::set<keel::Duration> seen;
   for (int i = 0; i < 200; ++i) {
-    const std::string key = "k" + std::to_string(i);
+    const std::string key = std::string("k").append(std::to_string(i));
     REQUIRE(cache->GetOrLoad(Deadline::Infinite(), key, f.Returning("v")).ok());
     auto entry = f.local->store().GetEntry(key);
     REQUIRE(entry.has_value());
