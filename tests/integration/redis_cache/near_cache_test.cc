@@ -12,6 +12,7 @@
 #include "integration/redis_limits/helpers.h"
 #include "keel/cache/cache.h"
 #include "keel/redis/cache_store.h"
+#include "support/poll.h"
 
 using keel::Deadline;
 using keel::cache::Cache;
@@ -24,12 +25,7 @@ using StringCache = Cache<std::string>;
 
 template <typename Pred>
 bool Within(std::chrono::milliseconds limit, Pred done) {
-  const auto give_up = std::chrono::steady_clock::now() + limit;
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > give_up) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-  return true;
+  return keel::test::PollUntil(done, limit);
 }
 
 // One "process": its own client, near tier and Redis tier.

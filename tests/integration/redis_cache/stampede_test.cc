@@ -35,17 +35,24 @@ constexpr int kThreads = 50;
 constexpr const char* kKey = "cold-key";
 
 keel::test::Subprocess StartWorker(const std::string& spec, const std::string& log) {
-  const std::string exe = std::filesystem::read_symlink("/proc/self/exe").string();
-  return keel::test::Subprocess::Start(
-      {"/usr/bin/env", "KEEL_CACHE_WORKER=" + spec, exe, "[.redis_cache_worker]"}, log);
+  return keel::test::StartSelf("KEEL_CACHE_WORKER=" + spec, "[.redis_cache_worker]", log);
 }
 
-bool AwaitFile(const std::string& path, std::chrono::seconds timeout = 30s) {
-  const auto give_up = std::chrono::steady_clock::now() + timeout;
-  while (!std::filesystem::exists(path) && std::chrono::steady_clock::now() < give_up) {
-    std::this_thread::sleep_for(1ms);
+using keel::test::AwaitFile;
+
+// Starts `n` "load" workers on `url`; returns their output paths (each worker's log is
+// <out>.log) and appends the processes to `workers`.
+std::vector<std::string> StartLoaders(int n, const std::string& url, const std::string& name,
+                                      const keel::test::TempDir& dir,
+                                      std::vector<keel::test::Subprocess>& workers) {
+  std::vector<std::string> outs;
+  for (int p = 0; p < n; ++p) {
+    outs.push_back((dir.path() / std::string("worker").append(std::to_string(p))).string());
+    workers.push_back(
+        StartWorker("load " + url + " " + name + " " + outs.back(), outs.back() + ".log"));
   }
-  return std::filesystem::exists(path);
+  for (const std::string& out : outs) REQUIRE(AwaitFile(out + ".ready"));
+  return outs;
 }
 
 // Modes:
@@ -142,13 +149,7 @@ TEST_CASE("redis cache stampede lock: 4 processes x 50 threads on one cold key l
   const std::string name = "stampede";
   keel::test::TempDir dir("keel-cache-stampede");
   std::vector<keel::test::Subprocess> workers;
-  std::vector<std::string> outs;
-  for (int p = 0; p < kProcesses; ++p) {
-    outs.push_back((dir.path() / std::string("worker").append(std::to_string(p))).string());
-    workers.push_back(
-        StartWorker("load " + server.url() + " " + name + " " + outs[p], outs[p] + ".log"));
-  }
-  for (const std::string& out : outs) REQUIRE(AwaitFile(out + ".ready"));
+  const std::vector<std::string> outs = StartLoaders(kProcesses, server.url(), name, dir, workers);
   for (const std::string& out : outs) std::ofstream(out + ".go").flush();
   for (int p = 0; p < kProcesses; ++p) {
     const int code = workers[p].Wait();
@@ -179,13 +180,7 @@ TEST_CASE(
       StartWorker("hang " + server.url() + " " + name + " " + holder_out, holder_out + ".log");
   REQUIRE(AwaitFile(holder_out + ".loading"));  // it holds the lock and is loading
   std::vector<keel::test::Subprocess> workers;
-  std::vector<std::string> outs;
-  for (int p = 0; p < kOthers; ++p) {
-    outs.push_back((dir.path() / std::string("worker").append(std::to_string(p))).string());
-    workers.push_back(
-        StartWorker("load " + server.url() + " " + name + " " + outs[p], outs[p] + ".log"));
-  }
-  for (const std::string& out : outs) REQUIRE(AwaitFile(out + ".ready"));
+  const std::vector<std::string> outs = StartLoaders(kOthers, server.url(), name, dir, workers);
   for (const std::string& out : outs) std::ofstream(out + ".go").flush();
   holder.Kill();  // kill -9 while it holds the lock
   for (int p = 0; p < kOthers; ++p) {

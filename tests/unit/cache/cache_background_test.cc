@@ -14,6 +14,7 @@
 #include "keel/async/executor.h"
 #include "keel/cache/cache.h"
 #include "keel/cache/local_tier.h"
+#include "support/poll.h"
 #include "unit/cache/cache_fakes.h"
 
 using keel::Deadline;
@@ -25,17 +26,6 @@ using namespace std::chrono_literals;
 namespace {
 
 using StringCache = Cache<std::string>;
-
-// Spins (yielding, no sleep) until `done` holds; false after 60 s of real time.
-template <typename Pred>
-bool SpinUntil(Pred done) {
-  const auto give_up = std::chrono::steady_clock::now() + 60s;
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > give_up) return false;
-    std::this_thread::yield();
-  }
-  return true;
-}
 
 // Drops every task it is given without running it.
 class DroppingExecutor final : public keel::Executor {
@@ -83,7 +73,8 @@ TEST_CASE("cache single-flight: 1000 concurrent GetOrLoad of one cold key call t
   // The load lasts until every other caller waits for it, so all 1000 miss together.
   const StringCache::Loader loader = [&](Deadline) -> absl::StatusOr<std::string> {
     calls.fetch_add(1);
-    if (!SpinUntil([&] { return cache->Stats().stampede_waits_total == kCallers - 1; })) {
+    if (!keel::test::PollUntil(
+            [&] { return cache->Stats().stampede_waits_total == kCallers - 1; })) {
       return absl::DeadlineExceededError("the waiters never came");
     }
     return std::string("v");
@@ -117,13 +108,13 @@ TEST_CASE("cache single-flight: a waiter whose deadline passes leaves, the load 
   };
   auto leader = std::async(std::launch::async,
                            [&] { return cache->GetOrLoad(Deadline::Infinite(), "k", slow); });
-  REQUIRE(SpinUntil([&] { return calls == 1; }));
+  REQUIRE(keel::test::PollUntil([&] { return calls == 1; }));
   auto patient = std::async(std::launch::async,
                             [&] { return cache->GetOrLoad(Deadline::Infinite(), "k", slow); });
   auto hurried = std::async(std::launch::async, [&] {
     return cache->GetOrLoad(Deadline::After(100ms, f.clock), "k", slow);
   });
-  REQUIRE(SpinUntil([&] { return cache->Stats().stampede_waits_total == 2; }));
+  REQUIRE(keel::test::PollUntil([&] { return cache->Stats().stampede_waits_total == 2; }));
   f.clock.AwaitSleepers(1);  // the hurried caller waits on the manual clock
   f.clock.Advance(100ms);
   absl::StatusOr<std::string> gave_up = hurried.get();
@@ -152,10 +143,10 @@ TEST_CASE("cache single-flight: when the leader runs out of time a waiter with t
   };
   auto leader = std::async(std::launch::async,
                            [&] { return cache->GetOrLoad(Deadline::Infinite(), "k", loader); });
-  REQUIRE(SpinUntil([&] { return calls == 1; }));
+  REQUIRE(keel::test::PollUntil([&] { return calls == 1; }));
   auto waiter = std::async(std::launch::async,
                            [&] { return cache->GetOrLoad(Deadline::Infinite(), "k", loader); });
-  REQUIRE(SpinUntil([&] { return cache->Stats().stampede_waits_total == 1; }));
+  REQUIRE(keel::test::PollUntil([&] { return cache->Stats().stampede_waits_total == 1; }));
   release.set_value();
   CHECK(absl::IsDeadlineExceeded(leader.get().status()));
   CHECK(waiter.get().value() == "v");
@@ -274,7 +265,7 @@ TEST_CASE("cache refresh-ahead runs on its own thread pool by default", "[cache]
     return std::string("v2");
   };
   CHECK(cache->GetOrLoad(Deadline::Infinite(), "k", loader).value() == "v1");
-  REQUIRE(SpinUntil([&] { return cache->Stats().refreshes_total == 1; }));
+  REQUIRE(keel::test::PollUntil([&] { return cache->Stats().refreshes_total == 1; }));
   CHECK(elsewhere);
   CHECK(cache->GetOrLoad(Deadline::Infinite(), "k", loader).value() == "v2");
 }
