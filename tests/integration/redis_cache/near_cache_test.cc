@@ -5,6 +5,8 @@
 
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <functional>
+#include <memory>
 #include <string>
 #include <thread>
 
@@ -130,4 +132,66 @@ TEST_CASE(
   // The restarted Redis is empty: the read loads the source of truth's current value.
   CHECK(a.Read("k", "new") == "new");
   CHECK(a.loads == 2);
+}
+
+namespace {
+
+// A Redis tier that lets the test act between its read and the fill of the tiers above.
+class InterposedTier final : public keel::cache::Tier<std::string> {
+ public:
+  InterposedTier(std::unique_ptr<keel::cache::Tier<std::string>> inner,
+                 std::function<void()> after_get)
+      : inner_(std::move(inner)), after_get_(std::move(after_get)) {}
+  std::string_view kind() const override { return "redis"; }
+  absl::StatusOr<std::optional<Hit>> Get(Deadline d, std::string_view key) override {
+    auto got = inner_->Get(d, key);
+    after_get_();
+    return got;
+  }
+  absl::Status Set(Deadline d, std::string_view key, const std::optional<std::string>& v,
+                   keel::Duration ttl, keel::Duration load_time) override {
+    return inner_->Set(d, key, v, ttl, load_time);
+  }
+  absl::Status Erase(Deadline d, std::string_view key) override { return inner_->Erase(d, key); }
+
+ private:
+  std::unique_ptr<keel::cache::Tier<std::string>> inner_;
+  std::function<void()> after_get_;
+};
+
+}  // namespace
+
+TEST_CASE("near cache: a fill that races with an invalidation of its key is not kept",
+          "[redis_cache]") {
+  keel::test::RedisServer server;
+  auto o = keel::redis::Options::FromUrl(server.url()).value();
+  auto client = keel::redis::Client::Create(o).value();
+  auto other = keel::redis::Client::Create(o).value();  // "another process"
+  auto n = NearCacheTier<std::string>::Create({.name = "race", .local = {.max_entries = 10}}, o);
+  REQUIRE(n.ok());
+  NearCacheTier<std::string>* near = n->get();
+  REQUIRE(Within(10s, [&] { return near->Stats().tracking; }));
+  bool interpose = false;
+  StringCache::Tiers tiers;
+  tiers.push_back(std::move(*n));
+  tiers.push_back(std::make_unique<InterposedTier>(
+      keel::redis::CacheTier<std::string>::Create({.name = "race"}, *client).value(), [&] {
+        if (!interpose) return;
+        // Another process writes the key after this read of it, before the fill above: its
+        // invalidation arrives while the old value is on its way into the local tier.
+        const uint64_t before = near->Stats().invalidations_total;
+        REQUIRE(other->Command(Deadline::After(1s), "SET", "keel:cache:race:k", "vnew").ok());
+        REQUIRE(Within(1s, [&] { return near->Stats().invalidations_total > before; }));
+      }));
+  auto cache = StringCache::Create({.name = "race", .ttl = 60s}, std::move(tiers)).value();
+  REQUIRE(client->Command(Deadline::After(1s), "SET", "keel:cache:race:k", "vold").ok());
+  interpose = true;
+  const auto loader = [](Deadline) { return absl::StatusOr<std::string>("loaded"); };
+  // The read itself happened before the write: the old value is a fair answer to it...
+  CHECK(cache->GetOrLoad(Deadline::After(1s), "k", loader).value() == "old");
+  // ...but it must not stay in the local tier, where nothing would ever invalidate it again.
+  CHECK(!near->store().Get("k").has_value());
+  CHECK(near->Stats().fills_skipped_total >= 1);
+  interpose = false;
+  CHECK(cache->GetOrLoad(Deadline::After(1s), "k", loader).value() == "new");
 }
