@@ -30,19 +30,19 @@ uint64_t Fnv1a64(std::string_view bytes) {
 // Holds the lock of one key; releasing it also drops the lock's fencing counter.
 class LockHold final : public cache::StampedeLock::Hold {
  public:
-  LockHold(std::unique_ptr<Lock> lock, LockGuard guard, Client& client)
-      : lock_(std::move(lock)), guard_(std::move(guard)), client_(client) {}
+  LockHold(std::unique_ptr<Lock> lock, LockGuard guard, Client& client, Duration timeout)
+      : lock_(std::move(lock)), guard_(std::move(guard)), client_(client), timeout_(timeout) {}
   ~LockHold() override {
-    guard_->Release().IgnoreError();  // on failure the lease ends by itself
+    guard_->Release(Deadline::After(timeout_)).IgnoreError();  // else the lease ends by itself
     guard_.reset();
-    client_.Command(Deadline::After(std::chrono::milliseconds(100)), "DEL", lock_->FencingKey())
-        .IgnoreError();
+    client_.Command(Deadline::After(timeout_), "DEL", lock_->FencingKey()).IgnoreError();
   }
 
  private:
   std::unique_ptr<Lock> lock_;  // outlives its guard
   std::optional<LockGuard> guard_;
   Client& client_;
+  const Duration timeout_;
 };
 
 }  // namespace
@@ -54,6 +54,8 @@ absl::StatusOr<std::shared_ptr<CacheStampedeLock>> CacheStampedeLock::Create(Opt
   if (options.name.empty() || options.name.size() > 64) {
     return keel::internal::InvalidOption(of, "name", "1 to 64 bytes", options.name.size());
   }
+  KEEL_RETURN_IF_ERROR(
+      keel::internal::RequirePositive(of, "release_timeout", options.release_timeout));
   // The lease's own rules (whole milliseconds, >= 10 ms) are redis::Lock's: check them once here.
   KEEL_RETURN_IF_ERROR(
       of.Nest(Lock::Create({.name = "probe", .ttl = options.ttl}, client, clock).status()));
@@ -75,7 +77,8 @@ absl::StatusOr<std::unique_ptr<cache::StampedeLock::Hold>> CacheStampedeLock::Tr
       Lock::Create({.name = LockName(key), .ttl = options_.ttl}, client_, clock_));
   KEEL_ASSIGN_OR_RETURN(std::optional<LockGuard> guard, lock->TryAcquire(deadline));
   if (!guard) return std::unique_ptr<Hold>();
-  return std::unique_ptr<Hold>(new LockHold(std::move(lock), std::move(*guard), client_));
+  return std::unique_ptr<Hold>(
+      new LockHold(std::move(lock), std::move(*guard), client_, options_.release_timeout));
 }
 
 }  // namespace keel::redis

@@ -40,6 +40,10 @@ class CacheStampedeLock final : public cache::StampedeLock {
     // The lease of each lock: how long a holder that died blocks the other processes. Longer
     // than a typical load. A whole number of milliseconds, >= 10 ms. Default: 5 s.
     Duration ttl = std::chrono::seconds(5);
+    // Bound of the release and of the fencing counter's DEL after it (the holder has loaded and
+    // stored by then; only its return waits). A DEL that fails leaves that counter in Redis (one
+    // small key). Must be > 0. Default: 500 ms.
+    Duration release_timeout = std::chrono::milliseconds(500);
   };
 
   // Validates `options` (INVALID_ARGUMENT naming the field); no I/O.
