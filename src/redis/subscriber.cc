@@ -191,7 +191,12 @@ void Subscriber::Loop() {
       connected_ = true;
     }
     const Deadline send_by = Deadline::After(options_.command_timeout);
-    absl::Status status = SendNames(**conn, "SUBSCRIBE", channels, send_by);
+    absl::Status status;
+    if (hooks_.on_connect) {
+      status = absl::InternalError(StrCat(name_, ": the on_connect hook threw"));
+      CallHook([&] { status = hooks_.on_connect(**conn, send_by); });
+    }
+    if (status.ok()) status = SendNames(**conn, "SUBSCRIBE", channels, send_by);
     if (status.ok()) status = SendNames(**conn, "PSUBSCRIBE", patterns, send_by);
     if (status.ok() && ever_connected) {
       {
@@ -260,9 +265,10 @@ void Subscriber::Loop() {
           MutexLock lock(mu_);
           ++messages_;
         }
-        CallHook([&] {
-          hooks_.on_message(Message{.channel = e[1].str(), .payload = e[2].str(), .pattern = {}});
-        });
+        Message m{.channel = e[1].str(), .payload = e[2].str()};
+        for (const Reply& element : e[2].elements()) m.elements.push_back(element.str());
+        m.nil_payload = e[2].is_nil();
+        CallHook([&] { hooks_.on_message(m); });
       } else if (kind == "pmessage" && e.size() == 4) {
         {
           MutexLock lock(mu_);

@@ -192,4 +192,17 @@ std::string RequireEnv(const char* name) {
   return *v;
 }
 
+Subprocess StartSelf(const std::string& env, const std::string& tag, const std::string& log_path) {
+  const std::string exe = std::filesystem::read_symlink("/proc/self/exe").string();
+  return Subprocess::Start({"/usr/bin/env", env, exe, tag}, log_path);
+}
+
+bool AwaitFile(const std::filesystem::path& path, std::chrono::milliseconds timeout) {
+  const auto give_up = std::chrono::steady_clock::now() + timeout;
+  while (!std::filesystem::exists(path) && std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return std::filesystem::exists(path);
+}
+
 }  // namespace keel::test

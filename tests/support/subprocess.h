@@ -76,4 +76,14 @@ std::optional<std::string> Env(const char* name);
 // it (scripts/test sets both; by hand: eval "$(scripts/services env)").
 std::string RequireEnv(const char* name);
 
+// Starts this test binary again with `env` ("NAME=value") in its environment, running the test
+// cases tagged `tag` (a hidden tag such as "[.cache_worker]"): how multi-process tests start their
+// workers. Output goes to `log_path`.
+Subprocess StartSelf(const std::string& env, const std::string& tag, const std::string& log_path);
+
+// Polls (every millisecond) until `path` exists; false after `timeout`: how a parent and its
+// workers signal each other.
+bool AwaitFile(const std::filesystem::path& path,
+               std::chrono::milliseconds timeout = std::chrono::seconds(30));
+
 }  // namespace keel::test

@@ -39,6 +39,7 @@
 #include "absl/status/statusor.h"
 #include "keel/clock.h"
 #include "keel/deadline.h"
+#include "keel/redis/connection.h"
 #include "keel/redis/options.h"
 #include "keel/sync.h"
 
@@ -54,6 +55,11 @@ struct Message {
   std::string payload;
   // The matching pattern for messages delivered through PSUBSCRIBE; empty otherwise.
   std::string pattern;
+  // When the payload is an array (Redis's own `__redis__:invalidate` messages of client-side
+  // caching: the invalidated keys), its elements; `payload` is then empty.
+  std::vector<std::string> elements;
+  // True when the payload is nil (an `__redis__:invalidate` message after FLUSHALL/FLUSHDB).
+  bool nil_payload = false;
 };
 
 struct SubscriberHooks {
@@ -64,6 +70,12 @@ struct SubscriberHooks {
   std::function<void()> on_reconnect = nullptr;
   // Called when a connection attempt fails or the connection is lost, with the cause. Optional.
   std::function<void(const absl::Status&)> on_error = nullptr;
+  // Called on every new connection (the first one too) before the subscriptions are restored,
+  // with a deadline of command_timeout from now. It may run commands on the connection: Command
+  // for a connection setup (`CLIENT TRACKING ... REDIRECT <its own CLIENT ID>`), Send and Receive
+  // for a SUBSCRIBE it waits on. A non-OK status (or a throw, counted in hook_errors_total) drops
+  // the connection like a connection error: on_error, backoff, reconnect. Optional.
+  std::function<absl::Status(Connection& connection, Deadline deadline)> on_connect = nullptr;
 };
 
 struct SubscriberStats {

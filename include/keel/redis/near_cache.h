@@ -1,0 +1,193 @@
+// keel/redis/near_cache.h: a local cache tier that Redis itself keeps fresh (server-assisted
+// client-side caching, CLIENT TRACKING in BCAST mode).
+//
+// Defines `keel::redis::NearCacheTier<T>` (a keel::cache::Tier<T>: a LocalTier whose entries
+// Redis invalidates) and `keel::redis::NearCacheStats`.
+//
+// The tier owns a keel::redis::Subscriber connection. On every (re)connect it runs
+// `CLIENT TRACKING on REDIRECT <its own id> BCAST PREFIX keel:cache:<name>:` and subscribes to
+// `__redis__:invalidate` (RESP2), then clears the local entries (invalidations may have been
+// missed while it was away). From then on, every write by any client to a key of the cache's
+// Redis tier (SET, DEL, expiry, eviction) sends this process the key, and the tier drops exactly
+// that key; a FLUSHALL/FLUSHDB clears it. The connection dropping clears it too, and while it is
+// down the tier keeps nothing new (reads go to Redis).
+//
+// Races closed: an invalidation that arrives while a read is filling the tier (the value read
+// from Redis or loaded may be older than the write that caused the invalidation) wins: each fill
+// is checked against a counter of invalidations of its key (1024 stripes) taken when the tier was
+// read, after the store; a fill with no read before it on the same thread (a Put, a background
+// reload) is not stored locally at all: the Redis write it comes with invalidates it anyway, and
+// the next read fills the tier from Redis.
+//
+// BCAST costs Redis one prefix entry per connection (no per-key memory), and every process gets
+// every invalidation of the prefix, cached there or not. Redis's default mode (per key, tracking
+// what each connection read) would send only the keys this process holds, but it must be enabled
+// on the connection that does the reads: not offered yet (docs/caching.md).
+//
+// Thread safety: thread-safe; the invalidations run on the subscriber's thread.
+//
+//   auto near = keel::redis::NearCacheTier<std::string>::Create(
+//       {.name = "profiles", .local = {.max_entries = 100'000}},
+//       keel::redis::Options::FromUrl(url).value()).value();
+//   tiers.push_back(std::move(near));                               // first: the local tier
+//   tiers.push_back(keel::redis::CacheTier<std::string>::Create({.name = "profiles"}, *client)
+//                       .value());
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "keel/cache/local_tier.h"
+#include "keel/cache/tier.h"
+#include "keel/clock.h"
+#include "keel/metrics.h"
+#include "keel/redis/options.h"
+#include "keel/redis/subscriber.h"
+
+namespace keel::redis {
+
+struct NearCacheStats {
+  bool tracking = false;             // the invalidation connection is up and subscribed
+  uint64_t invalidations_total = 0;  // keys Redis invalidated (each dropped locally)
+  uint64_t clears_total = 0;         // local clears: (re)connects, drops, FLUSHALL
+  uint64_t fills_skipped_total = 0;  // fills not kept: raced with an invalidation, or no read
+};
+
+namespace internal {
+
+// What NearCacheTier<T> does not need T for: the subscriber, the stripes, the counters.
+class NearCacheTracker {
+ public:
+  struct Targets {
+    std::function<void(std::string_view key)> erase;
+    std::function<void()> clear;
+  };
+  // A read's view of the invalidations of one key, checked by the fill that follows it.
+  struct Ticket {
+    const NearCacheTracker* tracker = nullptr;
+    uint64_t hash = 0;
+    uint64_t epoch = 0;
+    uint64_t stripe = 0;
+  };
+
+  static absl::StatusOr<std::unique_ptr<NearCacheTracker>> Create(const std::string& name,
+                                                                  Options redis, Clock& clock,
+                                                                  MetricsRegistry* metrics);
+  ~NearCacheTracker();
+
+  // Wires the local store in; starts tracking. Called once, right after Create.
+  absl::Status Start(Targets targets);
+  // Recorded by a read of `key` on this thread.
+  void NoteRead(std::string_view key) const;
+  // After a fill of `key` was stored: false when it must be dropped again (an invalidation came
+  // since the read, or there was no read of this key on this thread before it).
+  bool FillStands(std::string_view key) const;
+  bool tracking() const { return tracking_.load(std::memory_order_acquire); }
+  NearCacheStats Stats() const;
+
+ private:
+  static constexpr size_t kStripes = 1024;
+  NearCacheTracker(std::string name, Options redis, Clock& clock);
+  absl::Status OnConnect(Connection& connection, Deadline deadline);
+  void OnInvalidate(const Message& message);
+  void ClearAll();
+  uint64_t Hash(std::string_view key) const;
+  absl::Status RegisterMetrics(MetricsRegistry& metrics);
+
+  const std::string name_;
+  const std::string prefix_;  // keel:cache:<name>:
+  const Options redis_;
+  Clock& clock_;
+  Targets targets_;
+  std::unique_ptr<std::atomic<uint64_t>[]> stripes_;
+  std::atomic<uint64_t> epoch_{0};
+  std::atomic<bool> tracking_{false};
+  std::atomic<uint64_t> invalidations_{0}, clears_{0};
+  mutable std::atomic<uint64_t> skipped_{0};
+  std::unique_ptr<Subscriber> subscriber_;
+  std::vector<MetricsRegistry::Registration> registrations_;
+};
+
+}  // namespace internal
+
+template <typename T>
+class NearCacheTier final : public cache::Tier<T> {
+ public:
+  using typename cache::Tier<T>::Hit;
+  struct Options {
+    // The name of the cache's Redis tier (its CacheStore::Options::name): the tier tracks the
+    // prefix `keel:cache:<name>:`. Also names the tracker in errors and metrics. Required.
+    std::string name;
+    // The local store's options (capacity, eviction, shards). Default: LocalStore's defaults,
+    // named after `name`.
+    typename cache::LocalTier<T>::Store::Options local = {};
+  };
+
+  // `redis` addresses the Redis of the cache's Redis tier (only the address, credentials, db
+  // and timeouts are used, as keel::redis::Subscriber does). No I/O: tracking starts in the
+  // background; until it does, the tier keeps nothing. With `metrics`, the local store's series
+  // (tier="local") and keel_cache_invalidations_total, keel_cache_near_clears_total,
+  // keel_cache_near_fills_skipped_total and the gauge keel_cache_near_tracking, {name=<name>}.
+  // Errors: INVALID_ARGUMENT naming the field.
+  static absl::StatusOr<std::unique_ptr<NearCacheTier>> Create(Options options,
+                                                               redis::Options redis,
+                                                               Clock& clock = SteadyClock(),
+                                                               MetricsRegistry* metrics = nullptr) {
+    if (options.local.name == "local") options.local.name = options.name;
+    absl::StatusOr<std::unique_ptr<cache::LocalTier<T>>> local =
+        cache::LocalTier<T>::Create(std::move(options.local), clock, metrics);
+    if (!local.ok()) return local.status();
+    absl::StatusOr<std::unique_ptr<internal::NearCacheTracker>> tracker =
+        internal::NearCacheTracker::Create(options.name, std::move(redis), clock, metrics);
+    if (!tracker.ok()) return tracker.status();
+    std::unique_ptr<NearCacheTier> tier(new NearCacheTier(std::move(*local), std::move(*tracker)));
+    cache::LocalTier<T>* l = tier->local_.get();
+    absl::Status started =
+        tier->tracker_->Start({.erase = [l](std::string_view key) { l->store().Erase(key); },
+                               .clear = [l] { l->store().Clear(); }});
+    if (!started.ok()) return started;
+    return tier;
+  }
+
+  std::string_view kind() const override { return "local"; }
+
+  absl::StatusOr<std::optional<Hit>> Get(Deadline deadline, std::string_view key) override {
+    tracker_->NoteRead(key);
+    if (!tracker_->tracking()) return std::optional<Hit>();
+    return local_->Get(deadline, key);
+  }
+
+  absl::Status Set(Deadline deadline, std::string_view key, const std::optional<T>& value,
+                   Duration ttl, Duration load_time) override {
+    if (!tracker_->tracking()) return absl::OkStatus();
+    absl::Status s = local_->Set(deadline, key, value, ttl, load_time);
+    if (s.ok() && !tracker_->FillStands(key)) local_->store().Erase(key);
+    return s;
+  }
+
+  absl::Status Erase(Deadline deadline, std::string_view key) override {
+    return local_->Erase(deadline, key);
+  }
+  void Clear() override { local_->Clear(); }
+
+  NearCacheStats Stats() const { return tracker_->Stats(); }
+  typename cache::LocalTier<T>::Store& store() { return local_->store(); }
+
+ private:
+  NearCacheTier(std::unique_ptr<cache::LocalTier<T>> local,
+                std::unique_ptr<internal::NearCacheTracker> tracker)
+      : local_(std::move(local)), tracker_(std::move(tracker)) {}
+  std::unique_ptr<cache::LocalTier<T>> local_;
+  // Last: its subscriber thread (which erases from local_) stops first.
+  std::unique_ptr<internal::NearCacheTracker> tracker_;
+};
+
+}  // namespace keel::redis

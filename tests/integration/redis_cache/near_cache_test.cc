@@ -1,0 +1,201 @@
+// keel::redis::NearCacheTier: local tiers that Redis invalidates (CLIENT TRACKING BCAST through
+// the Subscriber's on_connect hook), against a redis-server of the test's own. Two caches with
+// their own clients and invalidation connections stand for two processes.
+#include "keel/redis/near_cache.h"
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "integration/redis/test_server.h"
+#include "integration/redis_limits/helpers.h"
+#include "keel/cache/cache.h"
+#include "keel/redis/cache_store.h"
+#include "support/poll.h"
+
+using keel::Deadline;
+using keel::cache::Cache;
+using keel::redis::NearCacheTier;
+using namespace std::chrono_literals;
+
+namespace {
+
+using StringCache = Cache<std::string>;
+
+template <typename Pred>
+bool Within(std::chrono::milliseconds limit, Pred done) {
+  return keel::test::PollUntil(done, limit);
+}
+
+// One "process": its own client, near tier and Redis tier.
+struct Process {
+  Process(const std::string& url, const std::string& name) {
+    auto o = keel::redis::Options::FromUrl(url).value();
+    o.connect_timeout = 200ms;
+    o.command_timeout = 200ms;
+    client = keel::redis::Client::Create(o).value();
+    auto n = NearCacheTier<std::string>::Create({.name = name, .local = {.max_entries = 100}}, o);
+    REQUIRE(n.ok());
+    near = n->get();
+    StringCache::Tiers tiers;
+    tiers.push_back(std::move(*n));
+    tiers.push_back(keel::redis::CacheTier<std::string>::Create({.name = name}, *client).value());
+    cache = StringCache::Create({.name = name, .ttl = 60s}, std::move(tiers)).value();
+  }
+  bool Tracking() {
+    return Within(10s, [&] { return near->Stats().tracking; });
+  }
+  std::optional<std::string> Local(const std::string& key) {
+    auto v = near->store().Get(key);
+    if (!v || !*v) return std::nullopt;
+    return **v;
+  }
+  // Reads `key` until the local tier holds `value`: a fill is dropped when an invalidation of the
+  // key (this process's own earlier write's, delivered late) arrives while it is made.
+  bool Warm(const std::string& key, const std::string& value) {
+    return Within(2s, [&] {
+      Read(key);
+      return Local(key) == value;
+    });
+  }
+  std::string Read(const std::string& key, const std::string& load_as = "loaded") {
+    auto v = cache->GetOrLoad(Deadline::After(1s), key, [&](Deadline) {
+      ++loads;
+      return absl::StatusOr<std::string>(load_as);
+    });
+    REQUIRE(v.ok());
+    return *v;
+  }
+
+  std::unique_ptr<keel::redis::Client> client;
+  NearCacheTier<std::string>* near = nullptr;
+  std::unique_ptr<StringCache> cache;
+  int loads = 0;
+};
+
+}  // namespace
+
+TEST_CASE(
+    "near cache: a write in one process drops the key from another's local tier within "
+    "100 ms",
+    "[redis_cache]") {
+  keel::test::RedisServer server;
+  Process a(server.url(), "near"), b(server.url(), "near");
+  REQUIRE(a.Tracking());
+  REQUIRE(b.Tracking());
+  CHECK(a.Read("k", "v1") == "v1");
+  // A's own write to Redis invalidated its local copy; the next read fills it from Redis.
+  REQUIRE(a.Warm("k", "v1"));
+  CHECK(b.Read("k") == "v1");
+  REQUIRE(b.Warm("k", "v1"));
+
+  const auto start = std::chrono::steady_clock::now();
+  REQUIRE(b.cache
+              ->Put(Deadline::After(1s), "k", "v2",
+                    [](Deadline, const std::string&) { return absl::OkStatus(); })
+              .ok());
+  REQUIRE(Within(1s, [&] { return !a.Local("k").has_value(); }));
+  const auto took = std::chrono::steady_clock::now() - start;
+  CHECK(took < 100ms);
+  CHECK(a.Read("k") == "v2");  // no stale read
+  CHECK(a.loads == 1);
+  CHECK(a.near->Stats().invalidations_total >= 2);
+
+  // Any write to the Redis key counts, keel's or not; other caches' keys do not.
+  REQUIRE(a.Warm("k", "v2"));
+  REQUIRE(a.client->Command(Deadline::After(1s), "SET", "keel:cache:other:k", "x").ok());
+  REQUIRE(a.client->Command(Deadline::After(1s), "DEL", "keel:cache:near:k").ok());
+  REQUIRE(Within(1s, [&] { return !a.Local("k").has_value(); }));
+  // FLUSHALL clears the whole local tier.
+  REQUIRE(a.Read("j") == "loaded");
+  REQUIRE(a.Warm("j", "loaded"));
+  REQUIRE(a.client->Command(Deadline::After(1s), "FLUSHALL").ok());
+  CHECK(Within(1s, [&] { return !a.Local("j").has_value(); }));
+}
+
+TEST_CASE(
+    "near cache: a Redis restart clears the local tier on reconnect, with no stale read "
+    "after it",
+    "[redis_cache]") {
+  keel::test::RedisServer server;
+  Process a(server.url(), "restart");
+  REQUIRE(a.Tracking());
+  REQUIRE(a.Read("k", "old") == "old");
+  REQUIRE(a.Warm("k", "old"));
+  const uint64_t clears = a.near->Stats().clears_total;
+  server.Kill();
+  // The dropped connection clears the tier and stops it from keeping anything.
+  REQUIRE(Within(5s, [&] { return !a.near->Stats().tracking; }));
+  CHECK(!a.Local("k").has_value());
+  REQUIRE(server.Start());
+  REQUIRE(a.Tracking());
+  CHECK(a.near->Stats().clears_total >= clears + 2);
+  // The restarted Redis is empty: the read loads the source of truth's current value.
+  CHECK(a.Read("k", "new") == "new");
+  CHECK(a.loads == 2);
+}
+
+namespace {
+
+// A Redis tier that lets the test act between its read and the fill of the tiers above.
+class InterposedTier final : public keel::cache::Tier<std::string> {
+ public:
+  InterposedTier(std::unique_ptr<keel::cache::Tier<std::string>> inner,
+                 std::function<void()> after_get)
+      : inner_(std::move(inner)), after_get_(std::move(after_get)) {}
+  std::string_view kind() const override { return "redis"; }
+  absl::StatusOr<std::optional<Hit>> Get(Deadline d, std::string_view key) override {
+    auto got = inner_->Get(d, key);
+    after_get_();
+    return got;
+  }
+  absl::Status Set(Deadline d, std::string_view key, const std::optional<std::string>& v,
+                   keel::Duration ttl, keel::Duration load_time) override {
+    return inner_->Set(d, key, v, ttl, load_time);
+  }
+  absl::Status Erase(Deadline d, std::string_view key) override { return inner_->Erase(d, key); }
+
+ private:
+  std::unique_ptr<keel::cache::Tier<std::string>> inner_;
+  std::function<void()> after_get_;
+};
+
+}  // namespace
+
+TEST_CASE("near cache: a fill that races with an invalidation of its key is not kept",
+          "[redis_cache]") {
+  keel::test::RedisServer server;
+  auto o = keel::redis::Options::FromUrl(server.url()).value();
+  auto client = keel::redis::Client::Create(o).value();
+  auto other = keel::redis::Client::Create(o).value();  // "another process"
+  auto n = NearCacheTier<std::string>::Create({.name = "race", .local = {.max_entries = 10}}, o);
+  REQUIRE(n.ok());
+  NearCacheTier<std::string>* near = n->get();
+  REQUIRE(Within(10s, [&] { return near->Stats().tracking; }));
+  bool interpose = false;
+  StringCache::Tiers tiers;
+  tiers.push_back(std::move(*n));
+  tiers.push_back(std::make_unique<InterposedTier>(
+      keel::redis::CacheTier<std::string>::Create({.name = "race"}, *client).value(), [&] {
+        if (!interpose) return;
+        // Another process writes the key after this read of it, before the fill above: its
+        // invalidation arrives while the old value is on its way into the local tier.
+        const uint64_t before = near->Stats().invalidations_total;
+        REQUIRE(other->Command(Deadline::After(1s), "SET", "keel:cache:race:k", "vnew").ok());
+        REQUIRE(Within(1s, [&] { return near->Stats().invalidations_total > before; }));
+      }));
+  auto cache = StringCache::Create({.name = "race", .ttl = 60s}, std::move(tiers)).value();
+  REQUIRE(client->Command(Deadline::After(1s), "SET", "keel:cache:race:k", "vold").ok());
+  interpose = true;
+  const auto loader = [](Deadline) { return absl::StatusOr<std::string>("loaded"); };
+  // The read itself happened before the write: the old value is a fair answer to it...
+  CHECK(cache->GetOrLoad(Deadline::After(1s), "k", loader).value() == "old");
+  // ...but it must not stay in the local tier, where nothing would ever invalidate it again.
+  CHECK(!near->store().Get("k").has_value());
+  CHECK(near->Stats().fills_skipped_total >= 1);
+  interpose = false;
+  CHECK(cache->GetOrLoad(Deadline::After(1s), "k", loader).value() == "new");
+}
