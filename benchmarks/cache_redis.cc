@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "bench_env.h"
+#include "bench_redis.h"
 #include "keel/cache/cache.h"
 #include "keel/redis/cache_store.h"
 #include "keel/redis/client.h"
@@ -27,16 +28,8 @@ using keel::Deadline;
 using namespace std::chrono_literals;
 
 void BM_Cache_RedisTierHit(benchmark::State& state) {
-  const auto url = keel::bench::Env("KEEL_TEST_REDIS_URL");
-  if (!url) {
-    state.SkipWithError("KEEL_TEST_REDIS_URL is not set (run scripts/bench or scripts/test)");
-    return;
-  }
-  auto options = keel::redis::Options::FromUrl(*url);
-  if (!options.ok()) {
-    state.SkipWithError(std::string(options.status().message()).c_str());
-    return;
-  }
+  auto options = keel::bench::RedisOptionsOrSkip(state);
+  if (!options) return;
   auto client = keel::redis::Client::Create(*options);
   if (!client.ok()) {
     state.SkipWithError(std::string(client.status().message()).c_str());
@@ -52,7 +45,7 @@ void BM_Cache_RedisTierHit(benchmark::State& state) {
   const keel::cache::Cache<std::string>::Loader loader =
       [&](Deadline) -> absl::StatusOr<std::string> { return value; };
   if (!cache->GetOrLoad(Deadline::After(1s), key, loader).ok()) {
-    state.SkipWithError(("cannot reach " + *url).c_str());
+    state.SkipWithError(("cannot reach " + options->server.ToString()).c_str());
     return;
   }
   for (auto _ : state) {

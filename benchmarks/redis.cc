@@ -20,6 +20,7 @@
 #include <string>
 
 #include "bench_env.h"
+#include "bench_redis.h"
 #include "keel/redis/client.h"
 #include "keel/redis/lock.h"
 #include "keel/redis/script.h"
@@ -35,16 +36,8 @@ using namespace std::chrono_literals;
 std::unique_ptr<keel::redis::Client> MakeClient(
     benchmark::State& state, keel::redis::Transport transport = keel::redis::Transport::kPooled,
     int pool_size = 2) {
-  const auto url = keel::bench::Env("KEEL_TEST_REDIS_URL");
-  if (!url) {
-    state.SkipWithError("KEEL_TEST_REDIS_URL is not set (run scripts/bench or scripts/test)");
-    return nullptr;
-  }
-  auto options = keel::redis::Options::FromUrl(*url);
-  if (!options.ok()) {
-    state.SkipWithError(std::string(options.status().message()).c_str());
-    return nullptr;
-  }
+  auto options = keel::bench::RedisOptionsOrSkip(state);
+  if (!options) return nullptr;
   options->pool.max_size = pool_size;
   options->transport = transport;
   auto client = keel::redis::Client::Create(*options);
@@ -54,7 +47,7 @@ std::unique_ptr<keel::redis::Client> MakeClient(
   }
   // Warm the pool so connection setup is not measured.
   if (!(*client)->Command(Deadline::After(1s), "PING").ok()) {
-    state.SkipWithError(("cannot reach " + *url).c_str());
+    state.SkipWithError(("cannot reach " + options->server.ToString()).c_str());
     return nullptr;
   }
   return std::move(*client);
@@ -150,12 +143,8 @@ BENCHMARK(BM_RedisPooled_PingThreads)->UseRealTime()->Threads(16)->Threads(64);
 // coroutine will sit on): submit N PINGs, wait for the N completions, repeat.
 void BM_RedisMux_PingCallbacks(benchmark::State& state) {
   namespace t = keel::redis::transport;
-  const auto url = keel::bench::Env("KEEL_TEST_REDIS_URL");
-  auto options = keel::redis::Options::FromUrl(url ? *url : "");
-  if (!url || !options.ok()) {
-    state.SkipWithError("KEEL_TEST_REDIS_URL is not set or not a redis URL");
-    return;
-  }
+  auto options = keel::bench::RedisOptionsOrSkip(state);
+  if (!options) return;
   auto loop = t::EventLoop::Start("redis \"bench\"");
   if (!loop.ok()) {
     state.SkipWithError("no event loop");

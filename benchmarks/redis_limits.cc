@@ -40,6 +40,7 @@
 
 #include "alloc_counter.h"
 #include "bench_env.h"
+#include "bench_redis.h"
 #include "keel/redis/client.h"
 #include "keel/redis/rate_limiter.h"
 #include "keel/redis/script.h"
@@ -250,11 +251,11 @@ BENCHMARK(BM_RedisLimiter_GcraAsync)->UseRealTime()->Arg(64);
 // The limiter's own script, keys and arguments, N EVALSHA written at once on one plain hiredis
 // connection, then the N replies read: the pipelined floor of BM_RedisLimiter_GcraAsync/N.
 void BM_Baseline_RedisPipelinedGcra(benchmark::State& state) {
-  const auto url = keel::bench::Env("KEEL_TEST_REDIS_URL");
-  auto options = keel::redis::Options::FromUrl(url ? *url : "");
+  auto options = keel::bench::RedisOptionsOrSkip(state);
+  if (!options) return;
   auto plan = keel::redis::internal::MakePlan(GcraOptions());
-  if (!url || !options.ok() || !plan.ok()) {
-    state.SkipWithError("KEEL_TEST_REDIS_URL is not set or not a redis URL");
+  if (!plan.ok()) {
+    state.SkipWithError(std::string(plan.status().message()).c_str());
     return;
   }
   redisContext* c = redisConnect(options->server.host.c_str(), options->server.port);
@@ -359,16 +360,8 @@ BENCHMARK(BM_RedisLimiter_GcraTwoLimits)->UseRealTime();
 // what remains between this and the floor is Redis's own cost of TIME, GET and SET inside a
 // script, which no script can avoid.
 void BM_RedisLimiter_GcraCallsOnly(benchmark::State& state) {
-  const auto url = keel::bench::Env("KEEL_TEST_REDIS_URL");
-  if (!url) {
-    state.SkipWithError("KEEL_TEST_REDIS_URL is not set (run scripts/bench or scripts/test)");
-    return;
-  }
-  auto options = keel::redis::Options::FromUrl(*url);
-  if (!options.ok()) {
-    state.SkipWithError("bad KEEL_TEST_REDIS_URL");
-    return;
-  }
+  auto options = keel::bench::RedisOptionsOrSkip(state);
+  if (!options) return;
   redisContext* c = redisConnect(options->server.host.c_str(), options->server.port);
   if (c == nullptr || c->err != 0) {
     state.SkipWithError("cannot connect");

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "bench_env.h"
+#include "bench_redis.h"
 #include "keel/redis/client.h"
 #include "keel/redis/queue.h"
 
@@ -30,20 +31,12 @@ using keel::Deadline;
 using namespace std::chrono_literals;
 
 void BM_JobQueue_Throughput(benchmark::State& state) {
-  const auto url = keel::bench::Env("KEEL_TEST_REDIS_URL");
-  if (!url) {
-    state.SkipWithError("KEEL_TEST_REDIS_URL is not set (run scripts/bench or scripts/test)");
-    return;
-  }
+  auto options = keel::bench::RedisOptionsOrSkip(state);
+  if (!options) return;
   const int workers = static_cast<int>(state.range(0));
   const int batch = static_cast<int>(state.range(1));
   // 200 batches at most, so the unbatched case stays short in CI's brief run.
   const int jobs_per_run = std::min(2000, 200 * batch);
-  auto options = keel::redis::Options::FromUrl(*url);
-  if (!options.ok()) {
-    state.SkipWithError(std::string(options.status().message()).c_str());
-    return;
-  }
   options->pool.max_size = workers + 1;  // a blocking connection per worker
   auto client = keel::redis::Client::Create(*options);
   if (!client.ok()) {
