@@ -54,12 +54,17 @@ TEST_CASE("redis cache store: GET, SET PX, DEL, MGET and a pipelined multi-set, 
   CHECK(store->RedisKey("user:1") == "keel:cache:profiles:user:1");
   CHECK(store->Get(Deadline::After(1s), "user:1").value() == std::nullopt);
   const std::string binary("a\0b\r\n", 5);
-  REQUIRE(store->Set(Deadline::After(1s), "user:1", binary, 1500us).ok());
+  REQUIRE(store->Set(Deadline::After(1s), "user:1", binary, 60s).ok());
   CHECK(store->Get(Deadline::After(1s), "user:1").value() == std::optional<std::string>(binary));
   CHECK(Raw(*client, "keel:cache:profiles:user:1") == binary);
   const int64_t pttl = Pttl(*client, "keel:cache:profiles:user:1");
-  CHECK(pttl > 0);
-  CHECK(pttl <= 2);  // 1.5 ms rounded up to 2
+  CHECK(pttl > 59'000);
+  CHECK(pttl <= 60'000);
+  // A sub-millisecond remainder rounds up (1.5 ms -> PX 2), never down to no expiry: the key has
+  // at most 2 ms left, or is already gone on a slow machine, but never lacks a TTL (-1).
+  REQUIRE(store->Set(Deadline::After(1s), "short", "x", 1500us).ok());
+  const int64_t short_pttl = Pttl(*client, "keel:cache:profiles:short");
+  CHECK((short_pttl == -2 || (short_pttl > 0 && short_pttl <= 2)));
 
   const CacheStore::Write writes[] = {{"a", "1", 60s}, {"b", "2", 60s}, {"c", "3", 30s}};
   REQUIRE(store->SetMany(Deadline::After(1s), writes).ok());
@@ -80,7 +85,7 @@ TEST_CASE("redis cache store: GET, SET PX, DEL, MGET and a pipelined multi-set, 
   const auto s = store->Stats();
   CHECK(s.hits_total == 4);
   CHECK(s.misses_total == 3);
-  CHECK(s.sets_total == 4);
+  CHECK(s.sets_total == 5);
 }
 
 TEST_CASE("redis cache store refuses keys and values over their maximum, and bad options",
