@@ -452,10 +452,7 @@ void MuxConnection::ReadAll() {
         if (drained) loop_reading_ = false;
       }
       matcher_.Complete(finished_);
-      if (drained) {
-        discarded_.store(matcher_.late_replies_discarded(), std::memory_order_relaxed);
-        return;
-      }
+      if (drained) return;
       if (!fed.ok()) {
         Close(absl::StatusCode::kUnavailable, StrCat(fed.message(), lost_suffix_), true);
         break;
@@ -470,7 +467,6 @@ void MuxConnection::ReadAll() {
           true);
     break;
   }
-  discarded_.store(matcher_.late_replies_discarded(), std::memory_order_relaxed);
   // Return the answered calls' share of the backpressure budget promptly.
   const ReplyMatcher::Retired retired = matcher_.TakeRetired();
   MutexLock lock(mu_);
@@ -506,7 +502,6 @@ void MuxConnection::Close(absl::StatusCode code, std::string_view message, bool 
   }
   matcher_.FailAll(code, message);
   FailCalls(listed, code, message);
-  discarded_.store(matcher_.late_replies_discarded(), std::memory_order_relaxed);
   const ReplyMatcher::Retired retired = matcher_.TakeRetired();
   {
     MutexLock lock(mu_);
@@ -655,7 +650,7 @@ void MuxConnection::Shutdown() {
 MuxStats MuxConnection::Stats() const {
   MuxStats stats{
       .calls_total = calls_total_.load(std::memory_order_relaxed),
-      .late_replies_discarded_total = discarded_.load(std::memory_order_relaxed),
+      .late_replies_discarded_total = matcher_.late_replies_discarded(),
       .rejected_full_total = rejected_.load(std::memory_order_relaxed),
       .reconnects_total = reconnects_.load(std::memory_order_relaxed),
       .late_connections_closed_total = late_closed_.load(std::memory_order_relaxed),

@@ -215,7 +215,6 @@ class MuxConnection final : public EventLoop::Watcher {
   std::unique_ptr<char[]> direct_buf_;
 
   std::atomic<uint64_t> calls_total_{0};
-  std::atomic<uint64_t> discarded_{0};
   std::atomic<uint64_t> rejected_{0};
   std::atomic<uint64_t> reconnects_{0};
   std::atomic<uint64_t> late_closed_{0};

@@ -63,12 +63,14 @@ void ReplyMatcher::Take(void* raw, std::vector<Finished>* finished) {
         Finished{.call = std::move(done), .result = std::move(result), .replies = count});
     return;
   }
-  if (!done->TryComplete(std::move(result))) discarded_ += count;
+  if (!done->TryComplete(std::move(result))) discarded_.fetch_add(count, std::memory_order_relaxed);
 }
 
 void ReplyMatcher::Complete(std::vector<Finished>& finished) {
   for (Finished& f : finished) {
-    if (!f.call->TryComplete(std::move(f.result))) discarded_ += f.replies;
+    if (!f.call->TryComplete(std::move(f.result))) {
+      discarded_.fetch_add(f.replies, std::memory_order_relaxed);
+    }
   }
   finished.clear();
 }

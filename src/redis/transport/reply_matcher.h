@@ -13,6 +13,7 @@
 // are thread-safe (call.h).
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <deque>
@@ -83,7 +84,8 @@ class ReplyMatcher {
   // another matcher at this point.
   bool mid_reply() const;
   // Replies read and discarded because their caller had given up (monotonic).
-  uint64_t late_replies_discarded() const { return discarded_; }
+  // Any thread (the transport's Stats read it while the loop runs).
+  uint64_t late_replies_discarded() const { return discarded_.load(std::memory_order_relaxed); }
   // Slots that left the FIFO (answered or failed) and their request bytes since the last call;
   // resets both. What the transport's backpressure accounting subtracts.
   struct Retired {
@@ -104,7 +106,9 @@ class ReplyMatcher {
   std::deque<std::shared_ptr<Call>> slots_;
   CallReplies current_;         // replies of the front slot so far
   uint32_t current_count_ = 0;  // replies of the front slot so far, decoded or not
-  uint64_t discarded_ = 0;
+  // Counted before the completions that follow in the same read run, so a caller woken by a
+  // later reply already sees the discard.
+  std::atomic<uint64_t> discarded_{0};
   Retired retired_;
 };
 
