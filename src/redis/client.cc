@@ -90,6 +90,7 @@ absl::Status Client::StartTransport() {
       .late_reply_timeout = options_.late_reply_timeout,
       .max_calls = options_.mux.max_queued_calls,
       .max_bytes = options_.mux.max_bytes_in_flight,
+      .on_lost = options_.connection_hooks.on_lost,
   };
   for (int i = 0; i < options_.mux.connections; ++i) {
     // Connect applies the reconnect backoff and (Sentinel mode) finds the primary. Infinite:
@@ -195,6 +196,11 @@ absl::StatusOr<std::unique_ptr<Connection>> Client::Connect(Deadline deadline) {
   const uint64_t generation = generation_.load(std::memory_order_relaxed);
   connect_attempts_.fetch_add(1, std::memory_order_relaxed);
   absl::StatusOr<std::unique_ptr<Connection>> conn = locator_->ConnectPrimary(deadline);
+  if (conn.ok() && options_.connection_hooks.on_connect) {
+    if (absl::Status hooked = RunConnectHook(**conn, deadline); !hooked.ok()) {
+      conn = std::move(hooked);
+    }
+  }
   MutexLock lock(connect_mu_);
   if (conn.ok()) {
     delays_ = backoff_.Start();
@@ -210,6 +216,34 @@ absl::StatusOr<std::unique_ptr<Connection>> Client::Connect(Deadline deadline) {
     last_connect_error_ = std::string(conn.status().message());
   }
   return conn;
+}
+
+absl::Status Client::RunConnectHook(Connection& conn, Deadline deadline) {
+  const Deadline bounded =
+      Deadline::Min(deadline, Deadline::After(options_.connect_timeout, clock_));
+  absl::Status status;
+  try {
+    status = options_.connection_hooks.on_connect(conn, bounded);
+  } catch (const std::exception& e) {
+    status = absl::InternalError(StrCat("threw: ", e.what()));
+  } catch (...) {
+    status = absl::InternalError("threw a non-standard exception");
+  }
+  if (status.ok()) {
+    conn.MarkSessionConfigured();
+    return status;
+  }
+  // As a failed setup step: the connection cannot be used, whatever the hook's own code was.
+  return absl::UnavailableError(StrCat(name_, ": connection_hooks.on_connect failed on ",
+                                       conn.endpoint().ToString(), ": ",
+                                       keel::internal::FromAbsl(status.message())));
+}
+
+void Client::Reconnect(std::string_view why) {
+  // Pooled connections made so far are retired as they come back (or are next handed out)...
+  generation_.fetch_add(1, std::memory_order_relaxed);
+  // ...and the multiplexed ones are closed now: their calls fail with UNAVAILABLE.
+  for (const auto& mux : mux_) mux->Reconnect(std::string(why));
 }
 
 absl::Status Client::Validate(Connection& conn, Deadline deadline) const {

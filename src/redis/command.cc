@@ -62,6 +62,12 @@ bool IsClientReply(std::span<const std::string_view> argv) {
   return argv.size() >= 2 && NameIs(argv[0], "CLIENT") && NameIs(argv[1], "REPLY");
 }
 
+// CLIENT TRACKING on a shared or pooled connection would track (or stop tracking) the keys of
+// whichever callers happen to use it next.
+bool IsClientTracking(std::span<const std::string_view> argv) {
+  return argv.size() >= 2 && NameIs(argv[0], "CLIENT") && NameIs(argv[1], "TRACKING");
+}
+
 }  // namespace
 
 void AppendRespCommand(std::span<const std::string_view> argv, std::string& out) {
@@ -80,7 +86,7 @@ namespace internal {
 
 SessionEffect SessionEffectOf(std::span<const std::string_view> argv) {
   if (const StateCommand* c = Find(argv)) return c->effect;
-  if (IsClientReply(argv)) return SessionEffect::kPermanent;
+  if (IsClientReply(argv) || IsClientTracking(argv)) return SessionEffect::kPermanent;
   return SessionEffect::kNone;
 }
 
@@ -115,6 +121,9 @@ absl::Status CheckPooledCommand(std::string_view who, std::span<const std::strin
   } else if (IsClientReply(argv)) {
     name = "CLIENT REPLY";
     belongs = "every pooled call reads its reply";
+  } else if (IsClientTracking(argv)) {
+    name = "CLIENT TRACKING";
+    belongs = "set it in Options::connection_hooks, or use redis::NearCacheTier";
   } else {
     return absl::OkStatus();
   }

@@ -1,5 +1,5 @@
-// keel::redis::NearCacheTier's tracker: CLIENT TRACKING BCAST on a Subscriber connection (see
-// near_cache.h).
+// keel::redis::NearCacheTier's tracker: CLIENT TRACKING, BCAST on a Subscriber connection or
+// per key on a reading client redirected to it (see near_cache.h).
 #include "keel/redis/near_cache.h"
 
 #include <utility>
@@ -21,28 +21,87 @@ constexpr std::string_view kChannel = "__redis__:invalidate";
 thread_local NearCacheTracker::Ticket last_read;
 }  // namespace
 
+// A hook's use of the tracker through the link: none once the tracker is going.
+class NearCacheTracker::LinkUse {
+ public:
+  explicit LinkUse(const std::shared_ptr<Link>& link) : link_(*link) {
+    MutexLock lock(link_.mu);
+    tracker_ = link_.tracker;
+    if (tracker_ != nullptr) ++link_.running;
+  }
+  ~LinkUse() {
+    if (tracker_ == nullptr) return;
+    MutexLock lock(link_.mu);
+    if (--link_.running == 0) link_.idle.SignalAll();
+  }
+  LinkUse(const LinkUse&) = delete;
+  LinkUse& operator=(const LinkUse&) = delete;
+  NearCacheTracker* tracker() const { return tracker_; }
+
+ private:
+  Link& link_;
+  NearCacheTracker* tracker_ = nullptr;
+};
+
 absl::StatusOr<std::unique_ptr<NearCacheTracker>> NearCacheTracker::Create(
-    const std::string& name, Options redis, Clock& clock, MetricsRegistry* metrics) {
+    const std::string& name, NearCacheMode mode, Options redis, Clock& clock,
+    MetricsRegistry* metrics) {
   const keel::internal::OptionsOf of("near cache", name);
   if (name.empty() || name.size() > 128) {
     return keel::internal::InvalidOption(of, "name", "1 to 128 bytes", name.size());
   }
-  std::unique_ptr<NearCacheTracker> tracker(new NearCacheTracker(name, std::move(redis), clock));
+  if (mode != NearCacheMode::kBroadcast && mode != NearCacheMode::kPerKey) {
+    return keel::internal::InvalidOption(of, "mode", "kBroadcast or kPerKey",
+                                         static_cast<int>(mode));
+  }
+  std::unique_ptr<NearCacheTracker> tracker(
+      new NearCacheTracker(name, mode, std::move(redis), clock));
+  if (mode == NearCacheMode::kPerKey) {
+    Options reads = tracker->redis_;
+    reads.transport = Transport::kMultiplexed;
+    reads.mux.connections = 1;  // one connection to track, one redirect to keep pointed
+    if (reads.pool.name == "redis") reads.pool.name = StrCat("near cache ", name);
+    std::shared_ptr<Link> link = tracker->link_;
+    reads.connection_hooks = {
+        .on_connect = [link](Connection& c, Deadline d) -> absl::Status {
+          LinkUse use(link);
+          if (use.tracker() == nullptr) return absl::OkStatus();
+          return use.tracker()->OnReaderConnect(c, d);
+        },
+        .on_lost =
+            [link] {
+              LinkUse use(link);
+              if (use.tracker() != nullptr) use.tracker()->OnReaderLost();
+            },
+    };
+    KEEL_ASSIGN_OR_RETURN(std::unique_ptr<Client> client, Client::Create(std::move(reads), clock));
+    tracker->client_ = std::move(client);
+  }
   if (metrics != nullptr) KEEL_RETURN_IF_ERROR(tracker->RegisterMetrics(*metrics));
   return tracker;
 }
 
-NearCacheTracker::NearCacheTracker(std::string name, Options redis, Clock& clock)
+NearCacheTracker::NearCacheTracker(std::string name, NearCacheMode mode, Options redis,
+                                   Clock& clock)
     : name_(std::move(name)),
+      mode_(mode),
       prefix_(StrCat("keel:cache:", name_, ":")),
       redis_(std::move(redis)),
       clock_(clock),
-      stripes_(new std::atomic<uint64_t>[kStripes]) {
+      stripes_(new std::atomic<uint64_t>[kStripes]),
+      link_(std::make_shared<Link>()) {
   for (size_t i = 0; i < kStripes; ++i) stripes_[i].store(0, std::memory_order_relaxed);
+  MutexLock lock(link_->mu);
+  link_->tracker = this;
 }
 
 NearCacheTracker::~NearCacheTracker() {
   if (subscriber_) subscriber_->Shutdown();  // no hook runs after this
+  // The reading client may live on (its user holds it): detach its hooks, and wait for any
+  // running now (they do not wait for anything that waits for this).
+  MutexLock lock(link_->mu);
+  link_->tracker = nullptr;
+  while (link_->running > 0) link_->idle.Wait(link_->mu);
 }
 
 absl::Status NearCacheTracker::Start(Targets targets) {
@@ -50,12 +109,7 @@ absl::Status NearCacheTracker::Start(Targets targets) {
   SubscriberHooks hooks{
       .on_message = [this](const Message& m) { OnInvalidate(m); },
       .on_reconnect = nullptr,
-      .on_error =
-          [this](const absl::Status&) {
-            // Invalidations may be missed from now on: keep nothing until tracking is back.
-            tracking_.store(false, std::memory_order_release);
-            ClearAll();
-          },
+      .on_error = [this](const absl::Status&) { OnSubscriberDown(); },
       .on_connect = [this](Connection& c, Deadline d) { return OnConnect(c, d); },
   };
   KEEL_ASSIGN_OR_RETURN(subscriber_, Subscriber::Create(redis_, std::move(hooks), clock_));
@@ -63,15 +117,17 @@ absl::Status NearCacheTracker::Start(Targets targets) {
 }
 
 absl::Status NearCacheTracker::OnConnect(Connection& connection, Deadline deadline) {
-  tracking_.store(false, std::memory_order_release);
+  OnSubscriberDown();  // a new connection: not tracking until it is subscribed
   KEEL_ASSIGN_OR_RETURN(Reply id, connection.Command(deadline, "CLIENT", "ID"));
   KEEL_ASSIGN_OR_RETURN(int64_t own_id, id.AsInteger());
-  // Redirected to this very connection: in RESP2 the invalidations then arrive as messages on
-  // __redis__:invalidate once it is subscribed.
-  KEEL_RETURN_IF_ERROR(connection
-                           .Command(deadline, "CLIENT", "TRACKING", "on", "REDIRECT", own_id,
-                                    "BCAST", "PREFIX", prefix_)
-                           .status());
+  if (mode_ == NearCacheMode::kBroadcast) {
+    // Redirected to this very connection: in RESP2 the invalidations then arrive as messages on
+    // __redis__:invalidate once it is subscribed.
+    KEEL_RETURN_IF_ERROR(connection
+                             .Command(deadline, "CLIENT", "TRACKING", "on", "REDIRECT", own_id,
+                                      "BCAST", "PREFIX", prefix_)
+                             .status());
+  }
   const std::string_view subscribe[] = {"SUBSCRIBE", kChannel};
   KEEL_RETURN_IF_ERROR(connection.Send(deadline, subscribe));
   for (;;) {
@@ -83,11 +139,83 @@ absl::Status NearCacheTracker::OnConnect(Connection& connection, Deadline deadli
     const auto& e = reply->elements();
     if (e.size() >= 2 && e[0].str() == "subscribe" && e[1].str() == kChannel) break;
   }
-  // Subscribed: every invalidation from now on reaches us. What the tier held before may have
-  // missed some, so it goes.
-  ClearAll();
-  tracking_.store(true, std::memory_order_release);
+  // Subscribed: every invalidation from now on reaches us.
+  bool repoint = false;
+  {
+    MutexLock lock(mu_);
+    subscriber_id_ = own_id;
+    // kPerKey: a reading connection tracked with another redirect (or none) sends its
+    // invalidations nowhere: it must be set up again, pointing here.
+    repoint = client_ != nullptr && reader_redirect_ != own_id;
+  }
+  UpdateTracking();
+  if (repoint) {
+    repoints_.fetch_add(1, std::memory_order_relaxed);
+    client_->Reconnect(StrCat("near cache \"", name_,
+                              "\": its invalidation connection changed: tracking again"));
+    // A client that never connected has nothing to close: make it connect now, so tracking
+    // comes up without waiting for the first read. The reply does not matter.
+    (void)client_->AsyncCommand(Deadline::After(redis_.connect_timeout, clock_), "PING");
+  }
   return absl::OkStatus();
+}
+
+void NearCacheTracker::OnSubscriberDown() {
+  {
+    MutexLock lock(mu_);
+    subscriber_id_ = 0;
+  }
+  UpdateTracking();
+}
+
+absl::Status NearCacheTracker::OnReaderConnect(Connection& connection, Deadline deadline) {
+  // Track with the subscriber's current id; if it changes while the command is on its way, do it
+  // again with the new one. With the subscriber down, the connection is made untracked (reads
+  // work, the tier keeps nothing) and the subscriber re-points it once it is back.
+  int64_t id = 0;
+  {
+    MutexLock lock(mu_);
+    id = subscriber_id_;
+  }
+  while (id != 0) {
+    KEEL_RETURN_IF_ERROR(
+        connection.Command(deadline, "CLIENT", "TRACKING", "on", "REDIRECT", id).status());
+    MutexLock lock(mu_);
+    if (subscriber_id_ == id) {
+      reader_redirect_ = id;
+      break;
+    }
+    id = subscriber_id_;
+  }
+  if (id == 0) {
+    MutexLock lock(mu_);
+    reader_redirect_ = 0;
+  }
+  UpdateTracking();
+  return absl::OkStatus();
+}
+
+void NearCacheTracker::OnReaderLost() {
+  {
+    MutexLock lock(mu_);
+    reader_redirect_ = 0;  // Redis forgot what the lost connection read
+  }
+  UpdateTracking();
+}
+
+void NearCacheTracker::UpdateTracking() {
+  // Under the lock, so that concurrent updates (subscriber thread, connector, I/O thread) apply
+  // in the order they computed. The clear takes the store's shard locks, never this one.
+  MutexLock lock(mu_);
+  const bool on = subscriber_id_ != 0 &&
+                  (mode_ == NearCacheMode::kBroadcast || reader_redirect_ == subscriber_id_);
+  const bool was = tracking_.load(std::memory_order_acquire);
+  if (on == was) return;
+  // Turning on, what the tier held may have missed invalidations; turning off, nothing will
+  // invalidate it any more: either way it goes. Off before the clear, on after it.
+  if (!on) tracking_.store(false, std::memory_order_release);
+  ClearAll();
+  if (on) tracking_.store(true, std::memory_order_release);
 }
 
 void NearCacheTracker::OnInvalidate(const Message& m) {
@@ -140,7 +268,8 @@ NearCacheStats NearCacheTracker::Stats() const {
   return {.tracking = tracking(),
           .invalidations_total = invalidations_.load(std::memory_order_relaxed),
           .clears_total = clears_.load(std::memory_order_relaxed),
-          .fills_skipped_total = skipped_.load(std::memory_order_relaxed)};
+          .fills_skipped_total = skipped_.load(std::memory_order_relaxed),
+          .repoints_total = repoints_.load(std::memory_order_relaxed)};
 }
 
 absl::Status NearCacheTracker::RegisterMetrics(MetricsRegistry& metrics) {
@@ -163,6 +292,11 @@ absl::Status NearCacheTracker::RegisterMetrics(MetricsRegistry& metrics) {
       "keel_cache_near_fills_skipped_total",
       "Near cache fills not kept (raced with an invalidation, or no read before them).", labels,
       count(skipped_))));
+  KEEL_RETURN_IF_ERROR(keep(metrics.AddCounterCallback(
+      "keel_cache_near_repoints_total",
+      "Per-key near cache: reading connections reconnected to track for a new invalidation "
+      "connection.",
+      labels, count(repoints_))));
   return keep(metrics.AddGaugeCallback("keel_cache_near_tracking",
                                        "1 while the near cache's invalidation connection is up.",
                                        labels, [this] { return tracking() ? 1.0 : 0.0; }));

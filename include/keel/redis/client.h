@@ -254,6 +254,13 @@ class Client {
   // Errors: INTERNAL when its thread cannot start.
   absl::StatusOr<Timer*> SharedTimer() ABSL_LOCKS_EXCLUDED(timer_mu_);
 
+  // Closes the multiplexed connections now (their calls in flight fail with UNAVAILABLE: `why`)
+  // and retires the pooled ones (each is closed when it is next returned or handed out), so
+  // every later call runs on a new connection, set up again by Options::connection_hooks: for a
+  // hook whose session state has changed (a new CLIENT TRACKING redirect target). Thread-safe;
+  // never blocks.
+  void Reconnect(std::string_view why);
+
   // Fails waiting callers with CANCELLED and closes idle connections; later calls fail with
   // FAILED_PRECONDITION. Idempotent; the destructor calls it.
   void Shutdown();
@@ -267,6 +274,8 @@ class Client {
   // The pool's hooks: connect with backoff, validate, and the handout check.
   absl::StatusOr<std::unique_ptr<Connection>> Connect(Deadline deadline)
       ABSL_LOCKS_EXCLUDED(connect_mu_);
+  // Options::connection_hooks.on_connect on a new connection; UNAVAILABLE naming it on failure.
+  absl::Status RunConnectHook(Connection& conn, Deadline deadline);
   // OK when a connection attempt may be made now; UNAVAILABLE with the last connect error (and
   // counted in connects_delayed_total) while the reconnect backoff runs. No I/O.
   absl::Status ConnectGate() ABSL_LOCKS_EXCLUDED(connect_mu_);

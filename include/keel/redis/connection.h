@@ -118,6 +118,9 @@ class Connection {
   // WATCH, SUBSCRIBE, SELECT, AUTH, HELLO, RESET, CLIENT REPLY, QUIT, MONITOR): such a connection
   // must not be given to another caller. The setup in Connect (AUTH, SELECT) does not count.
   bool session_clean() const { return session_ == 0; }
+  // Makes the session state now in force the connection's configured state (session_clean()
+  // true again): what Client does after Options::connection_hooks.on_connect ran.
+  void MarkSessionConfigured() { session_ = 0; }
   const Endpoint& endpoint() const { return endpoint_; }
   // The socket, for poll() by callers that multiplex (Subscriber). -1 if none.
   int fd() const;

@@ -21,6 +21,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -29,10 +30,13 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "keel/clock.h"
+#include "keel/deadline.h"
 #include "keel/pool/pool.h"
 #include "keel/resilience/backoff.h"
 
 namespace keel::redis {
+
+class Connection;
 
 inline constexpr int kDefaultPort = 6379;
 inline constexpr int kDefaultSentinelPort = 26379;
@@ -72,6 +76,25 @@ struct MuxOptions {
   // Request bytes queued or awaiting replies per connection, bounded the same way (large
   // values, long pipelines). Default: 64 MiB.
   size_t max_bytes_in_flight = size_t{64} << 20;
+};
+
+// Hooks on the connections a Client opens (Options::connection_hooks), for session state every
+// connection must carry, such as `CLIENT TRACKING on REDIRECT <id>` (keel::redis::NearCacheTier
+// in per-key mode). A Subscriber does not run them (it has SubscriberHooks::on_connect).
+struct ConnectionHooks {
+  // Runs on every connection the client opens, multiplexed or pooled, after its setup (AUTH,
+  // SELECT, ROLE in Sentinel mode) and before any call uses it, on the thread making the
+  // connection (a connector or a caller, never the I/O thread), bounded by `deadline` (at most
+  // connect_timeout). What it leaves in force is the connection's configured state, not a
+  // changed session (Connection::session_clean stays true). A non-OK status, or a throw, fails
+  // the connect: UNAVAILABLE naming the hook, counted as a connect failure, reconnect backoff
+  // applied. Default: none.
+  std::function<absl::Status(Connection& connection, Deadline deadline)> on_connect = nullptr;
+  // Runs when a multiplexed connection that was up is closed: lost, replaced after
+  // late_reply_timeout, or closed by Client::Reconnect (not at Shutdown). On the client's I/O
+  // thread: it must not block or call the client. Pooled connections are closed by the pool
+  // (idle, broken) without it. Default: none.
+  std::function<void()> on_lost = nullptr;
 };
 
 // How a Client (and a Subscriber) reaches Redis. Validate() (called by every Create) names the
@@ -141,6 +164,9 @@ struct Options {
   // commands, and opens its connections on demand (min_idle 0 unless set).
   // Default: PoolOptions{} named "redis" (10 connections, kept open in pooled mode).
   PoolOptions pool = {.name = "redis"};
+
+  // Hooks on every connection the client opens (see ConnectionHooks). Default: none.
+  ConnectionHooks connection_hooks = {};
 
   // Parses a redis:// or redis+sentinel:// URL (grammar in the banner); fields the URL does not
   // carry keep their defaults. INVALID_ARGUMENT naming the part that is wrong (scheme, host,

@@ -494,6 +494,7 @@ void MuxConnection::Close(absl::StatusCode code, std::string_view message, bool 
       bytes_ -= call->request_bytes;
     }
   }
+  const bool was_up = read_socket_ != nullptr;
   if (read_socket_ != nullptr) {
     loop_.Unwatch(read_socket_->fd);
     // A caller may still be writing to it: shut it down now, close it with its last owner.
@@ -507,6 +508,12 @@ void MuxConnection::Close(absl::StatusCode code, std::string_view message, bool 
     MutexLock lock(mu_);
     calls_ -= retired.slots;
     bytes_ -= retired.bytes;
+  }
+  if (was_up && !shutdown && options_.on_lost) {
+    try {
+      options_.on_lost();
+    } catch (...) {  // a hook's throw must not end the I/O thread
+    }
   }
   if (reconnect && !shutdown) loop_.Post([this] { Connect(); });
 }
@@ -563,6 +570,7 @@ void MuxConnection::Connected(absl::StatusOr<std::unique_ptr<Connection>> conn) 
     }
   }
   if (!conn.ok()) {
+    reconnect_after_setup_.clear();  // the next setup is made afresh anyway
     std::vector<std::shared_ptr<Call>> listed;
     {
       MutexLock lock(mu_);
@@ -603,6 +611,11 @@ void MuxConnection::Connected(absl::StatusOr<std::unique_ptr<Connection>> conn) 
     }
   }
   Adopt();
+  if (!reconnect_after_setup_.empty()) {
+    const std::string why = std::exchange(reconnect_after_setup_, std::string());
+    Close(absl::StatusCode::kUnavailable, StrCat(conn_name_, ": ", why, lost_suffix_), true);
+    return;
+  }
   if (flush) Flush(/*on_loop=*/true);
 }
 
@@ -629,9 +642,11 @@ void MuxConnection::Housekeep() {
 }
 
 void MuxConnection::Reconnect(std::string why) {
-  loop_.Post([this, why = std::move(why)] {
+  loop_.Post([this, why = std::move(why)]() mutable {
     if (read_socket_ != nullptr) {
       Close(absl::StatusCode::kUnavailable, StrCat(conn_name_, ": ", why, lost_suffix_), true);
+    } else if (connecting_) {
+      reconnect_after_setup_ = std::move(why);
     }
   });
 }

@@ -93,6 +93,8 @@ class MuxConnection final : public EventLoop::Watcher {
     // A lone blocking caller in Run reads its own reply (see the banner). Off only to measure
     // the difference.
     bool lone_caller_reads = true;
+    // Called on the loop thread when a connection that was up is closed (not at Shutdown).
+    std::function<void()> on_lost = nullptr;
   };
 
   // Connects on the first Submit (on `loop`), not before. `loop` and whatever `connect` and
@@ -114,7 +116,8 @@ class MuxConnection final : public EventLoop::Watcher {
                  std::string_view timeout_message) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Closes the current connection (its calls fail with UNAVAILABLE: `why`) and connects again:
-  // after a -READONLY reply, so the connection follows a new primary.
+  // after a -READONLY reply, so the connection follows a new primary. A setup in progress is
+  // closed the same way as soon as it completes (it may have been made with what is now stale).
   void Reconnect(std::string why) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Fails every call with CANCELLED, closes the socket; later Submits are refused. Idempotent;
@@ -208,6 +211,7 @@ class MuxConnection final : public EventLoop::Watcher {
   std::vector<std::shared_ptr<Call>> adopting_;
   std::vector<ReplyMatcher::Finished> finished_;  // answered by the last read, not completed yet
   bool connecting_ = false;                       // the connector thread runs a setup
+  std::string reconnect_after_setup_;             // a Reconnect(why) that came during it
   std::thread connector_;  // started and joined on the loop thread; joined by the destructor
   std::unique_ptr<char[]> read_buf_;
   // The direct caller's only (it owns direct_).

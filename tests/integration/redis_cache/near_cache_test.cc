@@ -18,6 +18,7 @@
 
 using keel::Deadline;
 using keel::cache::Cache;
+using keel::redis::NearCacheMode;
 using keel::redis::NearCacheTier;
 using namespace std::chrono_literals;
 
@@ -32,17 +33,24 @@ bool Within(std::chrono::milliseconds limit, Pred done) {
 
 // One "process": its own client, near tier and Redis tier.
 struct Process {
-  Process(const std::string& url, const std::string& name) {
+  Process(const std::string& url, const std::string& name,
+          NearCacheMode mode = NearCacheMode::kBroadcast) {
     auto o = keel::redis::Options::FromUrl(url).value();
     o.connect_timeout = 200ms;
     o.command_timeout = 200ms;
     client = keel::redis::Client::Create(o).value();
-    auto n = NearCacheTier<std::string>::Create({.name = name, .local = {.max_entries = 100}}, o);
+    auto n = NearCacheTier<std::string>::Create(
+        {.name = name, .local = {.max_entries = 100}, .mode = mode}, o);
     REQUIRE(n.ok());
     near = n->get();
+    // Per key, the Redis tier reads through the near tier's client (its reads are tracked).
+    reads = mode == NearCacheMode::kPerKey ? (*n)->client() : nullptr;
+    REQUIRE((mode == NearCacheMode::kPerKey) == (reads != nullptr));
     StringCache::Tiers tiers;
     tiers.push_back(std::move(*n));
-    tiers.push_back(keel::redis::CacheTier<std::string>::Create({.name = name}, *client).value());
+    tiers.push_back(keel::redis::CacheTier<std::string>::Create(
+                        {.name = name}, reads != nullptr ? *reads : *client)
+                        .value());
     cache = StringCache::Create({.name = name, .ttl = 60s}, std::move(tiers)).value();
   }
   bool Tracking() {
@@ -71,6 +79,7 @@ struct Process {
   }
 
   std::unique_ptr<keel::redis::Client> client;
+  std::shared_ptr<keel::redis::Client> reads;  // kPerKey: outlives the tiers built on it
   NearCacheTier<std::string>* near = nullptr;
   std::unique_ptr<StringCache> cache;
   int loads = 0;
@@ -82,8 +91,10 @@ TEST_CASE(
     "near cache: a write in one process drops the key from another's local tier within "
     "100 ms",
     "[redis_cache]") {
+  const NearCacheMode mode = GENERATE(NearCacheMode::kBroadcast, NearCacheMode::kPerKey);
+  INFO((mode == NearCacheMode::kPerKey ? "per key" : "broadcast"));
   keel::test::RedisServer server;
-  Process a(server.url(), "near"), b(server.url(), "near");
+  Process a(server.url(), "near", mode), b(server.url(), "near", mode);
   REQUIRE(a.Tracking());
   REQUIRE(b.Tracking());
   CHECK(a.Read("k", "v1") == "v1");
@@ -120,8 +131,10 @@ TEST_CASE(
     "near cache: a Redis restart clears the local tier on reconnect, with no stale read "
     "after it",
     "[redis_cache]") {
+  const NearCacheMode mode = GENERATE(NearCacheMode::kBroadcast, NearCacheMode::kPerKey);
+  INFO((mode == NearCacheMode::kPerKey ? "per key" : "broadcast"));
   keel::test::RedisServer server;
-  Process a(server.url(), "restart");
+  Process a(server.url(), "restart", mode);
   REQUIRE(a.Tracking());
   REQUIRE(a.Read("k", "old") == "old");
   REQUIRE(a.Warm("k", "old"));
@@ -198,4 +211,117 @@ TEST_CASE("near cache: a fill that races with an invalidation of its key is not 
   CHECK(near->Stats().fills_skipped_total >= 1);
   interpose = false;
   CHECK(cache->GetOrLoad(Deadline::After(1s), "k", loader).value() == "new");
+}
+
+namespace {
+
+// The id of the one connection of `admin`'s server whose CLIENT LIST flags contain `flag` and
+// that is not `admin`'s own connection.
+std::string IdWithFlag(keel::redis::Client& admin, char flag) {
+  auto list = admin.Command(Deadline::After(1s), "CLIENT", "LIST");
+  REQUIRE(list.ok());
+  const std::string text = list->str();
+  std::string found;
+  size_t at = 0;
+  while (at < text.size()) {
+    size_t end = text.find('\n', at);
+    if (end == std::string::npos) end = text.size();
+    const std::string line = text.substr(at, end - at);
+    at = end + 1;
+    const size_t f = line.find(" flags=");
+    if (f == std::string::npos) continue;
+    const std::string flags = line.substr(f + 7, line.find(' ', f + 7) - f - 7);
+    if (flags.find(flag) == std::string::npos) continue;
+    const size_t id = line.find("id=");
+    REQUIRE(found.empty());  // exactly one
+    found = line.substr(id + 3, line.find(' ', id) - id - 3);
+  }
+  REQUIRE(!found.empty());
+  return found;
+}
+
+}  // namespace
+
+TEST_CASE("near cache per key: only keys this process read are sent to it, unlike broadcast",
+          "[redis_cache]") {
+  keel::test::RedisServer server;
+  Process per_key(server.url(), "only", NearCacheMode::kPerKey);
+  Process bcast(server.url(), "only", NearCacheMode::kBroadcast);
+  REQUIRE(per_key.Tracking());
+  REQUIRE(bcast.Tracking());
+  auto other = keel::redis::Client::Create(keel::redis::Options::FromUrl(server.url()).value())
+                   .value();
+  REQUIRE(other->Command(Deadline::After(1s), "SET", "keel:cache:only:k", "vk").ok());
+  REQUIRE(per_key.Warm("k", "k"));
+  REQUIRE(bcast.Warm("k", "k"));
+  const uint64_t per_key_before = per_key.near->Stats().invalidations_total;
+  const uint64_t bcast_before = bcast.near->Stats().invalidations_total;
+  // Neither process ever read "unread"; both hold "k". Writes are delivered in order, so once
+  // "k"'s invalidation is in, "unread"'s would have been too.
+  REQUIRE(other->Command(Deadline::After(1s), "SET", "keel:cache:only:unread", "v").ok());
+  REQUIRE(other->Command(Deadline::After(1s), "SET", "keel:cache:only:k", "vk2").ok());
+  REQUIRE(Within(1s, [&] { return !per_key.Local("k") && !bcast.Local("k"); }));
+  CHECK(per_key.near->Stats().invalidations_total == per_key_before + 1);
+  CHECK(bcast.near->Stats().invalidations_total == bcast_before + 2);
+  CHECK(per_key.Read("k") == "k2");
+}
+
+TEST_CASE("near cache per key: after its invalidation connection is killed the reading "
+          "connection is pointed at the new one and invalidations still arrive",
+          "[redis_cache]") {
+  keel::test::RedisServer server;
+  Process a(server.url(), "repoint", NearCacheMode::kPerKey);
+  Process b(server.url(), "repoint", NearCacheMode::kBroadcast);  // the writer
+  REQUIRE(a.Tracking());
+  auto admin = keel::redis::Client::Create(keel::redis::Options::FromUrl(server.url()).value())
+                   .value();
+  REQUIRE(a.Read("k", "v1") == "v1");
+  REQUIRE(a.Warm("k", "v1"));
+  const uint64_t repoints = a.near->Stats().repoints_total;
+  const uint64_t clears = a.near->Stats().clears_total;
+  // Kill a's subscriber (the one pubsub connection of the per-key process: b's is 'P' too, so
+  // kill by the tracking redirect target instead: the connection a's reader redirects to).
+  auto info = a.reads->Command(Deadline::After(1s), "CLIENT", "TRACKINGINFO");
+  REQUIRE(info.ok());
+  REQUIRE(info->elements().size() >= 4);
+  const int64_t redirect = info->elements()[3].integer();
+  REQUIRE(redirect > 0);
+  REQUIRE(admin->Command(Deadline::After(1s), "CLIENT", "KILL", "ID", redirect).ok());
+  REQUIRE(Within(5s, [&] { return a.near->Stats().repoints_total > repoints; }));
+  REQUIRE(a.Tracking());
+  CHECK(a.near->Stats().clears_total >= clears + 2);
+  CHECK(!a.Local("k").has_value());  // cleared: invalidations may have been missed
+  auto again = a.reads->Command(Deadline::After(1s), "CLIENT", "TRACKINGINFO");
+  REQUIRE(again.ok());
+  CHECK(again->elements()[3].integer() != redirect);
+  // Tracking works through the new invalidation connection.
+  REQUIRE(a.Warm("k", "v1"));
+  REQUIRE(b.cache
+              ->Put(Deadline::After(1s), "k", "v2",
+                    [](Deadline, const std::string&) { return absl::OkStatus(); })
+              .ok());
+  REQUIRE(Within(1s, [&] { return !a.Local("k").has_value(); }));
+  CHECK(a.Read("k") == "v2");
+}
+
+TEST_CASE("near cache per key: losing the reading connection clears the tier, and tracking "
+          "comes back on its replacement",
+          "[redis_cache]") {
+  keel::test::RedisServer server;
+  Process a(server.url(), "reader", NearCacheMode::kPerKey);
+  REQUIRE(a.Tracking());
+  auto admin = keel::redis::Client::Create(keel::redis::Options::FromUrl(server.url()).value())
+                   .value();
+  REQUIRE(a.Read("k", "v1") == "v1");
+  REQUIRE(a.Warm("k", "v1"));
+  // The reader is the only connection with tracking on ('t') in per-key mode.
+  REQUIRE(admin->Command(Deadline::After(1s), "CLIENT", "KILL", "ID", IdWithFlag(*admin, 't'))
+              .ok());
+  // Redis forgot what that connection read: the local copy must go at once, not on next use.
+  REQUIRE(Within(5s, [&] { return !a.Local("k").has_value(); }));
+  REQUIRE(a.Tracking());
+  REQUIRE(a.Warm("k", "v1"));
+  REQUIRE(admin->Command(Deadline::After(1s), "SET", "keel:cache:reader:k", "vv3").ok());
+  REQUIRE(Within(1s, [&] { return !a.Local("k").has_value(); }));
+  CHECK(a.Read("k") == "v3");
 }

@@ -49,6 +49,8 @@ TEST_CASE("redis client refuses connection-state commands on pooled calls, any c
       {"QUIT"},
       {"client", "reply", "off"},
       {"CLIENT", "REPLY", "SKIP"},
+      {"client", "tracking", "on"},
+      {"CLIENT", "TRACKING", "off"},
   };
   for (const auto& argv : refused) {
     INFO(argv[0]);
@@ -66,9 +68,13 @@ TEST_CASE("redis client refuses connection-state commands on pooled calls, any c
   CHECK_THAT(
       MessageOf(client->Command(Deadline::After(1s, clock), "CLIENT", "REPLY", "OFF").status()),
       Catch::Contains("CLIENT REPLY"));
+  CHECK_THAT(
+      MessageOf(client->Command(Deadline::After(1s, clock), "CLIENT", "TRACKING", "on", "BCAST")
+                    .status()),
+      Catch::Contains("CLIENT TRACKING") && Catch::Contains("connection_hooks"));
   // Nothing was refused by I/O: no connection was ever attempted.
   const auto stats = client->Stats();
-  CHECK(stats.commands_refused_total == refused.size() + 4);
+  CHECK(stats.commands_refused_total == refused.size() + 5);
   CHECK(stats.connect_attempts_total == 0);
 }
 
