@@ -151,8 +151,8 @@ absl::Status NearCacheTracker::OnConnect(Connection& connection, Deadline deadli
   UpdateTracking();
   if (repoint) {
     repoints_.fetch_add(1, std::memory_order_relaxed);
-    client_->Reconnect(StrCat("near cache \"", name_,
-                              "\": its invalidation connection changed: tracking again"));
+    client_->Reconnect(
+        StrCat("near cache \"", name_, "\": its invalidation connection changed: tracking again"));
     // A client that never connected has nothing to close: make it connect now, so tracking
     // comes up without waiting for the first read. The reply does not matter.
     (void)client_->AsyncCommand(Deadline::After(redis_.connect_timeout, clock_), "PING");

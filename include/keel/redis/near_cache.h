@@ -108,8 +108,8 @@ class NearCacheTracker {
   };
 
   static absl::StatusOr<std::unique_ptr<NearCacheTracker>> Create(const std::string& name,
-                                                                  NearCacheMode mode,
-                                                                  Options redis, Clock& clock,
+                                                                  NearCacheMode mode, Options redis,
+                                                                  Clock& clock,
                                                                   MetricsRegistry* metrics);
   ~NearCacheTracker();
   NearCacheTracker(const NearCacheTracker&) = delete;

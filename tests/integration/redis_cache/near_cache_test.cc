@@ -48,8 +48,8 @@ struct Process {
     REQUIRE((mode == NearCacheMode::kPerKey) == (reads != nullptr));
     StringCache::Tiers tiers;
     tiers.push_back(std::move(*n));
-    tiers.push_back(keel::redis::CacheTier<std::string>::Create(
-                        {.name = name}, reads != nullptr ? *reads : *client)
+    tiers.push_back(keel::redis::CacheTier<std::string>::Create({.name = name},
+                                                                reads != nullptr ? *reads : *client)
                         .value());
     cache = StringCache::Create({.name = name, .ttl = 60s}, std::move(tiers)).value();
   }
@@ -249,8 +249,8 @@ TEST_CASE("near cache per key: only keys this process read are sent to it, unlik
   Process bcast(server.url(), "only", NearCacheMode::kBroadcast);
   REQUIRE(per_key.Tracking());
   REQUIRE(bcast.Tracking());
-  auto other = keel::redis::Client::Create(keel::redis::Options::FromUrl(server.url()).value())
-                   .value();
+  auto other =
+      keel::redis::Client::Create(keel::redis::Options::FromUrl(server.url()).value()).value();
   REQUIRE(other->Command(Deadline::After(1s), "SET", "keel:cache:only:k", "vk").ok());
   REQUIRE(per_key.Warm("k", "k"));
   REQUIRE(bcast.Warm("k", "k"));
@@ -266,15 +266,16 @@ TEST_CASE("near cache per key: only keys this process read are sent to it, unlik
   CHECK(per_key.Read("k") == "k2");
 }
 
-TEST_CASE("near cache per key: after its invalidation connection is killed the reading "
-          "connection is pointed at the new one and invalidations still arrive",
-          "[redis_cache]") {
+TEST_CASE(
+    "near cache per key: after its invalidation connection is killed the reading "
+    "connection is pointed at the new one and invalidations still arrive",
+    "[redis_cache]") {
   keel::test::RedisServer server;
   Process a(server.url(), "repoint", NearCacheMode::kPerKey);
   Process b(server.url(), "repoint", NearCacheMode::kBroadcast);  // the writer
   REQUIRE(a.Tracking());
-  auto admin = keel::redis::Client::Create(keel::redis::Options::FromUrl(server.url()).value())
-                   .value();
+  auto admin =
+      keel::redis::Client::Create(keel::redis::Options::FromUrl(server.url()).value()).value();
   REQUIRE(a.Read("k", "v1") == "v1");
   REQUIRE(a.Warm("k", "v1"));
   const uint64_t repoints = a.near->Stats().repoints_total;
@@ -304,19 +305,20 @@ TEST_CASE("near cache per key: after its invalidation connection is killed the r
   CHECK(a.Read("k") == "v2");
 }
 
-TEST_CASE("near cache per key: losing the reading connection clears the tier, and tracking "
-          "comes back on its replacement",
-          "[redis_cache]") {
+TEST_CASE(
+    "near cache per key: losing the reading connection clears the tier, and tracking "
+    "comes back on its replacement",
+    "[redis_cache]") {
   keel::test::RedisServer server;
   Process a(server.url(), "reader", NearCacheMode::kPerKey);
   REQUIRE(a.Tracking());
-  auto admin = keel::redis::Client::Create(keel::redis::Options::FromUrl(server.url()).value())
-                   .value();
+  auto admin =
+      keel::redis::Client::Create(keel::redis::Options::FromUrl(server.url()).value()).value();
   REQUIRE(a.Read("k", "v1") == "v1");
   REQUIRE(a.Warm("k", "v1"));
   // The reader is the only connection with tracking on ('t') in per-key mode.
-  REQUIRE(admin->Command(Deadline::After(1s), "CLIENT", "KILL", "ID", IdWithFlag(*admin, 't'))
-              .ok());
+  REQUIRE(
+      admin->Command(Deadline::After(1s), "CLIENT", "KILL", "ID", IdWithFlag(*admin, 't')).ok());
   // Redis forgot what that connection read: the local copy must go at once, not on next use.
   REQUIRE(Within(5s, [&] { return !a.Local("k").has_value(); }));
   REQUIRE(a.Tracking());
