@@ -117,9 +117,10 @@ TEST_CASE("worker options are checked at Create, naming the field") {
 }
 
 TEST_CASE("the start script's reply becomes jobs with their stream entries") {
-  const Reply reply = Reply::Array({Reply::Array(
-      {Reply::Integer(2), Reply::String("1-0"), Reply::String("abc"), Reply::String("pay\0load"),
-       Reply::Integer(3), Reply::Integer(5), Reply::Integer(1)})});
+  const Reply reply =
+      Reply::Array({Reply::Array({Reply::Integer(2), Reply::String("1-0"), Reply::String("abc"),
+                                  Reply::String(std::string("pay\0load", 8)), Reply::Integer(3),
+                                  Reply::Integer(5), Reply::Integer(1)})});
   auto started = keel::redis::internal::ParseStart(reply);
   REQUIRE(started.ok());
   REQUIRE(started->size() == 1);
