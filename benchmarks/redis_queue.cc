@@ -4,10 +4,10 @@
 //                           finish calls and blocking connection) drain min(2 000, 200 B) jobs
 //                           enqueued beforehand (one EnqueueMany pipeline, not timed), reading
 //                           batches of B. Reports jobs/s (items_per_second) and
-//                           round_trips_per_job: the workers' take, finish and blocking-read calls
-//                           per job, each one round trip (target: <= 1 amortised with batched reads
-//                           and multi-id XACK). The handler does nothing: this is the queue's own
-//                           cost.
+//                           round_trips_per_job: the workers' claim, start, finish, blocking-read
+//                           and heartbeat calls per job, each one round trip (target: <= 1
+//                           amortised with batched reads and multi-id XACK). The handler does
+//                           nothing: this is the queue's own cost.
 // Reads KEEL_TEST_REDIS_URL; skips with a message when it is absent.
 #include <benchmark/benchmark.h>
 #include <unistd.h>
@@ -87,7 +87,8 @@ void BM_JobQueue_Throughput(benchmark::State& state) {
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     for (auto& w : running) {
       const keel::redis::WorkerStats s = w->Stats();
-      round_trips += s.take_calls_total + s.finish_calls_total + s.blocking_reads_total;
+      round_trips +=
+          s.take_calls_total + s.finish_calls_total + s.blocking_reads_total + s.heartbeats_total;
     }
     processed += static_cast<uint64_t>(jobs_per_run);
   }

@@ -32,8 +32,12 @@ const Script& EnqueueScript() {
   static const Script script(std::string(kQueuePrelude) + kEnqueueBody);
   return script;
 }
-const Script& TakeScript() {
-  static const Script script(std::string(kQueuePrelude) + kTakeBody);
+const Script& ClaimScript() {
+  static const Script script(std::string(kQueuePrelude) + kClaimBody);
+  return script;
+}
+const Script& StartScript() {
+  static const Script script(std::string(kQueuePrelude) + kStartBody);
   return script;
 }
 const Script& FinishScript() {
@@ -44,6 +48,10 @@ const Script& InspectScript() {
   static const Script script(std::string(kQueuePrelude) + kInspectBody);
   return script;
 }
+const Script& HeartbeatScript() {
+  static const Script script(std::string(kQueuePrelude) + kHeartbeatBody);
+  return script;
+}
 const Script& ProgressScript() {
   static const Script script(kProgressScript);
   return script;
@@ -51,18 +59,53 @@ const Script& ProgressScript() {
 
 std::string QueuePrefix(std::string_view name) { return StrCat("{keel:queue:", name, "}"); }
 
-absl::StatusOr<TakeResult> ParseTake(const Reply& reply) {
-  const auto& top = reply.elements();
-  if (!reply.is_array() || top.size() != 2 || !top[0].is_integer() || !top[1].is_array()) {
-    return Unexpected("take", reply);
+absl::StatusOr<std::vector<bool>> ParseFlags(const Reply& reply, size_t count,
+                                             std::string_view what) {
+  // An empty Lua table comes back as an empty array.
+  if (!reply.is_array() || reply.elements().size() != count) return Unexpected(what, reply);
+  std::vector<bool> flags;
+  flags.reserve(count);
+  for (const Reply& f : reply.elements()) {
+    if (!f.is_integer() || (f.integer() != 0 && f.integer() != 1)) return Unexpected(what, reply);
+    flags.push_back(f.integer() == 1);
   }
-  TakeResult result;
+  return flags;
+}
+
+absl::StatusOr<ClaimResult> ParseClaim(const Reply& reply) {
+  const auto& top = reply.elements();
+  if (!reply.is_array() || top.size() != 3 || !top[0].is_integer() || !top[1].is_array() ||
+      !top[2].is_array()) {
+    return Unexpected("claim", reply);
+  }
+  ClaimResult result;
   if (top[0].integer() >= 0) result.next_due = std::chrono::milliseconds(top[0].integer());
-  for (const Reply& j : top[1].elements()) {
+  for (const Reply& id : top[1].elements()) {
+    if (!id.is_string()) return Unexpected("claim", reply);
+    result.due.push_back(id.str());
+  }
+  for (const Reply& e : top[2].elements()) {
+    const auto& f = e.elements();
+    if (f.size() != 4 || !f[0].is_integer() || !f[1].is_string() || !f[2].is_string() ||
+        !f[3].is_integer()) {
+      return Unexpected("claim", reply);
+    }
+    result.entries.push_back({.level = static_cast<int>(f[0].integer()),
+                              .entry = f[1].str(),
+                              .id = f[2].str(),
+                              .reclaimed = f[3].integer() != 0});
+  }
+  return result;
+}
+
+absl::StatusOr<std::vector<TakenJob>> ParseStart(const Reply& reply) {
+  if (!reply.is_array()) return Unexpected("start", reply);
+  std::vector<TakenJob> jobs;
+  for (const Reply& j : reply.elements()) {
     const auto& f = j.elements();
     if (f.size() != 7 || !f[0].is_integer() || !f[1].is_string() || !f[2].is_string() ||
         !f[3].is_string() || !f[4].is_integer() || !f[5].is_integer() || !f[6].is_integer()) {
-      return Unexpected("take", reply);
+      return Unexpected("start", reply);
     }
     TakenJob taken;
     taken.level = static_cast<int>(f[0].integer());
@@ -73,9 +116,9 @@ absl::StatusOr<TakeResult> ParseTake(const Reply& reply) {
     taken.job.attempt = static_cast<int>(f[4].integer());
     taken.job.max_attempts = static_cast<int>(f[5].integer());
     taken.job.priority = taken.level;
-    result.jobs.push_back(std::move(taken));
+    jobs.push_back(std::move(taken));
   }
-  return result;
+  return jobs;
 }
 
 absl::StatusOr<std::vector<Delivered>> ParseBlockingRead(const Reply& reply,
@@ -99,7 +142,7 @@ absl::StatusOr<std::vector<Delivered>> ParseBlockingRead(const Reply& reply,
           e[1].elements()[0].str() != "id") {
         return Unexpected("XREADGROUP", reply);
       }
-      out.push_back({level, e[0].str(), e[1].elements()[1].str()});
+      out.push_back({level, e[0].str(), e[1].elements()[1].str(), false});
     }
   }
   return out;

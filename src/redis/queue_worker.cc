@@ -3,7 +3,9 @@
 // One Redis thread (the fetcher) does every Redis call: take scripts, finish scripts, the
 // blocking XREADGROUP on its own leased connection, and inspections. `concurrency` handler
 // threads take jobs from the fetcher's buffer, run the handler, and leave a completion for the
-// fetcher to finish in a batch. Nothing does I/O under the worker's mutex.
+// fetcher to finish in a batch. The heartbeat runs on a timer thread (the client's shared one):
+// each tick sends one async script extending every held job's claim, answered on the client's
+// I/O thread. Nothing does I/O under the worker's mutex.
 #include <unistd.h>
 
 #include <algorithm>
@@ -13,7 +15,9 @@
 #include <utility>
 
 #include "absl/random/random.h"
+#include "keel/async/timer.h"
 #include "keel/internal/exception.h"
+#include "keel/internal/format.h"
 #include "keel/internal/status_macros.h"
 #include "keel/internal/strings.h"
 #include "keel/internal/validate.h"
@@ -45,6 +49,17 @@ absl::StatusOr<Backoff> ValidateWorkerOptions(const Worker::Options& o, std::str
         keel::internal::RequirePositive(of, "inspect_interval", *o.inspect_interval));
   }
   KEEL_RETURN_IF_ERROR(keel::internal::RequireNonNegative(of, "stop_timeout", o.stop_timeout));
+  if (o.heartbeat_interval.has_value()) {
+    KEEL_RETURN_IF_ERROR(
+        keel::internal::RequirePositive(of, "heartbeat_interval", *o.heartbeat_interval));
+    if (*o.heartbeat_interval >= o.visibility_timeout) {
+      return keel::internal::InvalidOption(
+          of, "heartbeat_interval",
+          StrCat("< visibility_timeout (", keel::internal::FormatDuration(o.visibility_timeout),
+                 ")"),
+          *o.heartbeat_interval);
+    }
+  }
   absl::StatusOr<Backoff> backoff = Backoff::Create(o.retry_backoff, "retry_backoff");
   if (!backoff.ok()) return of.Nest(backoff.status());
   return *backoff;
@@ -70,11 +85,33 @@ class Worker::Impl {
         consumer_(ConsumerName()),
         job_prefix_(queue.KeyPrefix() + ":job:"),
         capacity_(static_cast<size_t>(options_.concurrency + options_.batch)),
-        batch_(static_cast<size_t>(options_.batch)) {}
+        batch_(static_cast<size_t>(options_.batch)),
+        heartbeat_interval_(options_.heartbeat_interval.value_or(options_.visibility_timeout / 3)) {
+  }
 
   ~Impl() {
     if (fetcher_.joinable()) fetcher_.join();
     for (std::thread& t : handlers_) t.join();
+    // Stop ended the ticks; an extension still in flight is answered (or fails) by its deadline.
+    MutexLock lock(hb_->mu);
+    hb_->stopped = true;
+    if (hb_->tick != 0 && timer_->Cancel(hb_->tick)) hb_->tick = 0;
+    clock_.WaitUntil(hb_->mu, hb_->cv, TimePoint::max(), [&] {
+      hb_->mu.AssertHeld();
+      return !hb_->busy;
+    });
+  }
+
+  // The heartbeat's timer: the client's shared one when the clocks agree, else the worker's own.
+  absl::Status InitHeartbeat() {
+    if (!options_.heartbeat) return absl::OkStatus();
+    if (&queue_.client().clock() == &clock_) {
+      KEEL_ASSIGN_OR_RETURN(timer_, queue_.client().SharedTimer());
+    } else {
+      KEEL_ASSIGN_OR_RETURN(own_timer_, Timer::Create({.name = "redis job worker"}, clock_));
+      timer_ = own_timer_.get();
+    }
+    return absl::OkStatus();
   }
 
   absl::Status RegisterMetrics(MetricsRegistry& metrics) {
@@ -92,6 +129,10 @@ class Worker::Impl {
         {"keel_queue_jobs_dead_total", "Jobs moved to the dead letters.", &dead_c_},
         {"keel_queue_jobs_handed_back_total", "Jobs handed back by a stopping worker.",
          &handed_back_c_},
+        {"keel_queue_jobs_extended_total", "Job claims extended by a worker's heartbeat.",
+         &extended_c_},
+        {"keel_queue_jobs_lost_total",
+         "Held jobs a heartbeat found taken over by another worker or deleted.", &lost_c_},
     };
     for (const Spec& s : specs) {
       KEEL_ASSIGN_OR_RETURN(*s.out, metrics.AddCounter(s.name, s.help, labels));
@@ -106,6 +147,10 @@ class Worker::Impl {
     for (int i = 0; i < options_.concurrency; ++i)
       handlers_.emplace_back([this] { HandlerLoop(); });
     fetcher_ = std::thread([this] { FetchLoop(); });
+    if (timer_ != nullptr) {
+      MutexLock lock(hb_->mu);
+      ScheduleHeartbeat(clock_.Now() + heartbeat_interval_);
+    }
   }
 
   absl::Status Stop(Deadline deadline) ABSL_LOCKS_EXCLUDED(mu_);
@@ -127,7 +172,11 @@ class Worker::Impl {
                   .take_calls_total = get(take_calls_),
                   .finish_calls_total = get(finish_calls_),
                   .blocking_reads_total = get(blocking_reads_),
-                  .limiter_errors_total = get(limiter_errors_)};
+                  .limiter_errors_total = get(limiter_errors_),
+                  .heartbeats_total = get(heartbeats_),
+                  .extended_total = get(extended_),
+                  .lost_total = get(lost_),
+                  .stale_completions_total = get(stale_)};
     MutexLock lock(mu_);
     s.running = running_.size();
     s.buffered = buffered_.size();
@@ -138,11 +187,9 @@ class Worker::Impl {
   Duration stop_timeout() const { return options_.stop_timeout; }
 
  private:
-  struct Held {
-    internal::TakenJob taken;
-    Deadline deadline;
-  };
-  // What the finish script is told about one job. `attempt` is for the retry delay.
+  using Held = std::shared_ptr<internal::HeldJob>;
+  // What the finish script is told about one job. `attempt` is for the ownership check and the
+  // retry delay.
   struct Completion {
     char kind = 'd';  // 'd' done, 'r' retry, 'x' dead, 'h' handed back
     int level = 0;
@@ -153,19 +200,45 @@ class Worker::Impl {
   };
 
   struct Running {
-    Completion hand_back;  // what Stop queues when it gives the job back
-    Deadline deadline = Deadline::Infinite();
-    CancellationSource source;
+    Held job;
+    Completion hand_back;      // what Stop queues when it gives the job back
     bool started = false;      // past the start limiter: the handler runs
     bool handed_back = false;  // Stop gave the job back: its completion is dropped
   };
   static Completion HandBack(const internal::TakenJob& t) {
-    return {.kind = 'h', .level = t.level, .entry = t.entry, .id = t.job.id};
+    return {
+        .kind = 'h', .level = t.level, .entry = t.entry, .id = t.job.id, .attempt = t.job.attempt};
   }
+
+  // The heartbeat's state, shared with the timer's and the client's callbacks: once `stopped`,
+  // a callback touches nothing but this (kept alive by its own reference), so the Impl may go
+  // as soon as `busy` is false.
+  struct HeartbeatControl {
+    Mutex mu;
+    CondVar cv;                                // signalled when busy becomes false
+    bool busy ABSL_GUARDED_BY(mu) = false;     // a tick or its extension in flight
+    bool stopped ABSL_GUARDED_BY(mu) = false;  // no tick runs or is scheduled again
+    TimerId tick ABSL_GUARDED_BY(mu) = 0;      // the scheduled tick, 0 when none
+  };
+  void ScheduleHeartbeat(TimePoint at) ABSL_EXCLUSIVE_LOCKS_REQUIRED(hb_->mu);
+  // The timer callback (busy set): extends every held job's claim in one async script. `hb` is
+  // the callback's own reference to hb_.
+  void HeartbeatTick(std::shared_ptr<HeartbeatControl> hb) ABSL_LOCKS_EXCLUDED(mu_);
+  // The script's answer for `jobs`, sent at `sent`.
+  void Heartbeated(std::shared_ptr<HeartbeatControl> hb, const std::vector<Held>& jobs,
+                   TimePoint sent, absl::StatusOr<Reply> reply);
+  // Ends a tick: schedules the next at `next` unless stopped, then clears busy. The Impl may be
+  // destroyed as soon as busy is clear: after that only `hb` (the caller's own) is touched.
+  void HeartbeatDone(std::shared_ptr<HeartbeatControl> hb, TimePoint next)
+      ABSL_LOCKS_EXCLUDED(hb_->mu);
+  // Ends the ticks (Stop); an extension in flight still completes.
+  void StopHeartbeat();
+  // Marks `job` lost (once) and cancels its token.
+  void Lose(internal::HeldJob& job);
 
   void FetchLoop() ABSL_LOCKS_EXCLUDED(mu_);
   void HandlerLoop() ABSL_LOCKS_EXCLUDED(mu_);
-  void RunOne(Held held, uint64_t slot, CancellationToken token) ABSL_LOCKS_EXCLUDED(mu_);
+  void RunOne(const Held& held, uint64_t slot, CancellationToken token) ABSL_LOCKS_EXCLUDED(mu_);
   // Waits for the start limiter's permit; false when the job is cancelled first.
   bool AwaitPermit(const Held& held, const CancellationToken& token);
 
@@ -203,6 +276,10 @@ class Worker::Impl {
   const std::string job_prefix_;
   const size_t capacity_;  // concurrency + batch: the most jobs held at once
   const size_t batch_;
+  const Duration heartbeat_interval_;
+  std::unique_ptr<Timer> own_timer_;
+  Timer* timer_ = nullptr;  // the heartbeat's; null without one
+  const std::shared_ptr<HeartbeatControl> hb_ = std::make_shared<HeartbeatControl>();
 
   // Fetcher thread only.
   Lease<Connection> blocking_conn_;
@@ -234,12 +311,14 @@ class Worker::Impl {
   // Relaxed counters: statistics only.
   std::atomic<uint64_t> taken_{0}, reclaimed_{0}, succeeded_{0}, retried_{0}, dead_{0},
       handed_back_{0}, exceptions_{0}, redis_errors_{0}, take_calls_{0}, finish_calls_{0},
-      blocking_reads_{0}, limiter_errors_{0};
+      blocking_reads_{0}, limiter_errors_{0}, heartbeats_{0}, extended_{0}, lost_{0}, stale_{0};
   Counter* taken_c_ = nullptr;
   Counter* succeeded_c_ = nullptr;
   Counter* retried_c_ = nullptr;
   Counter* dead_c_ = nullptr;
   Counter* handed_back_c_ = nullptr;
+  Counter* extended_c_ = nullptr;
+  Counter* lost_c_ = nullptr;
   Histogram* latency_ = nullptr;
 };
 
@@ -250,35 +329,71 @@ Deadline Worker::Impl::CallDeadline() {
 }
 
 absl::StatusOr<internal::TakeResult> Worker::Impl::Take(size_t want) {
-  const std::vector<std::string>& keys_owned = queue_.script_keys_;
-  std::vector<std::string_view> keys(keys_owned.begin(), keys_owned.end());
-  const std::string want_s = StrCat(want);
-  const std::string idle_ms = StrCat(internal::CeilMillis(options_.visibility_timeout));
+  const std::vector<std::string>& fixed = queue_.script_keys_;
+  const std::vector<std::string_view> fixed_keys(fixed.begin(), fixed.end());
+  internal::ClaimResult claim{.next_due = next_due_};
+  // Entries a blocking read (or a claim whose start failed) delivered are started first, without
+  // a claim: the next take claims.
+  if (delivered_.empty()) {
+    const std::string want_s = StrCat(want);
+    const std::string idle_ms = StrCat(internal::CeilMillis(options_.visibility_timeout));
+    const std::string_view claim_args[] = {internal::kQueueGroup, consumer_, want_s, idle_ms};
+    take_calls_.fetch_add(1, std::memory_order_relaxed);
+    KEEL_ASSIGN_OR_RETURN(
+        Reply claimed,
+        internal::ClaimScript().RunArgv(queue_.client(), CallDeadline(), fixed_keys, claim_args));
+    KEEL_ASSIGN_OR_RETURN(claim, internal::ParseClaim(claimed));
+    // Delivered to this consumer now: kept until a start succeeds (a failed one is retried).
+    delivered_ = claim.entries;
+  }
+  internal::TakeResult result{.next_due = claim.next_due};
+  if (claim.due.empty() && delivered_.empty()) return result;
+
+  // The start script's keys: the fixed ones, each due job's hash, each entry's job hash.
+  std::vector<std::string> job_keys;
+  job_keys.reserve(claim.due.size() + delivered_.size());
+  for (const std::string& id : claim.due) job_keys.push_back(job_prefix_ + id);
+  for (const internal::Delivered& d : delivered_) job_keys.push_back(job_prefix_ + d.id);
+  std::vector<std::string_view> keys = fixed_keys;
+  keys.insert(keys.end(), job_keys.begin(), job_keys.end());
+  const std::string levels = StrCat(queue_.options().priority_levels);
   const std::string retention_ms = StrCat(internal::CeilMillis(queue_.options().retention));
   const std::string dead_max = StrCat(queue_.options().dead_letter_max);
-  std::vector<std::string> levels;
-  levels.reserve(delivered_.size());
-  for (const internal::Delivered& d : delivered_) levels.push_back(StrCat(d.level));
-  std::vector<std::string_view> args = {internal::kQueueGroup, consumer_,    want_s,  idle_ms,
-                                        job_prefix_,           retention_ms, dead_max};
+  const std::string ndue = StrCat(claim.due.size());
+  std::vector<std::string> numbers;  // each entry's level
+  numbers.reserve(delivered_.size());
+  for (const internal::Delivered& d : delivered_) numbers.push_back(StrCat(d.level));
+  std::vector<std::string_view> args = {internal::kQueueGroup, consumer_, levels,
+                                        retention_ms,          dead_max,  ndue};
+  args.insert(args.end(), claim.due.begin(), claim.due.end());
   for (size_t i = 0; i < delivered_.size(); ++i) {
-    args.insert(args.end(), {levels[i], delivered_[i].entry, delivered_[i].id});
+    args.insert(args.end(), {numbers[i], delivered_[i].entry, delivered_[i].id,
+                             delivered_[i].reclaimed ? "1" : "0"});
   }
   take_calls_.fetch_add(1, std::memory_order_relaxed);
+  // Before the send: the script restarts each started entry's idle time when it runs.
+  result.sent = clock_.Now();
   KEEL_ASSIGN_OR_RETURN(
-      Reply reply, internal::TakeScript().RunArgv(queue_.client(), CallDeadline(), keys, args));
-  return internal::ParseTake(reply);
+      Reply started, internal::StartScript().RunArgv(queue_.client(), CallDeadline(), keys, args));
+  KEEL_ASSIGN_OR_RETURN(result.jobs, internal::ParseStart(started));
+  return result;
 }
 
 absl::Status Worker::Impl::Finish(const std::vector<Completion>& done) {
-  const std::vector<std::string>& keys_owned = queue_.script_keys_;
-  std::vector<std::string_view> keys(keys_owned.begin(), keys_owned.end());
+  const std::vector<std::string>& fixed = queue_.script_keys_;
+  std::vector<std::string> job_keys;  // KEYS after the fixed ones: each completion's job hash
+  job_keys.reserve(done.size());
+  for (const Completion& c : done) job_keys.push_back(job_prefix_ + c.id);
+  std::vector<std::string_view> keys(fixed.begin(), fixed.end());
+  keys.insert(keys.end(), job_keys.begin(), job_keys.end());
+  const std::string levels = StrCat(queue_.options().priority_levels);
   const std::string retention_ms = StrCat(internal::CeilMillis(queue_.options().retention));
   const std::string dead_max = StrCat(queue_.options().dead_letter_max);
-  std::vector<std::string> numbers;  // level and delay of each completion
-  numbers.reserve(2 * done.size());
+  std::vector<std::string> numbers;  // level, attempt and delay of each completion
+  numbers.reserve(3 * done.size());
   for (const Completion& c : done) {
     numbers.push_back(StrCat(c.level));
+    numbers.push_back(StrCat(c.attempt));
     const Duration delay =
         c.kind == 'r' ? internal::RetryDelay(backoff_, c.attempt, random_) : Duration::zero();
     numbers.push_back(StrCat(internal::CeilMillis(delay)));
@@ -287,23 +402,138 @@ absl::Status Worker::Impl::Finish(const std::vector<Completion>& done) {
   auto kind = [](char k) {
     return k == 'd' ? kKinds[0] : k == 'r' ? kKinds[1] : k == 'x' ? kKinds[2] : kKinds[3];
   };
-  std::vector<std::string_view> args = {internal::kQueueGroup, consumer_, job_prefix_, retention_ms,
+  std::vector<std::string_view> args = {internal::kQueueGroup, consumer_, levels, retention_ms,
                                         dead_max};
   for (size_t i = 0; i < done.size(); ++i) {
     const Completion& c = done[i];
-    args.insert(args.end(),
-                {kind(c.kind), numbers[2 * i], c.entry, c.id, numbers[2 * i + 1], c.error});
+    args.insert(args.end(), {kind(c.kind), numbers[3 * i], c.entry, c.id, numbers[3 * i + 1],
+                             numbers[3 * i + 2], c.error});
   }
   finish_calls_.fetch_add(1, std::memory_order_relaxed);
-  KEEL_RETURN_IF_ERROR(
-      internal::FinishScript().RunArgv(queue_.client(), CallDeadline(), keys, args).status());
-  for (const Completion& c : done) {
-    if (c.kind == 'd') Count(succeeded_, succeeded_c_);
-    if (c.kind == 'r') Count(retried_, retried_c_);
-    if (c.kind == 'x') Count(dead_, dead_c_);
-    if (c.kind == 'h') Count(handed_back_, handed_back_c_);
+  KEEL_ASSIGN_OR_RETURN(
+      Reply reply, internal::FinishScript().RunArgv(queue_.client(), CallDeadline(), keys, args));
+  KEEL_ASSIGN_OR_RETURN(std::vector<bool> applied,
+                        internal::ParseFlags(reply, done.size(), "finish"));
+  for (size_t i = 0; i < done.size(); ++i) {
+    const char k = done[i].kind;
+    if (!applied[i]) {
+      // Another worker holds the job now (or finished it): its outcome is not ours to record.
+      stale_.fetch_add(1, std::memory_order_relaxed);
+    } else if (k == 'd') {
+      Count(succeeded_, succeeded_c_);
+    } else if (k == 'r') {
+      Count(retried_, retried_c_);
+    } else if (k == 'x') {
+      Count(dead_, dead_c_);
+    } else {
+      Count(handed_back_, handed_back_c_);
+    }
   }
   return absl::OkStatus();
+}
+
+void Worker::Impl::ScheduleHeartbeat(TimePoint at) {
+  // `this` is used only while `stopped` is false (see HeartbeatControl).
+  hb_->tick = timer_->Schedule(at, [this, hb = hb_] {
+    {
+      MutexLock lock(hb->mu);
+      hb->tick = 0;
+      if (hb->stopped) return;
+      hb->busy = true;
+    }
+    HeartbeatTick(std::move(hb));
+  });
+}
+
+void Worker::Impl::HeartbeatTick(std::shared_ptr<HeartbeatControl> hb) {
+  std::vector<Held> jobs;
+  {
+    MutexLock lock(mu_);
+    for (const Held& h : buffered_) {
+      if (!h->lost.load(std::memory_order_relaxed)) jobs.push_back(h);
+    }
+    for (const auto& [slot, r] : running_) {
+      if (!r.handed_back && !r.job->lost.load(std::memory_order_relaxed)) jobs.push_back(r.job);
+    }
+  }
+  const TimePoint sent = clock_.Now();
+  if (jobs.empty()) return HeartbeatDone(std::move(hb), sent + heartbeat_interval_);
+  std::vector<std::string> owned;  // each job's hash, then its level and attempt
+  owned.reserve(3 * jobs.size());
+  for (const Held& h : jobs) owned.push_back(job_prefix_ + h->taken.job.id);
+  for (const Held& h : jobs) {
+    owned.push_back(StrCat(h->taken.level));
+    owned.push_back(StrCat(h->taken.job.attempt));
+  }
+  const std::vector<std::string>& fixed = queue_.script_keys_;
+  std::vector<std::string_view> keys(fixed.begin(), fixed.end());
+  keys.insert(keys.end(), owned.begin(), owned.begin() + static_cast<ptrdiff_t>(jobs.size()));
+  const std::string levels = StrCat(queue_.options().priority_levels);
+  std::vector<std::string_view> args = {internal::kQueueGroup, consumer_, levels};
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    args.insert(args.end(),
+                {owned[jobs.size() + 2 * i], jobs[i]->taken.entry, owned[jobs.size() + 2 * i + 1]});
+  }
+  heartbeats_.fetch_add(1, std::memory_order_relaxed);
+  // An answer later than the next tick is of no use: the next tick sends a fresh extension.
+  const Deadline deadline =
+      Deadline::Min(Deadline::After(queue_.client().options().command_timeout, clock_),
+                    Deadline::After(heartbeat_interval_, clock_));
+  // Keys and arguments are copied by the call; the answer comes on the client's I/O thread.
+  internal::HeartbeatScript().AsyncRunArgv(queue_.client(), deadline, keys, args,
+                                           [this, hb = std::move(hb), jobs = std::move(jobs),
+                                            sent](absl::StatusOr<Reply> reply) mutable {
+                                             // busy is still set: the Impl lives until
+                                             // HeartbeatDone clears it.
+                                             Heartbeated(std::move(hb), jobs, sent,
+                                                         std::move(reply));
+                                           });
+}
+
+void Worker::Impl::Heartbeated(std::shared_ptr<HeartbeatControl> hb, const std::vector<Held>& jobs,
+                               TimePoint sent, absl::StatusOr<Reply> reply) {
+  absl::StatusOr<std::vector<bool>> held =
+      reply.ok() ? internal::ParseFlags(*reply, jobs.size(), "heartbeat")
+                 : absl::StatusOr<std::vector<bool>>(std::move(reply).status());
+  if (!held.ok()) {
+    // The claims keep their end; try again soon, while they may still be ours.
+    redis_errors_.fetch_add(1, std::memory_order_relaxed);
+    return HeartbeatDone(std::move(hb),
+                         clock_.Now() + std::min(options_.redis_retry_delay, heartbeat_interval_));
+  }
+  uint64_t extended = 0;
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    if ((*held)[i]) {
+      jobs[i]->ExtendTo(sent + options_.visibility_timeout);
+      ++extended;
+    } else {
+      Lose(*jobs[i]);
+    }
+  }
+  Count(extended_, extended_c_, extended);
+  HeartbeatDone(std::move(hb), sent + heartbeat_interval_);
+}
+
+void Worker::Impl::HeartbeatDone(std::shared_ptr<HeartbeatControl> hb, TimePoint next) {
+  {
+    MutexLock lock(hb_->mu);  // hb's: the lock keeps a reference to the mutex, not to this
+    if (!hb_->stopped) ScheduleHeartbeat(next);
+    hb_->busy = false;
+  }
+  // The Impl may be gone from here on: only `hb` is touched.
+  hb->cv.SignalAll();
+}
+
+void Worker::Impl::StopHeartbeat() {
+  MutexLock lock(hb_->mu);
+  hb_->stopped = true;
+  if (hb_->tick != 0 && timer_->Cancel(hb_->tick)) hb_->tick = 0;
+}
+
+void Worker::Impl::Lose(internal::HeldJob& job) {
+  if (job.lost.exchange(true, std::memory_order_acq_rel)) return;
+  Count(lost_, lost_c_);
+  job.source.Cancel();
 }
 
 absl::Status Worker::Impl::BlockingRead(Duration block) {
@@ -374,12 +604,16 @@ void Worker::Impl::FetchLoop() {
         stop_cv_.SignalAll();
         return;
       }
-      // Visibility timeouts that ran out: another worker may take the job now; tell the handler.
+      // Claims that ran out: another worker may take the job now; tell the handler.
+      const TimePoint now = clock_.Now();
       for (auto& [slot, r] : running_) {
-        if (r.deadline.Expired() && !r.source.cancelled()) r.source.Cancel();
+        if (r.job->until() <= now && !r.job->source.cancelled()) r.job->source.Cancel();
       }
       if (stopping_) {
-        for (const Held& h : buffered_) completions_.push_back(HandBack(h.taken));
+        for (const Held& h : buffered_) {
+          // A lost job is another worker's now: nothing to hand back.
+          if (!h->lost.load(std::memory_order_acquire)) completions_.push_back(HandBack(h->taken));
+        }
         buffered_.clear();
       }
       done.swap(completions_);
@@ -436,13 +670,13 @@ void Worker::Impl::FetchLoop() {
       delivered_.clear();
       next_due_ = taken->next_due;
       const size_t got = taken->jobs.size();
-      const Deadline deadline = Deadline::After(options_.visibility_timeout, clock_);
+      const TimePoint visible_until = taken->sent + options_.visibility_timeout;
       {
         MutexLock lock(mu_);
         for (internal::TakenJob& t : taken->jobs) {
           Count(taken_, taken_c_);
           if (t.reclaimed) reclaimed_.fetch_add(1, std::memory_order_relaxed);
-          buffered_.push_back({std::move(t), deadline});
+          buffered_.push_back(std::make_shared<internal::HeldJob>(std::move(t), visible_until));
         }
       }
       work_cv_.SignalAll();
@@ -476,7 +710,7 @@ void Worker::Impl::FetchLoop() {
 
 void Worker::Impl::HandlerLoop() {
   while (true) {
-    std::optional<Held> held;
+    Held held;
     uint64_t slot = 0;
     CancellationToken token;
     {
@@ -484,15 +718,17 @@ void Worker::Impl::HandlerLoop() {
       while (!stopping_ && buffered_.empty()) work_cv_.Wait(mu_);
       // While stopping, the fetcher hands the buffered jobs back.
       if (stopping_) return;
-      held.emplace(std::move(buffered_.front()));
+      held = std::move(buffered_.front());
       buffered_.pop_front();
+      // Taken over while it waited here: another worker runs it.
+      if (held->lost.load(std::memory_order_acquire)) continue;
       slot = next_slot_++;
       Running& r = running_[slot];
+      r.job = held;
       r.hand_back = HandBack(held->taken);
-      r.deadline = held->deadline;
-      token = r.source.token();
+      token = held->source.token();
     }
-    RunOne(std::move(*held), slot, std::move(token));
+    RunOne(held, slot, std::move(token));
   }
 }
 
@@ -502,7 +738,7 @@ bool Worker::Impl::AwaitPermit(const Held& held, const CancellationToken& token)
   while (!token.cancelled()) {
     absl::StatusOr<limit::Decision> decision;
     try {
-      decision = options_.start_limiter(held.deadline);
+      decision = options_.start_limiter(Deadline::At(held->until(), clock_));
     } catch (...) {
       decision = absl::InternalError(StrCat(
           "start_limiter threw ", keel::internal::DescribeException(std::current_exception())));
@@ -513,14 +749,14 @@ bool Worker::Impl::AwaitPermit(const Held& held, const CancellationToken& token)
       return true;
     }
     if (decision->allowed) return true;
-    const Duration wait = std::min(decision->retry_after, held.deadline.Remaining());
+    const Duration wait = std::min(decision->retry_after, held->until() - clock_.Now());
     token.SleepUntil(clock_, clock_.Now() + std::max(wait, Duration(std::chrono::milliseconds(1))));
   }
   return false;
 }
 
-void Worker::Impl::RunOne(Held held, uint64_t slot, CancellationToken token) {
-  const internal::TakenJob& t = held.taken;
+void Worker::Impl::RunOne(const Held& held, uint64_t slot, CancellationToken token) {
+  const internal::TakenJob& t = held->taken;
   const bool permitted = AwaitPermit(held, token);
   bool handed_back = false;
   {
@@ -533,7 +769,7 @@ void Worker::Impl::RunOne(Held held, uint64_t slot, CancellationToken token) {
   if (!permitted || handed_back) {
     c = HandBack(t);
   } else {
-    JobContext context(queue_, t.job.id, t.job.attempt, t.job.max_attempts, held.deadline, token);
+    JobContext context(queue_, *held, t.job.id, t.job.attempt, t.job.max_attempts, clock_, token);
     const TimePoint started = clock_.Now();
     absl::Status status;
     try {
@@ -552,8 +788,13 @@ void Worker::Impl::RunOne(Held held, uint64_t slot, CancellationToken token) {
   {
     MutexLock lock(mu_);
     auto it = running_.find(slot);
-    // A job Stop handed back already has its hand-back queued.
-    if (!it->second.handed_back) completions_.push_back(std::move(c));
+    if (held->lost.load(std::memory_order_acquire)) {
+      // A heartbeat found the job another worker's: its outcome is the new owner's to record.
+      stale_.fetch_add(1, std::memory_order_relaxed);
+    } else if (!it->second.handed_back) {
+      // (A job Stop handed back already has its hand-back queued.)
+      completions_.push_back(std::move(c));
+    }
     running_.erase(it);
   }
   fetch_cv_.Signal();
@@ -572,7 +813,7 @@ absl::Status Worker::Impl::Stop(Deadline deadline) {
     stop_deadline_ = deadline;
     // Jobs still waiting for a start permit are handed back at once.
     for (auto& [slot, r] : running_) {
-      if (!r.started) r.source.Cancel();
+      if (!r.started) r.job->source.Cancel();
     }
   }
   work_cv_.SignalAll();
@@ -606,10 +847,13 @@ absl::Status Worker::Impl::Stop(Deadline deadline) {
   for (auto& [slot, r] : running_) {
     if (r.handed_back) continue;
     r.handed_back = true;
-    r.source.Cancel();
-    completions_.push_back(r.hand_back);
+    r.job->source.Cancel();
+    // A lost job is another worker's now: nothing to hand back.
+    if (!r.job->lost.load(std::memory_order_acquire)) completions_.push_back(r.hand_back);
   }
   abandoned_ = true;
+  // Nothing runs for this worker any more: no claim needs extending.
+  StopHeartbeat();
   fetch_cv_.SignalAll();
   clock_.WaitUntil(mu_, stop_cv_, deadline.time(), [&] {
     mu_.AssertHeld();
@@ -645,13 +889,21 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::CreateImpl(Options options, JobQ
                                                            Clock& clock, MetricsRegistry* metrics,
                                                            std::optional<absl::BitGenRef> random) {
   KEEL_ASSIGN_OR_RETURN(Backoff backoff, ValidateWorkerOptions(options, queue.options().name));
+  if (options.heartbeat && queue.client().options().transport != Transport::kMultiplexed) {
+    return keel::internal::InvalidOption(
+        keel::internal::OptionsOf("redis job worker", queue.options().name), "heartbeat",
+        "used with a client on the multiplexed transport (or false)", "a pooled client");
+  }
   auto impl = std::make_unique<Impl>(std::move(options), queue, clock, backoff, random);
+  KEEL_RETURN_IF_ERROR(impl->InitHeartbeat());
   if (metrics != nullptr) KEEL_RETURN_IF_ERROR(impl->RegisterMetrics(*metrics));
   impl->Start();
   return std::unique_ptr<Worker>(new Worker(std::move(impl)));
 }
 
 absl::Status Worker::Stop(Deadline deadline) { return impl_->Stop(deadline); }
+
+Deadline JobContext::deadline() const { return Deadline::At(held_.until(), clock_); }
 WorkerStats Worker::Stats() const { return impl_->Stats(); }
 const std::string& Worker::consumer() const { return impl_->consumer(); }
 

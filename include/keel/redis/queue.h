@@ -6,9 +6,10 @@
 // `JobStatus`, `DeadLetter`, `QueueInfo`, `JobQueueStats`, `WorkerStats`.
 //
 // Delivery is at least once: a job runs until a handler returns OK for it, and may run more than
-// once (a worker killed after the effect and before the acknowledgement, a handler that outlives
-// its visibility timeout). Make effects idempotent by job id; with PostgreSQL, record the job id
-// in the same transaction as the effect (docs/queue.md shows the idiom).
+// once (a worker killed after the effect and before the acknowledgement, a worker whose
+// heartbeats could not reach Redis for a visibility timeout, or with the heartbeat off a handler
+// that outlives its visibility timeout). Make effects idempotent by job id; with PostgreSQL, record
+// the job id in the same transaction as the effect (docs/queue.md shows the idiom).
 //
 // On Redis, every key of a queue is under one hash tag, `{keel:queue:<name>}`:
 //   ...:s:<p>        one stream per priority level p (0 .. priority_levels - 1), each with the
@@ -20,10 +21,13 @@
 //   ...:job:<id>     hash: payload, state, attempts, max_attempts, priority, progress, error;
 //                    expires `retention` after the job is done or dead
 //   ...:idem:<key>   the job id an idempotency key was first used for, for idempotency_window
-// Workers take jobs with one script (promote due jobs, XAUTOCLAIM jobs idle longer than the
-// visibility timeout, XREADGROUP up to a batch, highest priority first), finish a batch with
-// another (multi-id XACK, retry scheduling, dead letters), and wait for new jobs with
+// Workers take jobs with two scripts (claim: XAUTOCLAIM jobs idle longer than the visibility
+// timeout and XREADGROUP up to a batch, highest priority first, and list due delayed jobs;
+// start: those jobs' hashes, and the due jobs moved into their streams), finish a batch with
+// another (multi-id XACK, retry scheduling, dead letters), extend the claims of the jobs they
+// hold with a heartbeat (one script per tick for all of them), and wait for new jobs with
 // XREADGROUP BLOCK on a connection of their own (Client::Acquire), never on the multiplexed one.
+// Every script gets every key it touches in KEYS (Redis Cluster's rule), all under the tag.
 //
 // Priority: a job's priority picks its stream; a take serves the highest level first and reads
 // a lower level only when the higher ones are empty, so under sustained load of high-priority
@@ -240,17 +244,27 @@ class JobQueue {
   std::vector<MetricsRegistry::Registration> registrations_;
 };
 
+namespace internal {
+struct HeldJob;
+}  // namespace internal
+
 // What a handler gets besides its job.
 class JobContext {
  public:
   int attempt() const { return attempt_; }
   int max_attempts() const { return max_attempts_; }
-  // When the job's visibility timeout runs out (taken + Worker::Options::visibility_timeout):
-  // after it another worker may take the job over. Pass it down to the job's own calls.
-  Deadline deadline() const { return deadline_; }
-  // Cancelled when the worker stops before the handler finished (the job is being handed back)
-  // or once deadline() has passed (noticed by the worker's Redis thread within about
-  // Worker::Options::poll_interval).
+  // When the job's claim runs out: after it another worker may take the job over. It is the
+  // time this worker sent the take (or, with the heartbeat, the last extension Redis
+  // confirmed) plus Worker::Options::visibility_timeout: Redis starts the claim's clock when it
+  // runs that call, after the send, so the job is this worker's at least until then. The
+  // heartbeat moves it forward while the handler runs; each call reads the current one, and a
+  // Deadline already passed down keeps the time it was read at (read it again before each
+  // long step). Pass it down to the job's own calls.
+  Deadline deadline() const;
+  // Cancelled when the worker stops before the handler finished (the job is being handed back),
+  // when a heartbeat finds the job no longer this worker's (another worker took it over, or it
+  // was deleted), or once deadline() has passed (noticed by the worker's Redis thread within
+  // about Worker::Options::poll_interval).
   CancellationToken cancellation() const { return cancellation_; }
   // Records a progress note that Status(id) reports (one script on the client; Infinite: the
   // client's command_timeout). Does nothing once the job's record is gone. Errors: the client's.
@@ -258,19 +272,21 @@ class JobContext {
 
  private:
   friend class Worker;
-  JobContext(JobQueue& queue, std::string_view id, int attempt, int max_attempts, Deadline deadline,
-             CancellationToken cancellation)
+  JobContext(JobQueue& queue, const internal::HeldJob& held, std::string_view id, int attempt,
+             int max_attempts, const Clock& clock, CancellationToken cancellation)
       : queue_(queue),
+        held_(held),
         id_(id),
         attempt_(attempt),
         max_attempts_(max_attempts),
-        deadline_(deadline),
+        clock_(clock),
         cancellation_(std::move(cancellation)) {}
   JobQueue& queue_;
+  const internal::HeldJob& held_;
   std::string_view id_;
   int attempt_;
   int max_attempts_;
-  Deadline deadline_;
+  const Clock& clock_;
   CancellationToken cancellation_;
 };
 
@@ -284,10 +300,14 @@ struct WorkerStats {
   uint64_t handed_back_total = 0;         // jobs handed back at Stop (not run or not finished)
   uint64_t handler_exceptions_total = 0;  // handlers that threw (counted as failed attempts)
   uint64_t redis_errors_total = 0;        // take / finish / wait / inspect calls that failed
-  uint64_t take_calls_total = 0;          // take scripts run (round trips)
+  uint64_t take_calls_total = 0;          // claim and start scripts run (round trips)
   uint64_t finish_calls_total = 0;        // finish scripts run (round trips)
   uint64_t blocking_reads_total = 0;      // XREADGROUP BLOCK waits on the dedicated connection
   uint64_t limiter_errors_total = 0;      // start_limiter errors (the job then started anyway)
+  uint64_t heartbeats_total = 0;          // heartbeat scripts sent (one round trip each)
+  uint64_t extended_total = 0;            // job claims a heartbeat extended
+  uint64_t lost_total = 0;                // held jobs a heartbeat found no longer this worker's
+  uint64_t stale_completions_total = 0;   // completions dropped: the job was no longer ours
   uint64_t running = 0;                   // handlers running now
   uint64_t buffered = 0;                  // jobs taken and waiting for a handler thread
 };
@@ -312,8 +332,20 @@ class Worker {
     int batch = 16;
     // How long a taken job stays invisible to other workers; after it, a worker takes it over
     // (its attempt counted). Cover the job's run plus its wait in the prefetch. Default: 30 s.
-    // Must be > 0.
+    // Must be > 0. With the heartbeat, a job stays invisible while the worker holds it, and
+    // this bounds how long a dead worker's jobs wait to be taken over.
     Duration visibility_timeout = std::chrono::seconds(30);
+    // While the worker holds jobs (running or prefetched), extend their claims every
+    // heartbeat_interval, all of them in one script (one round trip per tick), from the client's
+    // shared timer thread (Client::SharedTimer) when the worker's clock is the client's. A job a
+    // heartbeat finds taken over by another worker (or deleted) has its cancellation token
+    // cancelled, is not extended again, and its completion is dropped. Off: a handler that
+    // outlives visibility_timeout has its job taken over while it runs. REQUIRES a client on the
+    // multiplexed transport (the extension is an async call). Default: true.
+    bool heartbeat = true;
+    // The heartbeat's period. Default: nullopt, visibility_timeout / 3 (two ticks may fail before
+    // a claim runs out). Must be > 0 and < visibility_timeout.
+    std::optional<Duration> heartbeat_interval = std::nullopt;
     // Delay before retry n (n = 1 for the first retry): the schedule's (n - 1)-th delay, with
     // its jitter. Default: full jitter from 1 s, capped at 5 min.
     Backoff::Options retry_backoff = {.kind = Backoff::Kind::kFullJitter,
@@ -335,10 +367,12 @@ class Worker {
   };
 
   // Validates `options` and starts the worker's threads (one for Redis, `concurrency` for
-  // handlers). With `metrics`: counters keel_queue_jobs_{taken,succeeded,retried,dead,
-  // handed_back}_total and the histogram keel_queue_handler_seconds{name=<queue name>} (shared
-  // by the workers of one queue in one registry).
-  // Errors: INVALID_ARGUMENT naming the bad field.
+  // handlers; the heartbeat runs on the client's shared timer, or on a timer of the worker's own
+  // when `clock` is not the client's). With `metrics`: counters keel_queue_jobs_{taken,
+  // succeeded,retried,dead,handed_back,extended,lost}_total and the histogram
+  // keel_queue_handler_seconds{name=<queue name>} (shared by the workers of one queue in one
+  // registry). Errors: INVALID_ARGUMENT naming the bad field (heartbeat on a pooled client too);
+  // INTERNAL when the heartbeat's timer cannot start.
   static absl::StatusOr<std::unique_ptr<Worker>> Create(Options options, JobQueue& queue,
                                                         Clock& clock = SteadyClock(),
                                                         MetricsRegistry* metrics = nullptr);

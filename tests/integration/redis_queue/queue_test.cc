@@ -41,7 +41,8 @@ std::vector<std::string> EnqueueN(keel::redis::JobQueue& queue, int n,
 }
 
 // A worker that takes one job and vanishes without a word, as if its process had been killed:
-// its handler hangs until Release, and it is not stopped before.
+// its handler hangs until Release, it is not stopped before, and (as a dead process) it sends no
+// heartbeat.
 struct Ghost {
   explicit Ghost(keel::redis::JobQueue& queue)
       : worker(keel::test::MakeWorker(queue, {.handler =
@@ -52,7 +53,8 @@ struct Ghost {
                                                     }
                                                     return absl::OkStatus();
                                                   },
-                                              .visibility_timeout = 200ms})) {
+                                              .visibility_timeout = 200ms,
+                                              .heartbeat = false})) {
     REQUIRE(seen.WaitFor(1, kWait));
   }
   ~Ghost() { release.Cancel(); }  // so the worker's destructor can join its handler
@@ -382,8 +384,9 @@ TEST_CASE(
   CHECK(queue->Inspect(Deadline::After(2s))->pending == 0);
 }
 
-TEST_CASE("job queue: a handler past its visibility timeout sees its cancellation",
-          "[redis_queue]") {
+TEST_CASE(
+    "job queue: without the heartbeat a handler past its visibility timeout sees its cancellation",
+    "[redis_queue]") {
   auto client = keel::test::SharedRedisClient();
   auto queue = keel::test::MakeQueue(*client, {.name = keel::test::UniqueName("overrun")});
   REQUIRE(queue->Enqueue(Deadline::After(2s), "slow").ok());
@@ -404,6 +407,7 @@ TEST_CASE("job queue: a handler past its visibility timeout sees its cancellatio
                      return absl::OkStatus();
                    },
                .visibility_timeout = 100ms,
+               .heartbeat = false,
                .poll_interval = 50ms});
   REQUIRE(seen.WaitFor(1, kWait));
   REQUIRE(worker->Stop(Deadline::After(5s)).ok());

@@ -96,32 +96,85 @@ TEST_CASE("worker options are checked at Create, naming the field") {
       Invalid(Worker::Create({.handler = Noop(), .retry_backoff = {.base = 2s, .cap = 1s}}, *queue)
                   .status())
           .find("redis job worker \"q\": retry_backoff.") == 0);
+  CHECK(Invalid(Worker::Create({.handler = Noop(), .heartbeat_interval = 0s}, *queue).status()) ==
+        "redis job worker \"q\": heartbeat_interval must be > 0, got 0");
+  CHECK(Invalid(Worker::Create(
+                    {.handler = Noop(), .visibility_timeout = 300ms, .heartbeat_interval = 300ms},
+                    *queue)
+                    .status()) ==
+        "redis job worker \"q\": heartbeat_interval must be < visibility_timeout (300ms), got "
+        "300ms");
+  // The heartbeat's extensions are async calls: a pooled client has none.
+  auto options = keel::redis::Options::FromUrl("redis://127.0.0.1:1");
+  REQUIRE(options.ok());
+  options->transport = keel::redis::Transport::kPooled;
+  auto pooled = keel::redis::Client::Create(*options);
+  REQUIRE(pooled.ok());
+  auto pooled_queue = JobQueue::Create({.name = "q"}, **pooled).value();
+  CHECK(Invalid(Worker::Create({.handler = Noop()}, *pooled_queue).status()) ==
+        "redis job worker \"q\": heartbeat must be used with a client on the multiplexed "
+        "transport (or false), got a pooled client");
 }
 
-TEST_CASE("the take script's reply becomes jobs with their stream entries") {
-  const Reply reply = Reply::Array(
-      {Reply::Integer(250),
-       Reply::Array({Reply::Array({Reply::Integer(2), Reply::String("1-0"), Reply::String("abc"),
-                                   Reply::String("pay\0load"), Reply::Integer(3), Reply::Integer(5),
-                                   Reply::Integer(1)})})});
-  auto taken = keel::redis::internal::ParseTake(reply);
-  REQUIRE(taken.ok());
-  CHECK(taken->next_due == std::optional<keel::Duration>(250ms));
-  REQUIRE(taken->jobs.size() == 1);
-  const auto& t = taken->jobs[0];
+TEST_CASE("the start script's reply becomes jobs with their stream entries") {
+  const Reply reply =
+      Reply::Array({Reply::Array({Reply::Integer(2), Reply::String("1-0"), Reply::String("abc"),
+                                  Reply::String(std::string("pay\0load", 8)), Reply::Integer(3),
+                                  Reply::Integer(5), Reply::Integer(1)})});
+  auto started = keel::redis::internal::ParseStart(reply);
+  REQUIRE(started.ok());
+  REQUIRE(started->size() == 1);
+  const auto& t = (*started)[0];
   CHECK(t.level == 2);
   CHECK(t.entry == "1-0");
   CHECK(t.reclaimed);
   CHECK(t.job.id == "abc");
+  CHECK(t.job.payload == std::string("pay\0load", 8));
   CHECK(t.job.attempt == 3);
   CHECK(t.job.max_attempts == 5);
   CHECK(t.job.priority == 2);
-  auto none =
-      keel::redis::internal::ParseTake(Reply::Array({Reply::Integer(-1), Reply::Array({})}));
+  CHECK(keel::redis::internal::ParseStart(Reply::Array({}))->empty());
+  CHECK(keel::redis::internal::ParseStart(Reply::Integer(1)).status().code() ==
+        absl::StatusCode::kInternal);
+}
+
+TEST_CASE("the claim script's reply lists due jobs and the entries delivered") {
+  const Reply reply =
+      Reply::Array({Reply::Integer(250), Reply::Array({Reply::String("d1")}),
+                    Reply::Array({Reply::Array({Reply::Integer(1), Reply::String("7-0"),
+                                                Reply::String("j7"), Reply::Integer(1)}),
+                                  Reply::Array({Reply::Integer(0), Reply::String("8-0"),
+                                                Reply::String("j8"), Reply::Integer(0)})})});
+  auto claim = keel::redis::internal::ParseClaim(reply);
+  REQUIRE(claim.ok());
+  CHECK(claim->next_due == std::optional<keel::Duration>(250ms));
+  CHECK(claim->due == std::vector<std::string>{"d1"});
+  REQUIRE(claim->entries.size() == 2);
+  CHECK(claim->entries[0].level == 1);
+  CHECK(claim->entries[0].entry == "7-0");
+  CHECK(claim->entries[0].id == "j7");
+  CHECK(claim->entries[0].reclaimed);
+  CHECK_FALSE(claim->entries[1].reclaimed);
+  auto none = keel::redis::internal::ParseClaim(
+      Reply::Array({Reply::Integer(-1), Reply::Array({}), Reply::Array({})}));
   REQUIRE(none.ok());
   CHECK_FALSE(none->next_due.has_value());
-  CHECK(keel::redis::internal::ParseTake(Reply::Integer(1)).status().code() ==
+  CHECK(keel::redis::internal::ParseClaim(Reply::Integer(1)).status().code() ==
         absl::StatusCode::kInternal);
+}
+
+TEST_CASE("the finish and heartbeat replies are one flag per job") {
+  auto flags = keel::redis::internal::ParseFlags(
+      Reply::Array({Reply::Integer(1), Reply::Integer(0)}), 2, "finish");
+  REQUIRE(flags.ok());
+  CHECK(*flags == std::vector<bool>{true, false});
+  // Another count or value is a protocol violation, not a guess.
+  CHECK(keel::redis::internal::ParseFlags(Reply::Array({Reply::Integer(1)}), 2, "finish")
+            .status()
+            .code() == absl::StatusCode::kInternal);
+  CHECK(keel::redis::internal::ParseFlags(Reply::Array({Reply::Integer(2)}), 1, "heartbeat")
+            .status()
+            .code() == absl::StatusCode::kInternal);
 }
 
 TEST_CASE("a blocking read's reply names each entry's level by its stream") {
