@@ -159,7 +159,7 @@ class Cache {
     Lookup found = ReadTiers(deadline, key);
     if (!found.refused.ok()) return std::move(found.refused);
     if (!found.hit) {
-      if (std::optional<T> pending = PendingValue(deadline, key)) return pending;
+      if (std::optional<T> pending = PendingValue(deadline, key, found.failed)) return pending;
       counters_.misses.fetch_add(1, std::memory_order_relaxed);
       return std::optional<T>();
     }
@@ -518,6 +518,12 @@ class Cache {
         KEEL_RETURN_IF_ERROR(
             cache->counters_.RegisterWriteBehind(*metrics, cache->options_.name, clock));
       }
+      if (write_behind->durable != nullptr) {
+        for (size_t i = 0; i < cache->tiers_.size(); ++i) {
+          if (write_behind->durable->Covers(*cache->tiers_[i]))
+            cache->covered_tier_ = static_cast<int>(i);
+        }
+      }
       cache->write_behind_ = std::make_unique<internal::WriteBehindEngine<T>>(
           std::move(*write_behind), std::move(*retry), cache->prefix_, clock, cache->counters_);
     }
@@ -676,7 +682,7 @@ class Cache {
   absl::StatusOr<T> LoadAndStore(Deadline deadline, std::string_view key, const Loader& loader,
                                  uint32_t skip) {
     // A write not yet in the source of truth is newer than what the loader would read there.
-    if (std::optional<T> pending = PendingValue(deadline, key)) {
+    if (std::optional<T> pending = PendingValue(deadline, key, skip)) {
       Store(deadline, key, *pending, Duration::zero(), skip);
       return std::move(*pending);
     }
@@ -730,9 +736,12 @@ class Cache {
   }
 
   // The write-behind pending value of `key`, counted; nullopt without write-behind, when none,
-  // or when the durable set cannot be read (counted there; the caller goes on as on a miss).
-  std::optional<T> PendingValue(Deadline deadline, std::string_view key) {
+  // or when the durable set cannot be read (counted there; the caller goes on as on a miss). The
+  // durable set is not asked when its Redis tier failed in this call (`failed`): a Redis that is
+  // down must cost a read one timeout, not two.
+  std::optional<T> PendingValue(Deadline deadline, std::string_view key, uint32_t failed) {
     if (write_behind_ == nullptr) return std::nullopt;
+    if (covered_tier_ >= 0 && (failed & (uint32_t{1} << covered_tier_))) return std::nullopt;
     absl::StatusOr<std::optional<T>> v = write_behind_->Lookup(deadline, key);
     if (!v.ok() || !v->has_value()) return std::nullopt;
     counters_.pending_reads.fetch_add(1, std::memory_order_relaxed);
@@ -854,6 +863,7 @@ class Cache {
   std::unique_ptr<Executor> own_executor_;
   std::shared_ptr<internal::BackgroundGate> gate_ = std::make_shared<internal::BackgroundGate>();
   std::unique_ptr<internal::WriteBehindEngine<T>> write_behind_;
+  int covered_tier_ = -1;  // the tier the durable pending set writes itself, if any
 };
 
 }  // namespace keel::cache

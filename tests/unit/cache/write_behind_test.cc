@@ -274,7 +274,9 @@ TEST_CASE(
   CHECK(s.write_behind_lag == 1s);  // the failed writes keep their age
   const absl::Status flushed = cache->Flush(Deadline::After(1s, f.clock));
   CHECK(absl::IsUnavailable(flushed));
-  CHECK(flushed.message() == "cache \"wb\": write-behind batch kept pending: db down");
+  CHECK(flushed.message() ==
+        "cache \"wb\": write-behind batch kept pending: retry \"wb-write-behind\": gave up after "
+        "1 attempt: db down");
   REQUIRE(cache->PutBehind(Deadline::Infinite(), "c", "1").ok());
   REQUIRE(cache->PutBehind(Deadline::Infinite(), "a", "2").ok());
   down = false;
@@ -290,7 +292,8 @@ TEST_CASE("write-behind retries a failed batch with keel's Retry before keeping 
     return calls.fetch_add(1) == 0 ? absl::UnavailableError("blip") : absl::OkStatus();
   };
   auto config = f.Config();
-  config.retry = {.max_attempts = 2, .backoff = {.base = 100ms, .cap = 100ms}};
+  config.retry = {.max_attempts = 2,
+                  .backoff = {.kind = keel::Backoff::Kind::kConstant, .base = 100ms, .cap = 100ms}};
   auto cache = f.Make(std::move(config));
   REQUIRE(cache->PutBehind(Deadline::Infinite(), "a", "1").ok());
   f.clock.Advance(1s);

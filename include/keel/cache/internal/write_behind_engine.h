@@ -474,7 +474,9 @@ class WriteBehindEngine {
 
   absl::Status FlushDurableLoop(Deadline deadline, Duration min_age, bool all) {
     DurablePending<T>& set = *durable();
-    std::optional<uint64_t> budget;  // with `all`: the batches the first claim's count needs
+    // With `all`: until a claim comes back empty, but at most the batches the first claim's
+    // count needs and one more, so writers that keep appending cannot hold Flush forever.
+    std::optional<uint64_t> budget;
     for (;;) {
       if (deadline.Expired()) {
         return absl::DeadlineExceededError(keel::internal::StrCat(
@@ -500,7 +502,7 @@ class WriteBehindEngine {
       counters_.wb_dropped.fetch_add(claimed->undecodable.size(), std::memory_order_relaxed);
       std::vector<typename DurablePending<T>::Claimed>& writes = claimed->writes;
       if (writes.empty()) return absl::OkStatus();
-      if (!budget) budget = claimed->pending / config_.batch_size + 1;
+      if (!budget) budget = claimed->pending / config_.batch_size + 2;
       std::vector<Write> batch;
       batch.reserve(writes.size());
       for (const auto& c : writes) batch.push_back({c.key, c.value});
