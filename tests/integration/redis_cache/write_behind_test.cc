@@ -128,8 +128,8 @@ int Worker(const std::string& url, const std::string& name, int n, const std::st
   int acked = 0;
   for (int i = 0; i < n; ++i) {
     if (inst.cache
-            ->PutBehind(Deadline::After(5s), "key:" + std::to_string(i),
-                        "value:" + std::to_string(i))
+            ->PutBehind(Deadline::After(5s), std::string("key:").append(std::to_string(i)),
+                        std::string("value:").append(std::to_string(i)))
             .ok()) {
       ++acked;
     }
@@ -267,7 +267,8 @@ TEST_CASE(
   const auto rows = Rows(*pg, "keel_wb_crash");
   REQUIRE(rows.size() == static_cast<size_t>(kWrites));
   for (int i = 0; i < kWrites; ++i) {
-    CHECK(rows.at("key:" + std::to_string(i)) == "value:" + std::to_string(i));
+    CHECK(rows.at(std::string("key:").append(std::to_string(i))) ==
+          std::string("value:").append(std::to_string(i)));
   }
   CHECK(batches == kWrites / 50);
   CHECK(Integer(*client, {"HLEN", "{keel:wb:wb-crash}:values"}) == 0);
@@ -312,7 +313,7 @@ TEST_CASE("cache Warm costs two Redis round trips: one MGET and one pipelined mu
   REQUIRE(client->Command(Deadline::After(2s), "SET", "keel:cache:warm:hot-2", "vh2").ok());
   REQUIRE(client->Command(Deadline::After(2s), "CONFIG", "RESETSTAT").ok());
   std::vector<std::string> names;
-  for (int i = 0; i < 20; ++i) names.push_back("cold-" + std::to_string(i));
+  for (int i = 0; i < 20; ++i) names.push_back(std::string("cold-").append(std::to_string(i)));
   names.push_back("hot-1");
   names.push_back("hot-2");
   std::vector<std::string_view> keys(names.begin(), names.end());

@@ -88,7 +88,8 @@ TEST_CASE(
   CHECK(absl::IsNotFound(cache->GetOrLoad(Deadline::Infinite(), "gone-1", NeverLoads()).status()));
   CHECK(f.remote->gets.load() == remote_gets);
   CHECK(f.remote->Peek("cold-1") == std::optional<std::optional<std::string>>("v:cold-1"));
-  CHECK(f.remote->Peek("gone-1") == std::optional<std::optional<std::string>>(std::nullopt));
+  CHECK(f.remote->Peek("gone-1") ==
+        std::optional<std::optional<std::string>>(std::in_place, std::nullopt));
   CHECK(cache->Stats().warmed_total == 3);
   CHECK(cache->Stats().loads_total == 1);
 }

@@ -148,7 +148,8 @@ TEST_CASE("write-behind writes batches of batch_size as soon as that many keys w
   config.batch_size = 3;
   auto cache = f.Make(std::move(config));
   for (int i = 0; i < 7; ++i) {
-    REQUIRE(cache->PutBehind(Deadline::Infinite(), "k" + std::to_string(i), "v").ok());
+    REQUIRE(cache->PutBehind(Deadline::Infinite(), std::string("k").append(std::to_string(i)), "v")
+                .ok());
   }
   // Due by count, not by age: two full batches go, the seventh write waits for its interval.
   CHECK(cache->FlushDue() == 6);
