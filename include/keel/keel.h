@@ -26,6 +26,7 @@
 #include "keel/cache/local_tier.h"
 #include "keel/cache/store_types.h"
 #include "keel/cache/tier.h"
+#include "keel/cache/write_behind.h"
 #include "keel/clock.h"
 #include "keel/config.h"
 #include "keel/deadline.h"
@@ -92,6 +93,7 @@
 #include "keel/redis/script.h"
 #include "keel/redis/subscriber.h"
 #include "keel/redis/version.h"
+#include "keel/redis/write_behind_log.h"
 #endif  // KEEL_WITH_REDIS
 
 #if KEEL_WITH_POSTGRES

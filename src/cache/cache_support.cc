@@ -13,6 +13,7 @@ using keel::internal::InvalidOption;
 using keel::internal::OptionsOf;
 using keel::internal::RequireAtLeast;
 using keel::internal::RequirePositive;
+using keel::internal::RequireSet;
 
 absl::Status ValidateCacheOptions(const CacheOptions& o, size_t tiers, bool null_tier) {
   const OptionsOf of("cache", o.name);
@@ -38,6 +39,26 @@ absl::Status ValidateCacheOptions(const CacheOptions& o, size_t tiers, bool null
   if (tiers > 32) return InvalidOption(of, "tiers", "at most 32", tiers);
   if (null_tier) return InvalidOption(of, "tiers", "non-null", "a null tier");
   return absl::OkStatus();
+}
+
+absl::Status ValidateWriteBehind(const std::string& cache_name, bool has_writer,
+                                 Duration flush_interval, size_t batch_size, size_t max_pending,
+                                 bool wait_when_full, bool durable, Duration flush_timeout,
+                                 bool has_drop_on) {
+  const OptionsOf of("cache", cache_name);
+  KEEL_RETURN_IF_ERROR(RequireSet(of, "write_behind.writer_batch", has_writer));
+  KEEL_RETURN_IF_ERROR(RequirePositive(of, "write_behind.flush_interval", flush_interval));
+  KEEL_RETURN_IF_ERROR(RequireAtLeast(of, "write_behind.batch_size", batch_size, size_t{1}));
+  if (max_pending < batch_size) {
+    return InvalidOption(of, "write_behind.max_pending", ">= write_behind.batch_size", max_pending);
+  }
+  if (wait_when_full && durable) {
+    return InvalidOption(of, "write_behind.when_full",
+                         "kReject with a durable pending set (kWait needs the in-process one)",
+                         "kWait");
+  }
+  KEEL_RETURN_IF_ERROR(RequirePositive(of, "write_behind.flush_timeout", flush_timeout));
+  return RequireSet(of, "write_behind.drop_on", has_drop_on);
 }
 
 bool XFetchDue(TimePoint now, TimePoint expires, Duration delta, double beta, double u) {
@@ -114,7 +135,19 @@ CacheStats CacheCounters::Snapshot() const {
                .refresh_failures_total = get(refresh_failures),
                .refreshes_dropped_total = get(refreshes_dropped),
                .writes_total = get(writes),
-               .writer_errors_total = get(writer_errors)};
+               .writer_errors_total = get(writer_errors),
+               .warmed_total = get(warmed),
+               .write_behind_pending = get(wb_pending),
+               .write_behind_writes_total = get(wb_writes),
+               .write_behind_coalesced_total = get(wb_coalesced),
+               .write_behind_rejected_total = get(wb_rejected),
+               .write_behind_flushed_total = get(wb_flushed),
+               .write_behind_batches_total = get(wb_batches),
+               .write_behind_failures_total = get(wb_failures),
+               .write_behind_dropped_total = get(wb_dropped),
+               .write_behind_superseded_total = get(wb_superseded),
+               .write_behind_errors_total = get(wb_errors),
+               .pending_reads_total = get(pending_reads)};
   for (size_t i = 0; i < kinds.size(); ++i) {
     s.tiers.push_back({.kind = kinds[i],
                        .hits_total = get(tiers[i].hits),
@@ -203,6 +236,70 @@ absl::Status CacheCounters::Register(MetricsRegistry& metrics, const std::string
       metrics.AddHistogram("keel_cache_load_seconds", "Loader latency (foreground and background).",
                            DefaultLatencyBuckets(), {{"name", name}}));
   return absl::OkStatus();
+}
+
+Duration CacheCounters::WriteBehindLag(TimePoint now) const {
+  // Relaxed: a gauge; the engine stores it under its lock, readers want a recent value only.
+  const int64_t oldest = wb_oldest_ns.load(std::memory_order_relaxed);
+  if (oldest == 0) return Duration::zero();
+  const Duration lag = now.time_since_epoch() - Duration(oldest);
+  return lag > Duration::zero() ? lag : Duration::zero();
+}
+
+absl::Status CacheCounters::RegisterWriteBehind(MetricsRegistry& metrics, const std::string& name,
+                                                const Clock& clock) {
+  const auto keep = [&](absl::StatusOr<MetricsRegistry::Registration> r) -> absl::Status {
+    if (!r.ok()) return r.status();
+    registrations.push_back(std::move(r).value());
+    return absl::OkStatus();
+  };
+  const auto counter = [&](const char* family, const char* help, Labels labels,
+                           const std::atomic<uint64_t>& value) {
+    labels.emplace_back("name", name);
+    return keep(metrics.AddCounterCallback(family, help, labels, [&value] {
+      return static_cast<double>(value.load(std::memory_order_relaxed));
+    }));
+  };
+  KEEL_RETURN_IF_ERROR(keep(metrics.AddGaugeCallback(
+      "keel_cache_write_behind_pending",
+      "Keys waiting for the write-behind writer (the batch being written included).",
+      {{"name", name}},
+      [this] { return static_cast<double>(wb_pending.load(std::memory_order_relaxed)); })));
+  KEEL_RETURN_IF_ERROR(keep(metrics.AddGaugeCallback(
+      "keel_cache_write_behind_lag_seconds",
+      "How long the oldest pending write-behind write has waited.", {{"name", name}},
+      [this, &clock] {
+        return std::chrono::duration<double>(WriteBehindLag(clock.Now())).count();
+      })));
+  const char* writes = "Write-behind PutBehind calls by result.";
+  KEEL_RETURN_IF_ERROR(keep(metrics.AddCounterCallback(
+      "keel_cache_write_behind_writes_total", writes, {{"name", name}, {"result", "new"}}, [this] {
+        return static_cast<double>(wb_writes.load(std::memory_order_relaxed) -
+                                   wb_coalesced.load(std::memory_order_relaxed));
+      })));
+  KEEL_RETURN_IF_ERROR(counter("keel_cache_write_behind_writes_total", writes,
+                               {{"result", "coalesced"}}, wb_coalesced));
+  KEEL_RETURN_IF_ERROR(counter("keel_cache_write_behind_writes_total", writes,
+                               {{"result", "rejected"}}, wb_rejected));
+  KEEL_RETURN_IF_ERROR(counter("keel_cache_write_behind_flushed_total",
+                               "Writes the write-behind writer wrote to the source of truth.", {},
+                               wb_flushed));
+  KEEL_RETURN_IF_ERROR(counter("keel_cache_write_behind_batches_total",
+                               "Write-behind batches written.", {}, wb_batches));
+  KEEL_RETURN_IF_ERROR(counter("keel_cache_write_behind_failures_total",
+                               "Write-behind batches that failed after retries (kept pending).", {},
+                               wb_failures));
+  KEEL_RETURN_IF_ERROR(counter("keel_cache_write_behind_dropped_total",
+                               "Write-behind writes dropped because the writer refused them.", {},
+                               wb_dropped));
+  KEEL_RETURN_IF_ERROR(counter("keel_cache_write_behind_superseded_total",
+                               "Pending write-behind writes a write-through Put replaced.", {},
+                               wb_superseded));
+  KEEL_RETURN_IF_ERROR(counter("keel_cache_write_behind_errors_total",
+                               "Calls to the durable pending set that failed.", {}, wb_errors));
+  return counter("keel_cache_pending_reads_total",
+                 "Reads that missed every tier and were answered by a pending write.", {},
+                 pending_reads);
 }
 
 }  // namespace keel::cache::internal

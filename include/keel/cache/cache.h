@@ -18,6 +18,10 @@
 //   one reload per key at a time; readers get the current value meanwhile.
 // - Put (write-through): the writer (the source of truth) runs first; on its success every tier
 //   is updated, and a tier whose update fails has the key removed so nothing stale survives.
+// - PutBehind (write-behind, a cache created with a WriteBehind<T>, keel/cache/write_behind.h):
+//   the tiers are updated at once and the write waits in a pending set (coalesced by key) that a
+//   flusher writes to the source of truth in batches; Flush and the destructor write what is
+//   pending. Warm loads many keys at once (one MGET, one batch loader call, one pipelined SET).
 //
 // Thread safety: thread-safe. The loader and writer run on the calling thread (foreground) or on
 // the executor (background reloads), never under a keel lock; what they throw is caught and
@@ -38,13 +42,16 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
+#include <tuple>
 #include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/random/bit_gen_ref.h"
 #include "absl/random/distributions.h"
 #include "absl/random/random.h"
@@ -52,10 +59,13 @@
 #include "absl/status/statusor.h"
 #include "keel/cache/cache_options.h"
 #include "keel/cache/internal/cache_support.h"
+#include "keel/cache/internal/write_behind_engine.h"
 #include "keel/cache/tier.h"
+#include "keel/cache/write_behind.h"
 #include "keel/clock.h"
 #include "keel/deadline.h"
 #include "keel/internal/exception.h"
+#include "keel/internal/status_macros.h"
 #include "keel/internal/strings.h"
 #include "keel/metrics.h"
 #include "keel/sync.h"
@@ -73,6 +83,10 @@ class Cache {
   using Loader = std::function<absl::StatusOr<T>(Deadline)>;
   // Writes a value to the source of truth within the deadline.
   using Writer = std::function<absl::Status(Deadline, const T&)>;
+  // Loads many keys at once for Warm: one answer per key, in order (nullopt: the key does not
+  // exist, cached for negative_ttl when set).
+  using BatchLoader = std::function<absl::StatusOr<std::vector<std::optional<T>>>(
+      Deadline, std::span<const std::string_view> keys)>;
 
   // Validates `options` (INVALID_ARGUMENT naming the field: `cache "profiles": ttl must be > 0,
   // got 0`) and takes the tiers (checked in order; none is allowed: every read then loads, with
@@ -89,16 +103,34 @@ class Cache {
   static absl::StatusOr<std::unique_ptr<Cache>> Create(Options options, Tiers tiers,
                                                        Clock& clock = SteadyClock(),
                                                        MetricsRegistry* metrics = nullptr) {
-    return CreateImpl(std::move(options), std::move(tiers), clock, metrics, std::nullopt);
+    return CreateImpl(std::move(options), std::move(tiers), std::nullopt, clock, metrics,
+                      std::nullopt);
   }
   static absl::StatusOr<std::unique_ptr<Cache>> Create(Options options, Tiers tiers, Clock& clock,
                                                        MetricsRegistry* metrics,
                                                        absl::BitGenRef random) {
-    return CreateImpl(std::move(options), std::move(tiers), clock, metrics, random);
+    return CreateImpl(std::move(options), std::move(tiers), std::nullopt, clock, metrics, random);
+  }
+  // A write-behind cache (keel/cache/write_behind.h): as above, and PutBehind, Flush and FlushDue
+  // work. Validates `write_behind` too (`cache "profiles": write_behind.batch_size must be >= 1,
+  // got 0`); starts its flusher thread when write_behind.flusher_thread. With `metrics`, also
+  // registers the gauges keel_cache_write_behind_pending and keel_cache_write_behind_lag_seconds
+  // and the counters keel_cache_write_behind_writes_total{result=new|coalesced|rejected},
+  // keel_cache_write_behind_{flushed,batches,failures,dropped,superseded,errors}_total and
+  // keel_cache_pending_reads_total.
+  static absl::StatusOr<std::unique_ptr<Cache>> Create(Options options, Tiers tiers,
+                                                       WriteBehind<T> write_behind,
+                                                       Clock& clock = SteadyClock(),
+                                                       MetricsRegistry* metrics = nullptr) {
+    return CreateImpl(std::move(options), std::move(tiers), std::move(write_behind), clock, metrics,
+                      std::nullopt);
   }
 
-  // Waits for background reloads running now; those still queued on the executor do nothing.
+  // Flushes what write-behind has pending (within write_behind.flush_timeout: what is not
+  // written by then is lost with the in-process pending set, and stays in a durable one), then
+  // waits for background reloads running now; those still queued on the executor do nothing.
   ~Cache() {
+    write_behind_.reset();
     gate_->Close();
     own_executor_.reset();
   }
@@ -127,6 +159,7 @@ class Cache {
     Lookup found = ReadTiers(deadline, key);
     if (!found.refused.ok()) return std::move(found.refused);
     if (!found.hit) {
+      if (std::optional<T> pending = PendingValue(deadline, key, found.failed)) return pending;
       counters_.misses.fetch_add(1, std::memory_order_relaxed);
       return std::optional<T>();
     }
@@ -140,36 +173,196 @@ class Cache {
   // A tier whose update fails has the key removed there; the error then says the source of truth
   // was written (`cache "profiles": written, but tier redis was not updated (...)`) with the
   // tier's code (UNAVAILABLE, DEADLINE_EXCEEDED; INVALID_ARGUMENT for a refused key or value).
+  //
+  // On a write-behind cache, Put and PutBehind of one key are ordered: Put waits (within its
+  // deadline, DEADLINE_EXCEEDED and nothing written) while a flush of the key is in flight, holds
+  // the flusher off the key while its writer runs, and then drops an older pending write of the
+  // key (the source of truth has the newer value). A PutBehind that began after this Put stays
+  // pending and is written after it, and the tiers keep its value. With a durable pending set,
+  // Put first reads the key's pending version there (UNAVAILABLE and nothing written when it
+  // cannot), and an error after the writer succeeded says an older pending write may still be
+  // flushed over its value.
   absl::Status Put(Deadline deadline, std::string_view key, T value, const Writer& writer)
       ABSL_LOCKS_EXCLUDED(random_mu_) {
+    uint64_t version = 0;
+    if (write_behind_ != nullptr) {
+      absl::StatusOr<uint64_t> v = write_behind_->BeginThrough(deadline, key);
+      if (!v.ok()) return v.status();
+      version = *v;
+    }
     absl::Status written;
     try {
       written = writer(deadline, value);
     } catch (...) {
       written = Threw("writer");
     }
+    bool newer_pending = false;
+    if (write_behind_ != nullptr) {
+      absl::StatusOr<bool> newer =
+          write_behind_->EndThrough(deadline, key, value, version, written.ok());
+      if (!newer.ok() && written.ok()) {
+        counters_.writes.fetch_add(1, std::memory_order_relaxed);
+        return absl::Status(newer.status().code(),
+                            keel::internal::StrCat(prefix_,
+                                                   "written, but an older pending write-behind "
+                                                   "value may still be flushed over it: ",
+                                                   newer.status().message()));
+      }
+      newer_pending = newer.ok() && *newer;
+    }
     if (!written.ok()) {
       counters_.writer_errors.fetch_add(1, std::memory_order_relaxed);
       return written;
     }
     counters_.writes.fetch_add(1, std::memory_order_relaxed);
-    const std::optional<T> stored(std::move(value));
+    if (newer_pending) return absl::OkStatus();  // the tiers hold the newer pending value
+    return SetTiers(deadline, key, std::optional<T>(std::move(value)), "written", nullptr);
+  }
+
+  // Write-behind: stores `value` in every tier now and records it as the pending write of `key`
+  // (replacing an older pending one: the last write wins), to be written to the source of truth
+  // by the batch writer (keel/cache/write_behind.h). OK means acknowledged: in the pending set
+  // (this process's memory, or the durable set). A tier that fails has the key removed there and
+  // the error says the write is pending (`cache "profiles": pending, but tier local was not
+  // updated (...)`).
+  // Errors: FAILED_PRECONDITION on a cache created without write-behind; RESOURCE_EXHAUSTED at
+  // max_pending (kReject; with a retry-after hint of flush_interval); DEADLINE_EXCEEDED waiting
+  // for room (kWait); the durable set's errors (UNAVAILABLE: nothing recorded, no tier changed).
+  absl::Status PutBehind(Deadline deadline, std::string_view key, T value)
+      ABSL_LOCKS_EXCLUDED(random_mu_) {
+    if (write_behind_ == nullptr) {
+      return absl::FailedPreconditionError(keel::internal::StrCat(
+          prefix_, "PutBehind needs a write-behind cache (Create with a WriteBehind)"));
+    }
     const Duration ttl = JitteredTtl();
-    absl::Status first;
-    for (size_t i = 0; i < tiers_.size(); ++i) {
-      absl::Status s = tiers_[i]->Set(deadline, key, stored, ttl, Duration::zero());
-      if (s.ok()) continue;
-      counters_.tiers[i].write_errors.fetch_add(1, std::memory_order_relaxed);
-      const absl::Status erased = tiers_[i]->Erase(deadline, key);
-      if (first.ok()) {
-        first = absl::Status(
-            s.code(), keel::internal::StrCat(
-                          prefix_, "written, but tier ", tiers_[i]->kind(), " was not updated (",
-                          erased.ok() ? "its entry was removed" : "removing its entry failed too",
-                          "): ", s.message()));
+    KEEL_RETURN_IF_ERROR(write_behind_->Add(deadline, key, value, ttl));
+    const DurablePending<T>* durable = write_behind_->durable();
+    return SetTiers(deadline, key, std::optional<T>(std::move(value)), "pending", durable, ttl);
+  }
+
+  // Writes everything write-behind has pending now (a durable set: everything pending there, by
+  // any instance), batch after batch, within `deadline`. Errors: FAILED_PRECONDITION without
+  // write-behind; the first failed batch's error (that batch stays pending); DEADLINE_EXCEEDED.
+  absl::Status Flush(Deadline deadline) {
+    if (write_behind_ == nullptr) {
+      return absl::FailedPreconditionError(
+          keel::internal::StrCat(prefix_, "Flush needs a write-behind cache"));
+    }
+    return write_behind_->Flush(deadline);
+  }
+
+  // Writes the write-behind batches due now (what the flusher thread does when it wakes), on the
+  // calling thread; returns how many writes it wrote. For write_behind.flusher_thread = false.
+  size_t FlushDue() { return write_behind_ == nullptr ? 0 : write_behind_->FlushDue(); }
+
+  // Bulk load (warming a cold cache): reads `keys` from each tier in order with one GetMany per
+  // tier (the Redis tier: one MGET round trip), fills the tiers above with what a lower tier had,
+  // calls `loader` once with the keys no tier had, and stores what it returns in every tier with
+  // one SetMany per tier (the Redis tier: one pipelined round trip). Values live ttl plus jitter;
+  // a nullopt answer is a negative entry when negative_ttl is set, else nothing. A tier that fails
+  // is skipped (counted), as in GetOrLoad. Duplicate keys are read and loaded once. Returns how
+  // many keys were found in a tier and how many the loader answered.
+  // Errors: the loader's (nothing loaded is stored; INTERNAL when it threw or answered a count
+  // other than the keys'); INVALID_ARGUMENT when a tier refuses a key.
+  struct WarmResult {
+    size_t found = 0;      // keys some tier had (fills included)
+    size_t loaded = 0;     // keys the loader gave a value
+    size_t not_found = 0;  // keys the loader answered nullopt
+  };
+  absl::StatusOr<WarmResult> Warm(Deadline deadline, std::span<const std::string_view> keys,
+                                  const BatchLoader& loader) ABSL_LOCKS_EXCLUDED(random_mu_) {
+    using Hit = typename Tier<T>::Hit;
+    using Write = typename Tier<T>::Write;
+    std::vector<std::string_view> missing;
+    {
+      absl::flat_hash_set<std::string_view> seen;
+      for (std::string_view k : keys) {
+        if (seen.insert(k).second) missing.push_back(k);
       }
     }
-    return first;
+    WarmResult result;
+    uint32_t failed = 0;
+    // What lower tiers had, to fill into the tiers above: (key, hit, tier found in).
+    std::vector<std::tuple<std::string_view, Hit, size_t>> found;
+    for (size_t i = 0; i < tiers_.size() && !missing.empty(); ++i) {
+      absl::StatusOr<std::vector<std::optional<Hit>>> got = tiers_[i]->GetMany(deadline, missing);
+      internal::CacheCounters::Tier& c = counters_.tiers[i];
+      if (!got.ok() || got->size() != missing.size()) {
+        if (got.ok()) got = absl::InternalError("a tier's GetMany answered a wrong count");
+        if (absl::IsInvalidArgument(got.status())) return std::move(got).status();
+        c.errors.fetch_add(1, std::memory_order_relaxed);
+        failed |= uint32_t{1} << i;
+        continue;
+      }
+      std::vector<std::string_view> still;
+      for (size_t j = 0; j < missing.size(); ++j) {
+        if ((*got)[j]) {
+          c.hits.fetch_add(1, std::memory_order_relaxed);
+          found.emplace_back(missing[j], std::move(*(*got)[j]), i);
+        } else {
+          c.misses.fetch_add(1, std::memory_order_relaxed);
+          still.push_back(missing[j]);
+        }
+      }
+      missing = std::move(still);
+    }
+    result.found = found.size();
+    // Fill the tiers above each hit, one SetMany per tier.
+    for (size_t j = 0; j < tiers_.size(); ++j) {
+      if (failed & (uint32_t{1} << j)) continue;
+      std::vector<Write> writes;
+      for (const auto& [key, hit, tier] : found) {
+        if (tier <= j) continue;
+        const Duration ttl =
+            hit.value ? JitteredTtl() : options_.negative_ttl.value_or(options_.ttl);
+        writes.push_back({key, &hit.value, ttl, LoadTimeOf(hit)});
+      }
+      if (!writes.empty() && !tiers_[j]->SetMany(deadline, writes).ok()) {
+        counters_.tiers[j].write_errors.fetch_add(1, std::memory_order_relaxed);
+      }
+    }
+    if (!missing.empty()) {
+      const TimePoint start = clock_.Now();
+      absl::StatusOr<std::vector<std::optional<T>>> loaded = absl::UnknownError("");
+      try {
+        loaded = loader(deadline, missing);
+      } catch (...) {
+        counters_.loader_exceptions.fetch_add(1, std::memory_order_relaxed);
+        loaded = Threw("batch loader");
+      }
+      const Duration took = clock_.Now() - start;
+      counters_.ObserveLoad(took);
+      counters_.loads.fetch_add(1, std::memory_order_relaxed);
+      if (loaded.ok() && loaded->size() != missing.size()) {
+        loaded = absl::InternalError(keel::internal::StrCat(prefix_, "the batch loader answered ",
+                                                            loaded->size(), " values for ",
+                                                            missing.size(), " keys"));
+      }
+      if (!loaded.ok()) {
+        counters_.load_errors.fetch_add(1, std::memory_order_relaxed);
+        return std::move(loaded).status();
+      }
+      std::vector<Write> writes;
+      for (size_t j = 0; j < missing.size(); ++j) {
+        const std::optional<T>& v = (*loaded)[j];
+        if (v) {
+          ++result.loaded;
+          writes.push_back({missing[j], &v, JitteredTtl(), took});
+        } else {
+          ++result.not_found;
+          if (options_.negative_ttl)
+            writes.push_back({missing[j], &v, *options_.negative_ttl, took});
+        }
+      }
+      for (size_t i = 0; i < tiers_.size() && !writes.empty(); ++i) {
+        if (failed & (uint32_t{1} << i)) continue;
+        if (!tiers_[i]->SetMany(deadline, writes).ok()) {
+          counters_.tiers[i].write_errors.fetch_add(1, std::memory_order_relaxed);
+        }
+      }
+    }
+    counters_.warmed.fetch_add(result.found + result.loaded, std::memory_order_relaxed);
+    return result;
   }
 
   // Removes `key` from every tier, the last tier first (so a concurrent read cannot refill an
@@ -181,7 +374,11 @@ class Cache {
     return first;
   }
 
-  CacheStats Stats() const { return counters_.Snapshot(); }
+  CacheStats Stats() const {
+    CacheStats s = counters_.Snapshot();
+    s.write_behind_lag = counters_.WriteBehindLag(clock_.Now());
+    return s;
+  }
   const std::string& name() const { return options_.name; }
   size_t tier_count() const { return tiers_.size(); }
   Tier<T>& tier(size_t i) { return *tiers_[i]; }
@@ -279,9 +476,9 @@ class Cache {
         random_(random ? *random : absl::BitGenRef(own_random_)),
         counters_(std::move(kinds)) {}
 
-  static absl::StatusOr<std::unique_ptr<Cache>> CreateImpl(Options options, Tiers tiers,
-                                                           Clock& clock, MetricsRegistry* metrics,
-                                                           std::optional<absl::BitGenRef> random) {
+  static absl::StatusOr<std::unique_ptr<Cache>> CreateImpl(
+      Options options, Tiers tiers, std::optional<WriteBehind<T>> write_behind, Clock& clock,
+      MetricsRegistry* metrics, std::optional<absl::BitGenRef> random) {
     bool null_tier = false;
     std::vector<std::string> kinds;
     for (const auto& t : tiers) {
@@ -292,12 +489,43 @@ class Cache {
         !s.ok()) {
       return s;
     }
+    std::optional<Retry> retry;
+    if (write_behind) {
+      const WriteBehind<T>& wb = *write_behind;
+      KEEL_RETURN_IF_ERROR(internal::ValidateWriteBehind(
+          options.name, static_cast<bool>(wb.writer_batch), wb.flush_interval, wb.batch_size,
+          wb.max_pending, wb.when_full == WhenFull::kWait, wb.durable != nullptr, wb.flush_timeout,
+          static_cast<bool>(wb.drop_on)));
+      Retry::Options ro = wb.retry;
+      if (ro.name == Retry::Options{}.name) ro.name = options.name + "-write-behind";
+      absl::StatusOr<Retry> r = Retry::Create(std::move(ro), clock);
+      if (!r.ok()) {
+        return absl::Status(r.status().code(),
+                            keel::internal::StrCat("cache \"", options.name, "\": write_behind.",
+                                                   r.status().message()));
+      }
+      retry.emplace(std::move(*r));
+    }
     std::unique_ptr<Cache> cache(
         new Cache(std::move(options), std::move(tiers), clock, random, std::move(kinds)));
     if (metrics != nullptr) {
       if (absl::Status s = cache->counters_.Register(*metrics, cache->options_.name); !s.ok()) {
         return s;
       }
+    }
+    if (write_behind) {
+      if (metrics != nullptr) {
+        KEEL_RETURN_IF_ERROR(
+            cache->counters_.RegisterWriteBehind(*metrics, cache->options_.name, clock));
+      }
+      if (write_behind->durable != nullptr) {
+        for (size_t i = 0; i < cache->tiers_.size(); ++i) {
+          if (write_behind->durable->Covers(*cache->tiers_[i]))
+            cache->covered_tier_ = static_cast<int>(i);
+        }
+      }
+      cache->write_behind_ = std::make_unique<internal::WriteBehindEngine<T>>(
+          std::move(*write_behind), std::move(*retry), cache->prefix_, clock, cache->counters_);
     }
     const Options& o = cache->options_;
     cache->executor_ = o.executor;
@@ -453,6 +681,11 @@ class Cache {
   // Runs the loader and stores what it gives in every tier not in `skip`.
   absl::StatusOr<T> LoadAndStore(Deadline deadline, std::string_view key, const Loader& loader,
                                  uint32_t skip) {
+    // A write not yet in the source of truth is newer than what the loader would read there.
+    if (std::optional<T> pending = PendingValue(deadline, key, skip)) {
+      Store(deadline, key, *pending, Duration::zero(), skip);
+      return std::move(*pending);
+    }
     Duration took{};
     absl::StatusOr<T> result = CallLoader(deadline, loader, took);
     Store(deadline, key, result, took, skip);
@@ -500,6 +733,44 @@ class Cache {
       }
     }
     return true;
+  }
+
+  // The write-behind pending value of `key`, counted; nullopt without write-behind, when none,
+  // or when the durable set cannot be read (counted there; the caller goes on as on a miss). The
+  // durable set is not asked when its Redis tier failed in this call (`failed`): a Redis that is
+  // down must cost a read one timeout, not two.
+  std::optional<T> PendingValue(Deadline deadline, std::string_view key, uint32_t failed) {
+    if (write_behind_ == nullptr) return std::nullopt;
+    if (covered_tier_ >= 0 && (failed & (uint32_t{1} << covered_tier_))) return std::nullopt;
+    absl::StatusOr<std::optional<T>> v = write_behind_->Lookup(deadline, key);
+    if (!v.ok() || !v->has_value()) return std::nullopt;
+    counters_.pending_reads.fetch_add(1, std::memory_order_relaxed);
+    return std::move(*v);
+  }
+
+  // Stores `stored` in every tier (but one the durable pending set writes itself); a tier that
+  // fails has the key removed. The error says `what` happened to the source of truth first.
+  absl::Status SetTiers(Deadline deadline, std::string_view key, const std::optional<T>& stored,
+                        std::string_view what, const DurablePending<T>* durable,
+                        std::optional<Duration> ttl_given = std::nullopt)
+      ABSL_LOCKS_EXCLUDED(random_mu_) {
+    const Duration ttl = ttl_given ? *ttl_given : JitteredTtl();
+    absl::Status first;
+    for (size_t i = 0; i < tiers_.size(); ++i) {
+      if (durable != nullptr && durable->Covers(*tiers_[i])) continue;
+      absl::Status s = tiers_[i]->Set(deadline, key, stored, ttl, Duration::zero());
+      if (s.ok()) continue;
+      counters_.tiers[i].write_errors.fetch_add(1, std::memory_order_relaxed);
+      const absl::Status erased = tiers_[i]->Erase(deadline, key);
+      if (first.ok()) {
+        first = absl::Status(
+            s.code(), keel::internal::StrCat(
+                          prefix_, what, ", but tier ", tiers_[i]->kind(), " was not updated (",
+                          erased.ok() ? "its entry was removed" : "removing its entry failed too",
+                          "): ", s.message()));
+      }
+    }
+    return first;
   }
 
   Duration JitteredTtl() ABSL_LOCKS_EXCLUDED(random_mu_) {
@@ -591,6 +862,8 @@ class Cache {
   Executor* executor_ = nullptr;
   std::unique_ptr<Executor> own_executor_;
   std::shared_ptr<internal::BackgroundGate> gate_ = std::make_shared<internal::BackgroundGate>();
+  std::unique_ptr<internal::WriteBehindEngine<T>> write_behind_;
+  int covered_tier_ = -1;  // the tier the durable pending set writes itself, if any
 };
 
 }  // namespace keel::cache

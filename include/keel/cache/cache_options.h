@@ -105,6 +105,25 @@ struct CacheStats {
   uint64_t refreshes_dropped_total = 0;       // background reloads the executor never ran
   uint64_t writes_total = 0;                  // Put calls whose writer succeeded
   uint64_t writer_errors_total = 0;           // Put calls whose writer failed (no tier changed)
+  uint64_t warmed_total = 0;                  // keys Warm found in a tier or loaded
+
+  // Write-behind (all zero without it; keel/cache/write_behind.h).
+  // Keys waiting for the writer, the batch being written included (gauge). With a durable
+  // pending set: the whole set's, as this process's last claim saw it.
+  uint64_t write_behind_pending = 0;
+  // How long the oldest pending write has waited (gauge; zero when none). Durable: as the last
+  // claim saw it.
+  Duration write_behind_lag{};
+  uint64_t write_behind_writes_total = 0;      // PutBehind calls accepted
+  uint64_t write_behind_coalesced_total = 0;   // of those, replacing a pending write of the key
+  uint64_t write_behind_rejected_total = 0;    // PutBehind calls refused at max_pending
+  uint64_t write_behind_flushed_total = 0;     // writes the batch writer wrote
+  uint64_t write_behind_batches_total = 0;     // batches written
+  uint64_t write_behind_failures_total = 0;    // batches that failed after retries (kept pending)
+  uint64_t write_behind_dropped_total = 0;     // writes dropped (drop_on), on_dropped called
+  uint64_t write_behind_superseded_total = 0;  // pending writes a write-through Put replaced
+  uint64_t write_behind_errors_total = 0;      // durable pending set calls that failed
+  uint64_t pending_reads_total = 0;            // reads that missed every tier, answered pending
   std::vector<CacheTierStats> tiers;
 };
 

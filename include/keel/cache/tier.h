@@ -61,6 +61,20 @@ class Tier {
   // The entry of `key`, or nullopt on a miss. Errors: as the banner says.
   virtual absl::StatusOr<std::optional<Hit>> Get(Deadline deadline, std::string_view key) = 0;
 
+  // The entries of `keys`, one answer per key in order (nullopt: a miss); a remote tier reads
+  // them in one round trip. The default loops over Get and fails with the first error.
+  virtual absl::StatusOr<std::vector<std::optional<Hit>>> GetMany(
+      Deadline deadline, std::span<const std::string_view> keys) {
+    std::vector<std::optional<Hit>> out;
+    out.reserve(keys.size());
+    for (std::string_view key : keys) {
+      absl::StatusOr<std::optional<Hit>> got = Get(deadline, key);
+      if (!got.ok()) return got.status();
+      out.push_back(std::move(*got));
+    }
+    return out;
+  }
+
   // Stores `value` (nullopt: a negative entry) under `key` for `ttl`.
   virtual absl::Status Set(Deadline deadline, std::string_view key, const std::optional<T>& value,
                            Duration ttl, Duration load_time) = 0;

@@ -167,6 +167,20 @@ class CacheTier final : public cache::Tier<T> {
     return std::optional<Hit>(Hit{std::move(*value), std::nullopt});
   }
 
+  // MGET: one round trip. An entry that does not decode is answered as a miss (the caller loads
+  // the key and overwrites it).
+  absl::StatusOr<std::vector<std::optional<Hit>>> GetMany(
+      Deadline deadline, std::span<const std::string_view> keys) override {
+    absl::StatusOr<std::vector<std::optional<std::string>>> raw = store_->GetMany(deadline, keys);
+    if (!raw.ok()) return raw.status();
+    std::vector<std::optional<Hit>> out;
+    out.reserve(raw->size());
+    for (const std::optional<std::string>& bytes : *raw) {
+      out.push_back(Parse(bytes));
+    }
+    return out;
+  }
+
   absl::Status Set(Deadline deadline, std::string_view key, const std::optional<T>& value,
                    Duration ttl, Duration) override {
     return store_->Set(deadline, key, Frame(value), ttl);
@@ -190,17 +204,28 @@ class CacheTier final : public cache::Tier<T> {
 
   CacheStore& store() { return *store_; }
 
+  // The bytes this tier stores for `value` (nullopt: a negative entry).
+  static std::string Frame(const std::optional<T>& value) {
+    if (!value) return std::string(kNegative);
+    std::string bytes = C::Encode(*value);
+    bytes.insert(bytes.begin(), kValue);
+    return bytes;
+  }
+
  private:
   static constexpr char kValue = 'v';
   static constexpr std::string_view kNegative = "n";
 
   explicit CacheTier(std::unique_ptr<CacheStore> store) : store_(std::move(store)) {}
 
-  static std::string Frame(const std::optional<T>& value) {
-    if (!value) return std::string(kNegative);
-    std::string bytes = C::Encode(*value);
-    bytes.insert(bytes.begin(), kValue);
-    return bytes;
+  static std::optional<Hit> Parse(const std::optional<std::string>& raw) {
+    if (!raw) return std::nullopt;
+    const std::string_view bytes = *raw;
+    if (bytes == kNegative) return Hit{std::nullopt, std::nullopt};
+    if (bytes.empty() || bytes.front() != kValue) return std::nullopt;
+    absl::StatusOr<T> value = C::Decode(bytes.substr(1));
+    if (!value.ok()) return std::nullopt;
+    return Hit{std::move(*value), std::nullopt};
   }
 
   std::unique_ptr<CacheStore> store_;
