@@ -27,8 +27,9 @@
 // No thread per call. ExecuteAsync runs the first attempt on the calling thread and each hedge
 // from the Timer's thread, posted to `executor` (default: inline on the timer's thread; pass a
 // keel::Executor of your own to keep the timer free); the attempts themselves return futures.
-// Execute, the blocking form, submits every attempt to a ThreadPoolBulkhead and waits. The
-// Pipeline stage is in hedge_stage.h.
+// Execute, the blocking form, submits every attempt to a ThreadPoolBulkhead and waits, at most
+// until the call's deadline, when it cancels every attempt still running. The Pipeline stage
+// (async and blocking pipelines) is in hedge_stage.h.
 //
 // Latency samples: the delay should be a percentile of how long a call takes unhedged, which
 // is the first attempt's latency. Each decided call records it once: the first attempt's
@@ -89,9 +90,9 @@ class Hedge {
     // A fixed delay before each hedge. Unset: the `percentile` of recent latency. Default: unset.
     // Must be > 0 when set.
     std::optional<Duration> delay;
-    // XX At p95 about 5%
-    // of calls are hedged (5% extra load); higher percentiles cost less and cut less of the
-    // tail. Default: 0.95. Must be in (0, 1).
+    // The percentile of recent first-attempt latency used as the delay when `delay` is unset.
+    // At p95 about 5% of calls are hedged (5% extra load); higher percentiles cost less and cut
+    // less of the tail. Default: 0.95. Must be in (0, 1).
     double percentile = 0.95;
     // How many recent latencies the percentile is taken over. Default: 1000. Must be >= 10.
     int latency_window = 1000;
@@ -134,8 +135,9 @@ class Hedge {
   // The blocking form: `fn(const CallContext&)` returns absl::StatusOr<T> and runs on `pool`
   // (each attempt a task, possibly several at once: `fn` must be safe to call concurrently and
   // own what it captures, as the losers run on after Execute returns). Waits until the call is
-  // decided or ctx.deadline passes (DEADLINE_EXCEEDED; the attempts then end by their own
-  // deadline). A full pool fails that attempt with RESOURCE_EXHAUSTED.
+  // decided or ctx.deadline passes: then every attempt still running is cancelled through its
+  // token, no hedge is sent any more, and the call ends with DEADLINE_EXCEEDED (`hedge "<name>":
+  // no answer by the deadline`). A full pool fails that attempt with RESOURCE_EXHAUSTED.
   template <typename F>
   auto Execute(Timer& timer, ThreadPoolBulkhead& pool, const CallContext& ctx, F fn);
 
@@ -151,14 +153,29 @@ class Hedge {
  private:
   template <typename T>
   struct Call;
+  template <typename T>
+  friend class HedgeStage;
 
   Hedge(Options options, Clock& clock);
+  // A call run once because it is not idempotent (HedgeStage runs it itself).
+  void CountNotIdempotent() {
+    calls_.fetch_add(1, std::memory_order_relaxed);
+    not_idempotent_.fetch_add(1, std::memory_order_relaxed);
+  }
   absl::Status RegisterMetrics(MetricsRegistry& metrics);
   bool IsFinal(const absl::Status& status) const;
   // Asks the budget to pay for a hedge sent after `waited`: the grant (none without a budget),
   // or nullopt (counted) when refused.
   std::optional<std::optional<RetryBudgetPolicy::Grant>> PayForHedge(Duration waited);
 
+  // Counts an idempotent call, opens it on the budget, and makes its shared state.
+  template <typename T>
+  std::shared_ptr<Call<T>> Begin(Timer& timer, Executor& executor, const CallContext& ctx,
+                                 std::function<Future<T>(const CallContext&)> fn);
+  // Decides an undecided call with `why`: cancels its pending hedge and every attempt still
+  // running (counted in cancelled_total). A decided call is left alone.
+  template <typename T>
+  static void Abandon(const std::shared_ptr<Call<T>>& call, absl::Status why);
   template <typename T>
   static void Launch(const std::shared_ptr<Call<T>>& call,
                      std::optional<RetryBudgetPolicy::Grant> grant);
@@ -189,7 +206,8 @@ struct HedgeStats {
   uint64_t calls_total = 0;           // every call, idempotent or not
   uint64_t hedges_total = 0;          // extra attempts sent
   uint64_t wins_total = 0;            // calls whose winner was a hedge
-  uint64_t cancelled_total = 0;       // attempts cancelled because another won
+  uint64_t cancelled_total = 0;       // attempts cancelled: another won, or the deadline passed
+                                      // (blocking form)
   uint64_t refused_budget_total = 0;  // hedges the budget refused
   uint64_t not_idempotent_total = 0;  // calls run once because not marked idempotent
 };
@@ -222,14 +240,12 @@ auto Hedge::ExecuteAsync(Timer& timer, const CallContext& ctx, F fn, Executor& e
   using FutureT = std::invoke_result_t<F&, const CallContext&>;
   using T = typename FutureT::value_type;
   static_assert(!std::is_void_v<T>, "hedge: the call must return keel::Future<T> with a value");
-  calls_.fetch_add(1, std::memory_order_relaxed);
   if (!ctx.idempotent) {
-    not_idempotent_.fetch_add(1, std::memory_order_relaxed);
+    CountNotIdempotent();
     return Future<T>(fn(ctx));
   }
-  if (options_.budget != nullptr) options_.budget->OnCallStarted();
-  auto call = std::make_shared<Call<T>>(
-      *this, timer, executor, ctx, std::function<Future<T>(const CallContext&)>(std::move(fn)));
+  std::shared_ptr<Call<T>> call =
+      Begin<T>(timer, executor, ctx, std::function<Future<T>(const CallContext&)>(std::move(fn)));
   Future<T> out = call->promise.future();
   Launch<T>(call, std::nullopt);
   return out;
@@ -240,15 +256,63 @@ auto Hedge::Execute(Timer& timer, ThreadPoolBulkhead& pool, const CallContext& c
   using R = std::invoke_result_t<F&, const CallContext&>;
   using T = typename internal::FutureValueOf<R>::type;
   auto shared = std::make_shared<F>(std::move(fn));
-  Future<T> f = ExecuteAsync(timer, ctx, [p = &pool, shared](const CallContext& c) {
+  auto submit = [p = &pool, shared](const CallContext& c) {
     return p->Submit([shared, c]() -> R { return (*shared)(c); });
-  });
+  };
+  const auto late = [this] {
+    return absl::DeadlineExceededError(
+        internal::StrCat("hedge \"", options_.name, "\": no answer by the deadline"));
+  };
+  if (!ctx.idempotent) {
+    CountNotIdempotent();
+    Future<T> f = submit(ctx);
+    absl::StatusOr<T> r = f.Get(ctx.deadline);
+    if (absl::IsDeadlineExceeded(r.status()) && !f.ready()) return absl::StatusOr<T>(late());
+    return r;
+  }
+  std::shared_ptr<Call<T>> call =
+      Begin<T>(timer, InlineExecutor(), ctx, std::function<Future<T>(const CallContext&)>(submit));
+  Future<T> f = call->promise.future();
+  Launch<T>(call, std::nullopt);
   absl::StatusOr<T> r = f.Get(ctx.deadline);
+  // Not ready: the wait timed out (a result already taken reads as ready). Nobody waits for
+  // the attempts any more, so they are cancelled, unless one decided the call meanwhile: either
+  // way the future now holds the answer.
   if (absl::IsDeadlineExceeded(r.status()) && !f.ready()) {
-    return absl::StatusOr<T>(absl::DeadlineExceededError(
-        internal::StrCat("hedge \"", options_.name, "\": no answer by the deadline")));
+    Abandon<T>(call, late());
+    return f.Get();
   }
   return r;
+}
+
+template <typename T>
+std::shared_ptr<Hedge::Call<T>> Hedge::Begin(Timer& timer, Executor& executor,
+                                             const CallContext& ctx,
+                                             std::function<Future<T>(const CallContext&)> fn) {
+  calls_.fetch_add(1, std::memory_order_relaxed);
+  if (options_.budget != nullptr) options_.budget->OnCallStarted();
+  return std::make_shared<Call<T>>(*this, timer, executor, ctx, std::move(fn));
+}
+
+template <typename T>
+void Hedge::Abandon(const std::shared_ptr<Call<T>>& call, absl::Status why) {
+  Hedge& h = call->hedge;
+  std::vector<CancellationSource> outstanding;
+  TimerId pending = 0;
+  {
+    MutexLock lock(call->mu);
+    if (call->done) return;
+    call->done = true;
+    pending = std::exchange(call->next_hedge, 0);
+    for (size_t i = 0; i < call->sources.size(); ++i) {
+      if (!call->finished[i]) outstanding.push_back(call->sources[i]);
+    }
+  }
+  if (pending != 0) call->timer.Cancel(pending);
+  for (CancellationSource& attempt : outstanding) attempt.Cancel();
+  h.cancelled_.fetch_add(outstanding.size(), std::memory_order_relaxed);
+  if (h.options_.budget != nullptr) h.options_.budget->OnCallFinished();
+  call->promise.Set(std::move(why));
 }
 
 template <typename T>

@@ -75,13 +75,30 @@ namespace keel {
 // and ExecuteAsync refuses the pipeline with FAILED_PRECONDITION naming the stage's position.
 // REQUIRES (async): `next` may be called after ApplyAsync returned (it is owned, copyable);
 // stages must not block in ApplyAsync or in the continuations they attach.
+//
+// A blocking stage whose calls of `next` may outlive its Apply (hedging: the stage returns with
+// the first answer while a losing attempt still runs on another thread) overrides
+// WantsOwnedNext() (true); the blocking pipeline then calls ApplyWithOwnedNext instead of Apply.
+// `next` is as in Apply (on the caller's stack, only valid during the call); `make_owned()`
+// returns the same continuation as an owned, copyable function that holds a copy of the
+// pipeline's stages (shared) and of the call, so it may run on any thread after Execute
+// returned; it allocates, so a stage asks for it only when it will outlive Apply. It is empty
+// when the call cannot be copied (a move-only callable).
 template <typename T>
 class Policy {
  public:
   using Next = absl::FunctionRef<absl::StatusOr<T>(const CallContext&)>;
   using AsyncNext = std::function<Future<T>(const CallContext&)>;
+  using OwnedNext = std::function<absl::StatusOr<T>(const CallContext&)>;
+  using MakeOwnedNext = absl::FunctionRef<OwnedNext()>;
   virtual ~Policy() = default;
   virtual absl::StatusOr<T> Apply(const CallContext& ctx, Next next) const = 0;
+  virtual bool WantsOwnedNext() const { return false; }
+  virtual absl::StatusOr<T> ApplyWithOwnedNext(const CallContext& ctx, Next next,
+                                               MakeOwnedNext make_owned) const {
+    (void)make_owned;
+    return Apply(ctx, next);
+  }
   virtual bool SupportsAsync() const { return false; }
   virtual Future<T> ApplyAsync(const CallContext& ctx, const AsyncNext& next, Timer& timer) const {
     (void)ctx;
@@ -366,15 +383,20 @@ class Pipeline {
   // Runs `fn(const CallContext&)` (returning absl::StatusOr<T> or something convertible to it)
   // through every stage. The first stage gets `ctx`; `fn` gets the context the innermost stage
   // passes. Errors: whatever the stages and `fn` return (see each policy's header).
+  // With a stage that wants an owned continuation (a blocking HedgeStage), a call it hedges runs
+  // on a copy of `fn` and of the stages inside that stage, and its losing attempts run on after
+  // Execute returned: `fn` must then be copyable, safe to call concurrently, and own what it
+  // captures (by value or shared_ptr, not by reference to the caller's frame).
   template <typename F>
   absl::StatusOr<T> Execute(const CallContext& ctx, F&& fn) const {
+    if (owns_next_) return RunOwning(ctx, fn);
     return Run(0, ctx, fn);
   }
   template <typename F>
   absl::StatusOr<T> Execute(Deadline deadline, F&& fn) const {
     CallContext ctx;
     ctx.deadline = deadline;
-    return Run(0, ctx, fn);
+    return Execute(ctx, std::forward<F>(fn));
   }
 
   // The async form: `fn(const CallContext&)` returns keel::Future<T>, and so does ExecuteAsync,
@@ -416,9 +438,14 @@ class Pipeline {
   }
 
   using Call = absl::FunctionRef<absl::StatusOr<T>(const CallContext&)>;
+  using OwnedNext = typename Policy<T>::OwnedNext;
+  // Builds the owned continuation of stages i.. and the call.
+  using MakeTail = absl::FunctionRef<OwnedNext(size_t i)>;
 
   explicit Pipeline(std::vector<std::shared_ptr<const Policy<T>>> stages)
-      : stages_(std::move(stages)) {}
+      : stages_(std::move(stages)) {
+    for (const auto& stage : stages_) owns_next_ = owns_next_ || stage->WantsOwnedNext();
+  }
 
   // Stage i wraps stages i+1.. and the call. The continuation is a FunctionRef to a lambda on
   // this frame: no allocation, one indirect call per stage.
@@ -428,7 +455,52 @@ class Pipeline {
         ctx, [this, i, fn](const CallContext& inner) { return Run(i + 1, inner, fn); });
   }
 
+  // As Run, for a pipeline with a stage that wants an owned continuation: that stage also gets
+  // `make_tail`, which copies the call (and this pipeline's stage list) only when asked.
+  absl::StatusOr<T> Run(size_t i, const CallContext& ctx, Call fn, MakeTail make_tail) const {
+    if (i == stages_.size()) return fn(ctx);
+    auto next = [this, i, fn, make_tail](const CallContext& inner) {
+      return Run(i + 1, inner, fn, make_tail);
+    };
+    if (!stages_[i]->WantsOwnedNext()) return stages_[i]->Apply(ctx, next);
+    return stages_[i]->ApplyWithOwnedNext(ctx, next, [make_tail, i] { return make_tail(i + 1); });
+  }
+
+  // What an owned continuation holds: a copy of the pipeline (its stages are shared_ptrs, so
+  // the caller's Pipeline may go) and of the call. Shared by every attempt of that call.
+  template <typename Fn>
+  struct Owned {
+    Pipeline pipeline;
+    Fn fn;
+  };
+  template <typename Fn>
+  static OwnedNext Tail(std::shared_ptr<Owned<Fn>> owned, size_t i) {
+    return [owned = std::move(owned), i](const CallContext& ctx) -> absl::StatusOr<T> {
+      // A nested stage wanting an owned continuation shares this copy.
+      auto make_tail = [&owned](size_t j) { return Tail(owned, j); };
+      return owned->pipeline.Run(i, ctx, owned->fn, make_tail);
+    };
+  }
+  // The copy is taken, never a move: the caller's `fn` must stay valid for what still runs on
+  // the caller's stack (a Retry outside the stage, an attempt the stage does not hedge).
+  template <typename F>
+  absl::StatusOr<T> RunOwning(const CallContext& ctx, F& fn) const {
+    using Fn = std::decay_t<F>;
+    auto make_tail = [this, &fn](size_t i) -> OwnedNext {
+      if constexpr (std::is_copy_constructible_v<Fn>) {
+        return Tail(std::make_shared<Owned<Fn>>(Owned<Fn>{*this, Fn(fn)}), i);
+      } else {
+        (void)this;
+        (void)fn;
+        (void)i;
+        return nullptr;
+      }
+    };
+    return Run(0, ctx, fn, make_tail);
+  }
+
   std::vector<std::shared_ptr<const Policy<T>>> stages_;
+  bool owns_next_ = false;  // some stage WantsOwnedNext()
 };
 
 }  // namespace keel

@@ -2,10 +2,16 @@
 // 10 ms service time takes callers from a keel::overload::CodelQueue when all slots are busy.
 // Arrivals are Poisson (fixed seed). Each queued caller gives up at its queue timeout
 // (TimeoutFor at arrival), as AdaptiveLimiter::Acquire and the bulkhead's queue do.
+//
+// Set KEEL_OVERLOAD_SIM_DIR to a directory to get each run's time series as CSV, per 250 ms of
+// arrivals: the mean and longest wait of the callers served, the share that timed out in the
+// queue (docs/overload-codel.png, drawn by docs/overload.gnuplot).
 #include <algorithm>
 #include <catch2/catch.hpp>
+#include <cctype>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <memory>
 #include <queue>
@@ -56,10 +62,26 @@ Result Run(const std::string& label, const std::vector<TimePoint>& arrivals, Tim
   CodelQueue q(options, t0);
   int busy = 0;
   Result r;
+  // Per 250 ms of arrival time: callers, timed out, the waits of those served.
+  constexpr Duration kWindow = 250ms;
+  struct Window {
+    int64_t offered = 0, timed_out = 0, served = 0;
+    Duration total_wait{}, max_wait{};
+  };
+  std::vector<Window> windows;
+  auto window = [&](size_t id) -> Window& {
+    const size_t w = static_cast<size_t>((callers[id].arrived - t0) / kWindow);
+    if (windows.size() <= w) windows.resize(w + 1);
+    return windows[w];
+  };
   auto serve = [&](size_t id, TimePoint now) {
     ++busy;
     ++r.served;
     const Duration wait = now - callers[id].arrived;
+    Window& win = window(id);
+    ++win.served;
+    win.total_wait += wait;
+    win.max_wait = std::max(win.max_wait, wait);
     r.max_wait = std::max(r.max_wait, wait);
     if (callers[id].standing_at_arrival) r.max_wait_standing = std::max(r.max_wait_standing, wait);
     events.push({now + kService, 1, id});
@@ -71,6 +93,7 @@ Result Run(const std::string& label, const std::vector<TimePoint>& arrivals, Tim
     if (ev.kind == 0) {
       ++r.offered;
       c.arrived = ev.at;
+      ++window(ev.id).offered;
       if (busy < kSlots && q.empty()) {
         serve(ev.id, ev.at);
         continue;
@@ -81,6 +104,7 @@ Result Run(const std::string& label, const std::vector<TimePoint>& arrivals, Tim
       c.w->grant_token = static_cast<int>(ev.id);  // the simulation's own use of the field
       if (!q.Push(*c.w, ev.at)) {
         ++r.timed_out;
+        ++window(ev.id).timed_out;
         continue;
       }
       events.push({ev.at + timeout, 2, ev.id});
@@ -93,6 +117,26 @@ Result Run(const std::string& label, const std::vector<TimePoint>& arrivals, Tim
     } else if (c.w->queued) {
       q.Remove(*c.w, ev.at);
       ++r.timed_out;
+      ++window(ev.id).timed_out;
+    }
+  }
+  if (const char* dir = std::getenv("KEEL_OVERLOAD_SIM_DIR")) {
+    std::string file = label;  // "codel at 1.5x" -> codel_at_1_5x.csv
+    for (char& ch : file) {
+      if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+    }
+    if (std::FILE* csv = std::fopen((std::string(dir) + "/" + file + ".csv").c_str(), "w")) {
+      std::fprintf(csv, "t_s,offered,timed_out_share,mean_wait_ms,max_wait_ms\n");
+      for (size_t w = 0; w < windows.size(); ++w) {
+        const Window& win = windows[w];
+        std::fprintf(csv, "%.3f,%lld,%.4f,%.3f,%.3f\n",
+                     std::chrono::duration<double>(kWindow).count() * static_cast<double>(w),
+                     static_cast<long long>(win.offered),
+                     win.offered ? double(win.timed_out) / double(win.offered) : 0.0,
+                     win.served ? Millis(win.total_wait) / double(win.served) : 0.0,
+                     Millis(win.max_wait));
+      }
+      std::fclose(csv);
     }
   }
   std::printf(

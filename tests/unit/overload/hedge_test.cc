@@ -305,7 +305,7 @@ TEST_CASE("hedge turns a call that throws into INTERNAL") {
   CHECK(f.timer->Stats().pending == 0);
 }
 
-TEST_CASE("hedge stage hedges async pipelines and refuses to hedge a blocking one") {
+TEST_CASE("hedge stage without a pool hedges async pipelines and refuses to hedge a blocking one") {
   Fixture f;
   Hedge* hedge = f.Keep(Hedge::Create({.name = "search", .delay = 10ms}, f.clock).value());
   auto pipeline =
@@ -323,7 +323,8 @@ TEST_CASE("hedge stage hedges async pipelines and refuses to hedge a blocking on
   auto refused = pipeline.Execute(Idempotent(), blocking);
   CHECK(absl::IsFailedPrecondition(refused.status()));
   CHECK_THAT(std::string(refused.status().message()),
-             Catch::StartsWith("hedge \"search\": hedging needs Pipeline::ExecuteAsync"));
+             Catch::StartsWith("hedge \"search\": a blocking pipeline hedges only through a stage "
+                               "made with a Timer and a ThreadPoolBulkhead"));
 }
 
 TEST_CASE("hedge's blocking form runs attempts on a thread pool") {

@@ -6,12 +6,17 @@
 // a fixed-seed random source, at the arrival's time. Printed per run: what reached the backend
 // over the last 2 minutes, as a multiple of its capacity, and the share rejected locally. Under
 // sustained overload the traffic reaching the backend converges to about K = 2x the capacity.
+//
+// Set KEEL_OVERLOAD_SIM_DIR to a directory to also get throttle.csv, the same measure over a
+// denser sweep of offered loads (docs/overload-throttle.png, drawn by docs/overload.gnuplot).
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <random>
+#include <string>
 
 #include "keel/overload/adaptive_throttle.h"
 
@@ -80,7 +85,22 @@ Result Simulate(Traffic traffic, uint64_t seed) {
   return r;
 }
 
+// offered, reaching the backend, accepted by it (multiples of its capacity), rejected locally.
+void WriteSweep(const char* dir) {
+  std::FILE* csv = std::fopen((std::string(dir) + "/throttle.csv").c_str(), "w");
+  if (!csv) return;
+  std::fprintf(csv, "offered,backend,accepted,rejected\n");
+  for (int i = 1; i <= 40; ++i) {
+    const double offered = 0.25 * i;
+    const Result r = Simulate({.offered = offered}, 42);
+    std::fprintf(csv, "%.2f,%.4f,%.4f,%.4f\n", offered, r.Backend(),
+                 r.accepted[0] / (kCapacityPerSecond * 120), r.Rejected(0));
+  }
+  std::fclose(csv);
+}
+
 TEST_CASE("throttle simulation: under sustained overload the backend gets about 2x capacity") {
+  if (const char* dir = std::getenv("KEEL_OVERLOAD_SIM_DIR")) WriteSweep(dir);
   std::printf("\nadaptive throttle, K 2, backend capacity 200/s, last 2 of 10 min:\n");
   std::printf("%8s %18s %16s\n", "offered", "reaching backend", "rejected locally");
   for (double offered : {0.5, 1.5, 2.5, 3.0, 5.0, 10.0}) {
