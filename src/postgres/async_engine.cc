@@ -384,6 +384,9 @@ void AsyncEngine::Pump() {
   const TimePoint now = std::chrono::steady_clock::now();
   for (auto& [index, conn] : connected) {
     Lane& lane = *lanes_[static_cast<size_t>(index)];
+    // Its connector posted this and is ending: joined now (immediate), so no finished connector
+    // outlives the connection it opened.
+    if (lane.connector.joinable()) lane.connector.join();
     if (conn.ok() && PQenterPipelineMode((*conn)->raw()) &&
         PQsetnonblocking((*conn)->raw(), 1) == 0) {
       lane.conn = std::move(*conn);
