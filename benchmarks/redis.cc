@@ -21,11 +21,11 @@
 
 #include "bench_env.h"
 #include "bench_redis.h"
+#include "keel/async/io_loop.h"
 #include "keel/redis/client.h"
 #include "keel/redis/lock.h"
 #include "keel/redis/script.h"
 #include "redis/transport/call.h"
-#include "redis/transport/event_loop.h"
 #include "redis/transport/mux_connection.h"
 
 namespace {
@@ -145,12 +145,12 @@ void BM_RedisMux_PingCallbacks(benchmark::State& state) {
   namespace t = keel::redis::transport;
   auto options = keel::bench::RedisOptionsOrSkip(state);
   if (!options) return;
-  auto loop = t::EventLoop::Start("redis \"bench\"");
+  auto loop = keel::IoLoop::Create({.name = "redis-bench"});
   if (!loop.ok()) {
     state.SkipWithError("no event loop");
     return;
   }
-  t::MuxConnection mux({.name = "redis \"bench\""}, **loop, [&](Deadline) {
+  t::MuxConnection mux({.name = "redis \"bench\""}, *loop, [&](Deadline) {
     return keel::redis::Connection::Connect(options->server, *options, Deadline::Infinite());
   });
   std::string ping;

@@ -17,6 +17,7 @@
 
 #include "keel/async/executor.h"
 #include "keel/async/future.h"
+#include "keel/async/io_loop.h"
 #include "keel/async/task.h"
 #include "keel/async/timer.h"
 #include "keel/cache/cache.h"

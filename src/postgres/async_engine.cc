@@ -2,9 +2,7 @@
 #include "async_engine.h"
 
 #include <libpq-fe.h>
-#include <poll.h>
-#include <sys/eventfd.h>
-#include <unistd.h>
+#include <sys/epoll.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -32,8 +30,12 @@ struct AsyncEngine::Op {
   TimePoint abandoned_at{};
 };
 
-struct AsyncEngine::Lane {
+struct AsyncEngine::Lane final : IoLoop::Watcher {
   enum class State { kDown, kConnecting, kUp };
+  explicit Lane(AsyncEngine& engine) : engine(engine) {}
+  void OnReady(uint32_t events) override { engine.OnReady(*this, events); }
+
+  AsyncEngine& engine;
   State state = State::kDown;
   std::unique_ptr<Connection> conn;
   std::deque<std::unique_ptr<Op>> waiting;    // not sent yet
@@ -41,31 +43,59 @@ struct AsyncEngine::Lane {
   bool flushing = false;                      // libpq holds output not yet written
   TimePoint retry_at{};                       // after a failed connect
   std::string last_error;
-  std::thread connector;  // opening `conn` (connecting blocks: see Connector)
+  std::thread connector;      // opening `conn` (connecting blocks: see Connector)
+  IoLoop::WatchId watch = 0;  // the socket's watch while up
+  uint32_t watched_events = 0;
   PGconn* pg() const { return conn ? conn->raw() : nullptr; }
   size_t load() const { return waiting.size() + in_flight.size(); }
 };
 
+namespace {
+// Deadlines on an injected clock, and late_timeout, are checked at least this often while calls
+// are queued or owed.
+constexpr Duration kMaxTimerWait = std::chrono::seconds(1);
+}  // namespace
+
 AsyncEngine::AsyncEngine(Settings settings, Connector connect)
     : settings_(std::move(settings)), connect_(std::move(connect)) {
-  wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   for (int i = 0; i < std::max(1, settings_.connections); ++i) {
-    lanes_.push_back(std::make_unique<Lane>());
+    lanes_.push_back(std::make_unique<Lane>(*this));
   }
-  thread_ = std::thread([this] { Loop(); });
+  loop_ = settings_.io_loop;
+  if (loop_ == nullptr) {
+    absl::StatusOr<std::shared_ptr<IoLoop>> own = IoLoop::Create({.name = settings_.loop_name});
+    if (!own.ok()) {
+      broken_ = absl::InternalError(StrCat(settings_.component, ": ", own.status().message()));
+      return;
+    }
+    loop_ = std::move(*own);
+    own_loop_ = true;
+  }
+  absl::StatusOr<std::unique_ptr<IoLoop::Scope>> scope =
+      loop_->OpenScope(settings_.component, [this] { LoopStopped(); });
+  if (!scope.ok()) {
+    broken_ = absl::FailedPreconditionError(
+        StrCat(settings_.component, ": async.io_loop \"", loop_->name(), "\" is stopped"));
+    return;
+  }
+  scope_ = std::move(*scope);
 }
 
-AsyncEngine::~AsyncEngine() {
-  Shutdown();
-  if (wake_fd_ >= 0) ::close(wake_fd_);
+AsyncEngine::~AsyncEngine() { Shutdown(); }
+
+bool AsyncEngine::NeedPump() {
+  if (pump_posted_) return false;
+  pump_posted_ = true;
+  return true;
 }
 
-void AsyncEngine::Wake() {
-  const uint64_t one = 1;
-  (void)!::write(wake_fd_, &one, sizeof one);
+void AsyncEngine::PostPump() {
+  // Refused only once the loop stops (LoopStopped then fails what is queued) or after the fence.
+  (void)scope_->Post([this] { Pump(); });
 }
 
 Future<Batch> AsyncEngine::Submit(Deadline deadline, std::vector<Statement> statements) {
+  if (!broken_.ok()) return Future<Batch>::Ready(broken_);
   for (const Statement& st : statements) {
     absl::Status nul = CheckNoNul(settings_.component, StatementRef{st.sql, st.params});
     if (!nul.ok()) return Future<Batch>::Ready(std::move(nul));
@@ -78,11 +108,14 @@ Future<Batch> AsyncEngine::Submit(Deadline deadline, std::vector<Statement> stat
   op->statements = std::move(statements);
   op->deadline = deadline;
   Future<Batch> future = op->promise.future();
+  bool post = false;
   {
     MutexLock lock(mu_);
     if (stop_) {
-      return Future<Batch>::Ready(
-          absl::FailedPreconditionError(StrCat(settings_.component, ": shut down")));
+      return Future<Batch>::Ready(absl::FailedPreconditionError(
+          loop_stopped_
+              ? StrCat(settings_.component, ": its I/O loop \"", loop_->name(), "\" was stopped")
+              : StrCat(settings_.component, ": shut down")));
     }
     if (stats_.in_flight >= static_cast<uint64_t>(settings_.max_in_flight)) {
       ++stats_.rejected_full_total;
@@ -94,8 +127,9 @@ Future<Batch> AsyncEngine::Submit(Deadline deadline, std::vector<Statement> stat
     ++stats_.submitted_total;
     ++stats_.in_flight;
     incoming_.push_back(std::move(op));
+    post = NeedPump();
   }
-  Wake();
+  if (post) PostPump();
   return future;
 }
 
@@ -134,9 +168,10 @@ void AsyncEngine::FailLane(Lane& lane, const std::string& why) {
                       "; the statements may or may not have run, and the connection is closed")));
   }
   lane.in_flight.clear();
-  lane.conn.reset();
   lane.flushing = false;
   lane.state = Lane::State::kDown;
+  UpdateWatch(lane);  // before the socket closes
+  lane.conn.reset();
 }
 
 void AsyncEngine::Expire(Lane& lane, TimePoint now) {
@@ -191,11 +226,13 @@ void AsyncEngine::Drive(Lane& lane, TimePoint now) {
     lane.connector = std::thread([this, lane_index] {
       absl::StatusOr<std::unique_ptr<Connection>> conn =
           connect_(Deadline::After(settings_.connect_timeout));
+      bool post = false;
       {
         MutexLock lock(mu_);
         connected_.emplace_back(lane_index, std::move(conn));
+        post = NeedPump();
       }
-      Wake();
+      if (post) PostPump();
     });
     return;
   }
@@ -281,112 +318,194 @@ void AsyncEngine::Read(Lane& lane) {
   if (PQstatus(pg) != CONNECTION_OK) FailLane(lane, "connection lost: " + LibpqMessage(pg));
 }
 
-void AsyncEngine::Loop() {
-  std::vector<std::unique_ptr<Op>> incoming;
-  for (;;) {
-    std::vector<std::pair<int, absl::StatusOr<std::unique_ptr<Connection>>>> connected;
-    {
-      MutexLock lock(mu_);
-      if (stop_) break;
-      incoming.swap(incoming_);
-      connected.swap(connected_);
-    }
-    const TimePoint now = std::chrono::steady_clock::now();
-    for (auto& [index, conn] : connected) {
-      Lane& lane = *lanes_[static_cast<size_t>(index)];
-      if (conn.ok() && PQenterPipelineMode((*conn)->raw()) &&
-          PQsetnonblocking((*conn)->raw(), 1) == 0) {
-        lane.conn = std::move(*conn);
-        lane.state = Lane::State::kUp;
-        lane.last_error.clear();
-      } else {
-        lane.state = Lane::State::kDown;
-        lane.last_error = conn.ok() ? "cannot enter pipeline mode"
-                                    : StrCat("connect failed: ", conn.status().message());
-        lane.retry_at = now + settings_.reconnect_delay;
-        MutexLock lock(mu_);
-        ++stats_.connect_failures_total;
-      }
-    }
-    Assign(incoming);
-    for (auto& lane : lanes_) {
-      Expire(*lane, now);
-      Drive(*lane, now);
-    }
-    // Sleep until a socket is ready, a wake-up, or the next deadline.
-    std::vector<pollfd> fds = {{.fd = wake_fd_, .events = POLLIN, .revents = 0}};
-    std::vector<Lane*> polled;
-    Duration wait = std::chrono::seconds(1);
-    for (auto& lane : lanes_) {
-      for (const auto* q : {&lane->waiting, &lane->in_flight}) {
-        for (const auto& op : *q) {
-          if (!op->abandoned) wait = std::min(wait, op->deadline.Remaining());
-        }
-      }
-      if (lane->state == Lane::State::kUp) {
-        fds.push_back({.fd = PQsocket(lane->pg()),
-                       .events = static_cast<short>(POLLIN | (lane->flushing ? POLLOUT : 0)),
-                       .revents = 0});
-        polled.push_back(lane.get());
-      }
-    }
-    const int timeout_ms = static_cast<int>(
-        std::clamp<int64_t>(std::chrono::ceil<std::chrono::milliseconds>(wait).count(), 0, 1000));
-    const int n = ::poll(fds.data(), fds.size(), timeout_ms);
-    if (n < 0 && errno != EINTR) break;
-    if (fds[0].revents != 0) {
-      uint64_t count;
-      (void)!::read(wake_fd_, &count, sizeof count);
-    }
-    for (size_t i = 0; i < polled.size(); ++i) {
-      Lane& lane = *polled[i];
-      const short ev = fds[i + 1].revents;
-      if (ev == 0 || lane.state != Lane::State::kUp) continue;
-      if ((ev & POLLOUT) && lane.flushing) {
-        const int flushed = PQflush(lane.pg());
-        if (flushed < 0) {
-          FailLane(lane, "send failed: " + LibpqMessage(lane.pg()));
-          continue;
-        }
-        lane.flushing = flushed == 1;
-      }
-      if (ev & (POLLIN | POLLERR | POLLHUP)) Read(lane);
+void AsyncEngine::UpdateWatch(Lane& lane) {
+  if (lane.state != Lane::State::kUp || lane.pg() == nullptr) {
+    if (lane.watch != 0) scope_->Unwatch(lane.watch);
+    lane.watch = 0;
+    lane.watched_events = 0;
+    return;
+  }
+  const uint32_t events = EPOLLIN | (lane.flushing ? EPOLLOUT : 0u);
+  if (lane.watch == 0) {
+    absl::StatusOr<IoLoop::WatchId> watch = scope_->Watch(PQsocket(lane.pg()), events, &lane);
+    if (!watch.ok())
+      return FailLane(lane, StrCat("cannot watch the socket: ", watch.status().message()));
+    lane.watch = *watch;
+  } else if (events != lane.watched_events) {
+    if (absl::Status s = scope_->Rewatch(lane.watch, events); !s.ok()) {
+      return FailLane(lane, StrCat("cannot watch the socket: ", s.message()));
     }
   }
-  // Shutdown: everything still waiting completes CANCELLED.
+  lane.watched_events = events;
+}
+
+void AsyncEngine::Rearm() {
+  // The earliest deadline of a call still waiting for its result; a periodic check while any
+  // call is queued or owed (injected clocks, late_timeout).
+  bool any = false;
+  Duration wait = kMaxTimerWait;
+  for (auto& lane : lanes_) {
+    for (const auto* q : {&lane->waiting, &lane->in_flight}) {
+      for (const auto& op : *q) {
+        any = true;
+        if (!op->abandoned) wait = std::min(wait, op->deadline.Remaining());
+      }
+    }
+  }
+  if (!any) return;
+  const TimePoint at = std::chrono::steady_clock::now() + std::max(wait, Duration::zero());
+  if (timer_ != 0 && timer_at_ <= at) return;  // an earlier one is armed
+  if (timer_ != 0) scope_->Cancel(timer_);
+  timer_at_ = at;
+  timer_ = scope_->At(at, [this] { OnTimer(); });
+}
+
+void AsyncEngine::OnTimer() {
+  timer_ = 0;
+  timer_at_ = TimePoint::max();
+  const TimePoint now = std::chrono::steady_clock::now();
+  for (auto& lane : lanes_) {
+    Expire(*lane, now);
+    Drive(*lane, now);
+    UpdateWatch(*lane);
+  }
+  Rearm();
+}
+
+void AsyncEngine::Pump() {
+  std::vector<std::unique_ptr<Op>> incoming;
+  std::vector<std::pair<int, absl::StatusOr<std::unique_ptr<Connection>>>> connected;
+  {
+    MutexLock lock(mu_);
+    pump_posted_ = false;
+    incoming.swap(incoming_);
+    connected.swap(connected_);
+  }
+  const TimePoint now = std::chrono::steady_clock::now();
+  for (auto& [index, conn] : connected) {
+    Lane& lane = *lanes_[static_cast<size_t>(index)];
+    // Its connector posted this and is ending: joined now (immediate), so no finished connector
+    // outlives the connection it opened.
+    if (lane.connector.joinable()) lane.connector.join();
+    if (conn.ok() && PQenterPipelineMode((*conn)->raw()) &&
+        PQsetnonblocking((*conn)->raw(), 1) == 0) {
+      lane.conn = std::move(*conn);
+      lane.state = Lane::State::kUp;
+      lane.last_error.clear();
+    } else {
+      lane.state = Lane::State::kDown;
+      lane.last_error = conn.ok() ? "cannot enter pipeline mode"
+                                  : StrCat("connect failed: ", conn.status().message());
+      lane.retry_at = now + settings_.reconnect_delay;
+      MutexLock lock(mu_);
+      ++stats_.connect_failures_total;
+    }
+  }
+  Assign(incoming);
+  for (auto& lane : lanes_) {
+    Expire(*lane, now);
+    Drive(*lane, now);
+    UpdateWatch(*lane);
+  }
+  Rearm();
+}
+
+void AsyncEngine::OnReady(Lane& lane, uint32_t events) {
+  if (lane.state != Lane::State::kUp) return;
+  if (lane.flushing && (events & (EPOLLOUT | EPOLLIN | EPOLLERR | EPOLLHUP)) != 0) {
+    const int flushed = PQflush(lane.pg());
+    if (flushed < 0) {
+      FailLane(lane, "send failed: " + LibpqMessage(lane.pg()));
+    } else {
+      lane.flushing = flushed == 1;
+    }
+  }
+  if (lane.state == Lane::State::kUp && (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) != 0) {
+    Read(lane);
+  }
+  // Calls queued meanwhile go out (or, on a lane that just failed, reconnect).
+  Drive(lane, std::chrono::steady_clock::now());
+  UpdateWatch(lane);
+}
+
+void AsyncEngine::CloseAll(const std::string& why) {
   std::vector<std::unique_ptr<Op>> left;
+  std::vector<std::pair<int, absl::StatusOr<std::unique_ptr<Connection>>>> opened;
   {
     MutexLock lock(mu_);
     left.swap(incoming_);
+    opened.swap(connected_);
   }
-  for (auto& op : incoming) left.push_back(std::move(op));
   for (auto& lane : lanes_) {
     for (auto* q : {&lane->waiting, &lane->in_flight}) {
       for (auto& op : *q) left.push_back(std::move(op));
       q->clear();
     }
+    lane->state = Lane::State::kDown;
+    lane->flushing = false;
+    UpdateWatch(*lane);
     lane->conn.reset();
-    // A connect in flight ends by connect_timeout; what it opens is dropped below.
-    if (lane->connector.joinable()) lane->connector.join();
   }
-  std::vector<std::pair<int, absl::StatusOr<std::unique_ptr<Connection>>>> opened;
-  {
-    MutexLock lock(mu_);
-    opened.swap(connected_);
-  }
+  if (timer_ != 0) scope_->Cancel(timer_);
+  timer_ = 0;
   opened.clear();
-  for (auto& op : left) {
-    Complete(*op, absl::CancelledError(StrCat(settings_.component, ": shut down")));
-  }
+  for (auto& op : left) Complete(*op, absl::CancelledError(why));
 }
 
-void AsyncEngine::Shutdown() {
+void AsyncEngine::LoopStopped() {
   {
     MutexLock lock(mu_);
     stop_ = true;
+    loop_stopped_ = true;
   }
-  Wake();
-  std::call_once(joined_, [this] { thread_.join(); });
+  // Posting is refused by now: everything queued or in flight fails here.
+  CloseAll(StrCat(settings_.component, ": its I/O loop \"", loop_->name(), "\" was stopped"));
+}
+
+void AsyncEngine::Shutdown() {
+  std::call_once(shut_, [this] {
+    {
+      MutexLock lock(mu_);
+      stop_ = true;
+    }
+    if (scope_ != nullptr) {
+      auto close = [this] { CloseAll(StrCat(settings_.component, ": shut down")); };
+      // On the loop thread the fence drops queued tasks: close here. Elsewhere a refused post
+      // means the loop is stopping, and LoopStopped closes instead.
+      if (scope_->InLoop()) {
+        close();
+      } else {
+        (void)scope_->Post(close);
+      }
+      // The fence: no task, timer or watcher of the engine runs after it, so the lanes are this
+      // thread's now.
+      scope_->Close();
+    }
+    // A connect in flight ends by connect_timeout (the pool's abort ends it at once); what it
+    // opened is dropped with connected_.
+    for (auto& lane : lanes_) {
+      if (lane->connector.joinable()) lane->connector.join();
+    }
+    std::vector<std::unique_ptr<Op>> left;
+    std::vector<std::pair<int, absl::StatusOr<std::unique_ptr<Connection>>>> opened;
+    {
+      MutexLock lock(mu_);
+      left.swap(incoming_);
+      opened.swap(connected_);
+    }
+    for (auto& lane : lanes_) {
+      for (auto* q : {&lane->waiting, &lane->in_flight}) {
+        for (auto& op : *q) left.push_back(std::move(op));
+        q->clear();
+      }
+      lane->conn.reset();
+    }
+    opened.clear();
+    for (auto& op : left) {
+      Complete(*op, absl::CancelledError(StrCat(settings_.component, ": shut down")));
+    }
+    if (own_loop_) loop_->Stop();
+  });
 }
 
 AsyncEngineStats AsyncEngine::Stats() const {

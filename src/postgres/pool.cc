@@ -240,6 +240,8 @@ internal::AsyncEngine* Pool::Engine() {
             .max_in_flight = options_.async.max_in_flight,
             .connect_timeout = std::min(options_.pool.acquire_timeout, options_.call_timeout),
             .late_timeout = options_.async.late_timeout,
+            .io_loop = options_.async.io_loop,
+            .loop_name = options_.pool.name,
         },
         [opts, dog](Deadline d) { return internal::Connect(*opts, d, *dog); });
   }

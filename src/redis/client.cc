@@ -8,7 +8,6 @@
 #include "keel/internal/strings.h"
 #include "redis/sentinel.h"
 #include "redis/transport/call.h"
-#include "redis/transport/event_loop.h"
 #include "redis/transport/mux_connection.h"
 
 namespace keel::redis {
@@ -83,7 +82,15 @@ absl::StatusOr<std::unique_ptr<Client>> Client::CreateImpl(Options options, Cloc
 }
 
 absl::Status Client::StartTransport() {
-  KEEL_ASSIGN_OR_RETURN(loop_, transport::EventLoop::Start(name_));
+  if (options_.io_loop != nullptr) {
+    loop_ = options_.io_loop;
+  } else {
+    KEEL_ASSIGN_OR_RETURN(loop_, IoLoop::Create({.name = options_.pool.name}));
+  }
+  if (loop_->stopped()) {
+    return absl::FailedPreconditionError(
+        StrCat(name_, ": io_loop \"", loop_->name(), "\" is stopped"));
+  }
   const transport::MuxConnection::Options mux{
       .name = name_,
       .connect_timeout = options_.connect_timeout,
@@ -97,7 +104,7 @@ absl::Status Client::StartTransport() {
     // Connection::Connect bounds the setup by connect_timeout and reports running out of it as
     // the server's UNAVAILABLE, which is what backs off.
     mux_.push_back(std::make_unique<transport::MuxConnection>(
-        mux, *loop_, [this](Deadline) { return Connect(Deadline::Infinite()); },
+        mux, loop_, [this](Deadline) { return Connect(Deadline::Infinite()); },
         [this] { return ConnectGate(); }));
   }
   return absl::OkStatus();
@@ -284,8 +291,10 @@ absl::StatusOr<Timer*> Client::SharedTimer() {
 }
 
 void Client::Shutdown() {
+  // Each connection fails its calls and fences itself off the loop; a loop of the client's own
+  // then ends with it, a shared one goes on serving its other clients.
   for (const auto& mux : mux_) mux->Shutdown();
-  if (loop_) loop_->Stop();
+  if (loop_ && loop_ != options_.io_loop) loop_->Stop();
   if (pool_) pool_->Shutdown();
 }
 

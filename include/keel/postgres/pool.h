@@ -63,6 +63,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "keel/async/future.h"
+#include "keel/async/io_loop.h"
 #include "keel/clock.h"
 #include "keel/deadline.h"
 #include "keel/internal/status_of.h"
@@ -118,7 +119,8 @@ struct PoolOptions {
 
   // The async calls (AsyncExecute, AsyncPipeline) run on connections of their own, opened on
   // first use (with the session settings and on_connect above), each carrying many callers'
-  // statements back to back in libpq pipeline mode, driven by one thread per pool.
+  // statements back to back in libpq pipeline mode, driven by an I/O loop: the pool's own
+  // thread, or `io_loop` shared with other clients.
   struct Async {
     // Connections the async calls share. One is usually enough: a pipelined connection keeps
     // the server's backend busy without waiting for round trips. Default: 1.
@@ -129,6 +131,13 @@ struct PoolOptions {
     // How long a connection may keep owing the results of calls that timed out (read and dropped
     // when they come, so a paused server costs no reconnect) before it is closed. Default: 10 s.
     Duration late_timeout = std::chrono::seconds(10);
+    // The I/O loop the async calls run on (keel/async/io_loop.h), for instance one shared with
+    // Redis clients (redis::Options::io_loop) so both run on one thread; completions and
+    // coroutines resumed by the async calls then run there too. The pool keeps it alive and, on
+    // Shutdown, fences its callbacks off it without stopping it. If the loop is stopped under the
+    // pool, async calls fail naming the loop. Default: none (the pool starts a loop of its own on
+    // the first async call, stopped by Shutdown).
+    std::shared_ptr<IoLoop> io_loop;
   };
   Async async = {};
 
@@ -358,7 +367,7 @@ class Pool {
   }
 
   // Runs one statement without a thread waiting for it: returns at once, and the future completes
-  // on the pool's async thread (never block in a callback or coroutine resumed there: see
+  // on the pool's I/O loop thread (never block in a callback or coroutine resumed there: see
   // keel/async/future.h). The statement runs in autocommit on one of the async connections
   // (options.async), pipelined behind other callers' statements. By `deadline` (Infinite():
   // call_timeout) the future completes with DEADLINE_EXCEEDED and the late result is dropped

@@ -93,7 +93,6 @@ class PrimaryLocator;
 }
 namespace transport {
 class Call;
-class EventLoop;
 class MuxConnection;
 struct CallResult;
 }  // namespace transport
@@ -350,7 +349,8 @@ class Client {
   std::unique_ptr<Pool<Connection>> pool_;
   // The multiplexed transport (empty with Transport::kPooled): the connections go before the
   // loop that drives them.
-  std::unique_ptr<transport::EventLoop> loop_;
+  // options_.io_loop when set, else the client's own (stopped by Shutdown).
+  std::shared_ptr<IoLoop> loop_;
   std::vector<std::unique_ptr<transport::MuxConnection>> mux_;
   std::atomic<uint32_t> next_mux_{0};
   std::string timeout_message_;      // a multiplexed call's DEADLINE_EXCEEDED

@@ -22,6 +22,7 @@
 
 #include <chrono>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -29,6 +30,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "keel/async/io_loop.h"
 #include "keel/clock.h"
 #include "keel/deadline.h"
 #include "keel/pool/pool.h"
@@ -156,6 +158,14 @@ struct Options {
 
   // Limits of the multiplexed transport (ignored with Transport::kPooled).
   MuxOptions mux;
+
+  // The I/O loop the multiplexed transport runs on (keel/async/io_loop.h). Share one loop among
+  // several clients (Redis clients, PostgreSQL pools' async calls) to run all their sockets on
+  // one thread; the client keeps it alive and, on Shutdown, fences its callbacks off it without
+  // stopping it. If the loop is stopped under the client, its calls fail naming the loop.
+  // Ignored with Transport::kPooled. Default: none (the client starts a loop of its own,
+  // stopped with the client).
+  std::shared_ptr<IoLoop> io_loop;
 
   // The client's connection pool (keel/pool/pool.h; HikariCP's defaults). Its `name` appears in
   // every pool error and metric. Redis runs commands on one thread, so a handful of connections

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -38,30 +39,62 @@ constexpr Duration kDirectPollSlice = std::chrono::milliseconds(50);
 
 MuxConnection::Socket::~Socket() { close(fd); }
 
-MuxConnection::MuxConnection(Options options, EventLoop& loop, Connector connect, ConnectGate gate)
+MuxConnection::MuxConnection(Options options, std::shared_ptr<IoLoop> loop, Connector connect,
+                             ConnectGate gate)
     : options_(std::move(options)),
-      loop_(loop),
+      loop_name_(loop->name()),
       connect_(std::move(connect)),
       gate_(std::move(gate)),
       lost_suffix_(" (a command in flight may or may not have been applied)"),
       matcher_(options_.name),
       read_buf_(new char[kReadChunk]),
       direct_matcher_(options_.name) {
+  absl::StatusOr<std::unique_ptr<IoLoop::Scope>> scope =
+      loop->OpenScope(options_.name, [this] { LoopStopped(); });
+  if (!scope.ok()) {
+    MutexLock lock(mu_);
+    shutdown_ = true;
+    loop_stopped_ = true;
+    return;
+  }
+  scope_ = std::move(*scope);
   // No I/O until the first call (as Client::Create promises): it finds kDown and connects.
-  loop_.Post([this] { Housekeep(); });
+  Post([this] { Housekeep(); });
 }
 
 MuxConnection::~MuxConnection() {
-  // Bounded by connect_timeout: a setup still running finishes (its result is dropped with the
-  // stopped loop's tasks).
+  Shutdown();
+  // Bounded by connect_timeout: a setup still running finishes (its result is dropped: the
+  // scope refuses its task).
   if (connector_.joinable()) connector_.join();
-  // The loop is stopped: whatever Shutdown's task did not reach is cancelled here.
+  // Fenced: whatever Shutdown's task did not reach is cancelled here.
   std::vector<std::shared_ptr<Call>> listed;
   {
     MutexLock lock(mu_);
     listed.swap(submitted_);
   }
   FailCalls(listed, absl::StatusCode::kCancelled, StrCat(options_.name, ": client shut down"));
+}
+
+bool MuxConnection::Post(IoLoop::Task task) {
+  return scope_ != nullptr && scope_->Post(std::move(task));
+}
+
+std::string MuxConnection::ShutMessage() const {
+  return loop_stopped_ ? StrCat(options_.name, ": its I/O loop \"", loop_name_, "\" was stopped")
+                       : StrCat(options_.name, ": client is shut down");
+}
+
+void MuxConnection::LoopStopped() {
+  std::string message;
+  {
+    MutexLock lock(mu_);
+    shutdown_ = true;
+    loop_stopped_ = true;
+    message = ShutMessage();
+  }
+  // Posting is refused by now: everything listed or in flight fails here.
+  Close(absl::StatusCode::kCancelled, message, false);
 }
 
 void MuxConnection::FailCalls(std::vector<std::shared_ptr<Call>>& calls, absl::StatusCode code,
@@ -91,9 +124,11 @@ void MuxConnection::Enqueue(std::shared_ptr<Call> call, std::string_view request
   std::shared_ptr<Socket> direct;
   absl::Status refused;
   size_t calls = 0, bytes = 0;
+  std::string shut_message;
   {
     MutexLock lock(mu_);
     shut = shutdown_;
+    if (shut) shut_message = ShutMessage();
     full = calls_ + 1 > options_.max_calls || bytes_ + request.size() > options_.max_bytes;
     calls = calls_;
     bytes = bytes_;
@@ -135,8 +170,7 @@ void MuxConnection::Enqueue(std::shared_ptr<Call> call, std::string_view request
     }
   }
   if (shut) {
-    call->TryFail(absl::StatusCode::kFailedPrecondition,
-                  StrCat(options_.name, ": client is shut down"));
+    call->TryFail(absl::StatusCode::kFailedPrecondition, shut_message);
     return;
   }
   if (!refused.ok()) {
@@ -160,13 +194,13 @@ void MuxConnection::Enqueue(std::shared_ptr<Call> call, std::string_view request
     return;
   }
   // Only a callback call whose deadline is earlier than every armed one wakes the I/O thread.
-  if (arm) loop_.Post([this, when = call->expires_at] { ArmExpiry(when); });
+  if (arm) Post([this, when = call->expires_at] { ArmExpiry(when); });
   if (connect) {
-    loop_.Post([this] { Connect(); });
+    Post([this] { Connect(); });
   } else if (write) {
     Flush(/*on_loop=*/false);
   } else if (kick) {
-    loop_.Post([this] {
+    Post([this] {
       bool flush = false;
       {
         MutexLock lock(mu_);
@@ -187,7 +221,7 @@ void MuxConnection::RunDirect(const std::shared_ptr<Call>& call, std::string_vie
   if (direct_buf_ == nullptr) direct_buf_.reset(new char[kReadChunk]);
   // The I/O thread must not read this reply: one-shot with no events reports only an error,
   // once (the I/O thread then finds direct_ set and leaves the socket alone).
-  const bool disarmed = loop_.Rewatch(sock->fd, EPOLLONESHOT, this).ok();
+  const bool disarmed = scope_->Rewatch(sock->watch, EPOLLONESHOT).ok();
   const Deadline& deadline = call->deadline();
   // Waits in poll() for `events` until the deadline; false at the deadline.
   auto wait_for = [&](short events) {
@@ -246,7 +280,7 @@ void MuxConnection::RunDirect(const std::shared_ptr<Call>& call, std::string_vie
   }
   // Let the I/O thread read again, then give up the read side. Re-arming first: a readiness the
   // I/O thread sees before direct_ clears is reported again (level-triggered) after it.
-  if (disarmed) (void)loop_.Rewatch(sock->fd, EPOLLIN | EPOLLRDHUP, this);
+  if (disarmed) (void)scope_->Rewatch(sock->watch, EPOLLIN | EPOLLRDHUP);
   direct_matcher_.Clear();
   bool shut = false, handed_over = false;
   {
@@ -274,7 +308,7 @@ void MuxConnection::RunDirect(const std::shared_ptr<Call>& call, std::string_vie
   }
   if (!failure.empty()) {
     std::string message = StrCat(options_.name, ": connection lost: ", failure, lost_suffix_);
-    loop_.Post([this, sock, message = std::move(message)] {
+    Post([this, sock, message = std::move(message)] {
       if (read_socket_ == sock) Close(absl::StatusCode::kUnavailable, message, true);
     });
   }
@@ -283,7 +317,7 @@ void MuxConnection::RunDirect(const std::shared_ptr<Call>& call, std::string_vie
 }
 
 void MuxConnection::ArmExpiry(TimePoint when) {
-  loop_.At(when, [this] { Expire(); });
+  scope_->At(when, [this] { Expire(); });
 }
 
 void MuxConnection::Expire() {
@@ -367,7 +401,7 @@ MuxConnection::WriteOutcome MuxConnection::WriteAll(const std::shared_ptr<Socket
       if (on_loop) {
         WatchWrites(true);
       } else {
-        loop_.Post([this] { WatchWrites(true); });
+        Post([this] { WatchWrites(true); });
       }
       return WriteOutcome::kHandedOver;
     }
@@ -380,7 +414,7 @@ MuxConnection::WriteOutcome MuxConnection::WriteAll(const std::shared_ptr<Socket
     if (on_loop) {
       fail();
     } else {
-      loop_.Post(fail);
+      Post(fail);
     }
     return WriteOutcome::kFailed;
   }
@@ -390,7 +424,7 @@ MuxConnection::WriteOutcome MuxConnection::WriteAll(const std::shared_ptr<Socket
 void MuxConnection::WatchWrites(bool on) {
   if (read_socket_ == nullptr) return;
   const uint32_t events = EPOLLIN | EPOLLRDHUP | (on ? EPOLLOUT : 0u);
-  if (absl::Status s = loop_.Rewatch(read_socket_->fd, events, this); !s.ok()) {
+  if (absl::Status s = scope_->Rewatch(read_socket_->watch, events); !s.ok()) {
     Close(absl::StatusCode::kUnavailable, StrCat(s.message(), lost_suffix_), true);
   }
 }
@@ -496,7 +530,7 @@ void MuxConnection::Close(absl::StatusCode code, std::string_view message, bool 
   }
   const bool was_up = read_socket_ != nullptr;
   if (read_socket_ != nullptr) {
-    loop_.Unwatch(read_socket_->fd);
+    scope_->Unwatch(read_socket_->watch);
     // A caller may still be writing to it: shut it down now, close it with its last owner.
     ::shutdown(read_socket_->fd, SHUT_RDWR);
     read_socket_.reset();
@@ -515,7 +549,7 @@ void MuxConnection::Close(absl::StatusCode code, std::string_view message, bool 
     } catch (...) {  // a hook's throw must not end the I/O thread
     }
   }
-  if (reconnect && !shutdown) loop_.Post([this] { Connect(); });
+  if (reconnect && !shutdown) Post([this] { Connect(); });
 }
 
 void MuxConnection::Connect() {
@@ -534,7 +568,7 @@ void MuxConnection::Connect() {
     auto conn = std::make_shared<absl::StatusOr<std::unique_ptr<Connection>>>(
         connect_(Deadline::After(options_.connect_timeout)));
     // Dropped (closing the connection) when the loop has stopped.
-    loop_.Post([this, conn] { Connected(std::move(*conn)); });
+    Post([this, conn] { Connected(std::move(*conn)); });
   });
 }
 
@@ -564,8 +598,11 @@ void MuxConnection::Connected(absl::StatusOr<std::unique_ptr<Connection>> conn) 
   std::shared_ptr<Socket> sock;
   if (conn.ok()) {
     sock = std::make_shared<Socket>(fd);
-    if (absl::Status watched = loop_.Watch(fd, EPOLLIN | EPOLLRDHUP, this); !watched.ok()) {
-      conn = absl::UnavailableError(std::string(watched.message()));
+    absl::StatusOr<IoLoop::WatchId> watched = scope_->Watch(fd, EPOLLIN | EPOLLRDHUP, this);
+    if (watched.ok()) {
+      sock->watch = *watched;
+    } else {
+      conn = absl::UnavailableError(std::string(watched.status().message()));
       sock.reset();
     }
   }
@@ -638,11 +675,11 @@ void MuxConnection::Housekeep() {
     MutexLock lock(mu_);
     if (shutdown_) return;
   }
-  loop_.At(std::chrono::steady_clock::now() + kHousekeepingPeriod, [this] { Housekeep(); });
+  scope_->At(std::chrono::steady_clock::now() + kHousekeepingPeriod, [this] { Housekeep(); });
 }
 
 void MuxConnection::Reconnect(std::string why) {
-  loop_.Post([this, why = std::move(why)]() mutable {
+  Post([this, why = std::move(why)]() mutable {
     if (read_socket_ != nullptr) {
       Close(absl::StatusCode::kUnavailable, StrCat(conn_name_, ": ", why, lost_suffix_), true);
     } else if (connecting_) {
@@ -652,14 +689,28 @@ void MuxConnection::Reconnect(std::string why) {
 }
 
 void MuxConnection::Shutdown() {
+  bool first = false;
   {
     MutexLock lock(mu_);
-    if (shutdown_) return;
+    first = !shutdown_;
     shutdown_ = true;
   }
-  loop_.Post([this] {
-    Close(absl::StatusCode::kCancelled, StrCat(options_.name, ": client shut down"), false);
-  });
+  if (scope_ == nullptr) return;
+  if (first) {
+    auto close = [this] {
+      Close(absl::StatusCode::kCancelled, StrCat(options_.name, ": client shut down"), false);
+    };
+    // On the loop thread (destroyed from another client's callback) the fence below drops the
+    // tasks still queued: close here. Elsewhere a refused post means the loop is stopping, and
+    // LoopStopped closes instead.
+    if (scope_->InLoop()) {
+      close();
+    } else {
+      Post(close);
+    }
+  }
+  // The fence: after it no task, timer or watcher of this connection runs.
+  scope_->Close();
 }
 
 MuxStats MuxConnection::Stats() const {

@@ -57,12 +57,12 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "keel/async/io_loop.h"
 #include "keel/clock.h"
 #include "keel/deadline.h"
 #include "keel/redis/connection.h"
 #include "keel/sync.h"
 #include "redis/transport/call.h"
-#include "redis/transport/event_loop.h"
 #include "redis/transport/reply_matcher.h"
 
 namespace keel::redis::transport {
@@ -78,7 +78,7 @@ struct MuxStats {
   uint64_t queued_bytes = 0;                   // their request bytes (gauge)
 };
 
-class MuxConnection final : public EventLoop::Watcher {
+class MuxConnection final : public IoLoop::Watcher {
  public:
   using Connector = std::function<absl::StatusOr<std::unique_ptr<Connection>>(Deadline)>;
   // Says, without I/O, whether a connection attempt may be made now: not OK (UNAVAILABLE with
@@ -97,12 +97,14 @@ class MuxConnection final : public EventLoop::Watcher {
     std::function<void()> on_lost = nullptr;
   };
 
-  // Connects on the first Submit (on `loop`), not before. `loop` and whatever `connect` and
-  // `gate` use must outlive the connection; Shutdown() before destroying it, then stop the loop.
-  // A call submitted while the connection is down and `gate` refuses fails at once with the
-  // gate's status, on the caller's thread: no task for the I/O thread, no setup attempted.
-  MuxConnection(Options options, EventLoop& loop, Connector connect, ConnectGate gate = nullptr);
-  ~MuxConnection() override;
+  // Connects on the first Submit (on `loop`, possibly shared with other clients), not before.
+  // Whatever `connect` and `gate` use must outlive the connection. A call submitted while the
+  // connection is down and `gate` refuses fails at once with the gate's status, on the caller's
+  // thread: no task for the I/O thread, no setup attempted. On a loop already stopped, or once
+  // it stops, every call fails (CANCELLED in flight, FAILED_PRECONDITION after) naming the loop.
+  MuxConnection(Options options, std::shared_ptr<IoLoop> loop, Connector connect,
+                ConnectGate gate = nullptr);
+  ~MuxConnection() override;  // Shutdown(), then joins the connector thread
   MuxConnection(const MuxConnection&) = delete;
   MuxConnection& operator=(const MuxConnection&) = delete;
 
@@ -120,13 +122,15 @@ class MuxConnection final : public EventLoop::Watcher {
   // closed the same way as soon as it completes (it may have been made with what is now stale).
   void Reconnect(std::string why) ABSL_LOCKS_EXCLUDED(mu_);
 
-  // Fails every call with CANCELLED, closes the socket; later Submits are refused. Idempotent;
-  // bounded (the I/O thread may be inside a connect, bounded by connect_timeout).
+  // Fails every call with CANCELLED, closes the socket; later Submits are refused. Then the
+  // fence (IoLoop::Scope::Close): when it returns no task, timer or watcher of this connection
+  // runs any more, so the loop may go on serving other clients. Idempotent; bounded (it waits
+  // only for the loop thread's current callback). On the loop thread it closes at once.
   void Shutdown() ABSL_LOCKS_EXCLUDED(mu_);
 
   MuxStats Stats() const ABSL_LOCKS_EXCLUDED(mu_);
 
-  // EventLoop::Watcher.
+  // IoLoop::Watcher.
   void OnReady(uint32_t events) override ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
@@ -136,6 +140,7 @@ class MuxConnection final : public EventLoop::Watcher {
     explicit Socket(int fd) : fd(fd) {}
     ~Socket();
     const int fd;
+    IoLoop::WatchId watch = 0;  // set on the loop thread before the socket is published
   };
   enum class State { kDown, kConnecting, kUp };
 
@@ -176,12 +181,20 @@ class MuxConnection final : public EventLoop::Watcher {
   void Housekeep();
   // Loop thread: arms EPOLLOUT after a write hit EAGAIN.
   void WatchWrites(bool on);
+  // Loop thread, when the loop stops under the connection: fails everything, refuses the rest.
+  void LoopStopped() ABSL_LOCKS_EXCLUDED(mu_);
+  // Through the scope; false when the scope is closed or the loop stopped.
+  bool Post(IoLoop::Task task);
+  std::string ShutMessage() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Completes `calls` (listed, not yet in the matcher) with code/message.
   static void FailCalls(std::vector<std::shared_ptr<Call>>& calls, absl::StatusCode code,
                         std::string_view message);
 
   const Options options_;
-  EventLoop& loop_;
+  const std::string loop_name_;
+  // Everything this connection runs on the loop goes through it (null when the loop was stopped
+  // before the connection was made).
+  std::unique_ptr<IoLoop::Scope> scope_;
   const Connector connect_;
   const ConnectGate gate_;
   const std::string lost_suffix_;
@@ -189,7 +202,8 @@ class MuxConnection final : public EventLoop::Watcher {
   mutable Mutex mu_;
   State state_ ABSL_GUARDED_BY(mu_) = State::kDown;
   bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
-  bool writing_ ABSL_GUARDED_BY(mu_) = false;  // a thread owns the write side
+  bool loop_stopped_ ABSL_GUARDED_BY(mu_) = false;  // shut down because the loop stopped
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;       // a thread owns the write side
   std::shared_ptr<Socket> socket_ ABSL_GUARDED_BY(mu_);
   std::string pending_ ABSL_GUARDED_BY(mu_);  // bytes not yet written, in slot order
   std::vector<std::shared_ptr<Call>> submitted_ ABSL_GUARDED_BY(mu_);  // not yet in the matcher

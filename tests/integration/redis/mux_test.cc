@@ -9,22 +9,22 @@
 #include <vector>
 
 #include "integration/redis/test_server.h"
+#include "keel/async/io_loop.h"
 #include "keel/metrics.h"
 #include "keel/redis/client.h"
 #include "keel/redis/connection.h"
 #include "keel/status.h"
 #include "redis/transport/call.h"
-#include "redis/transport/event_loop.h"
 #include "redis/transport/mux_connection.h"
 
 using keel::Deadline;
+using keel::IoLoop;
 using keel::redis::Client;
 using keel::redis::Connection;
 using keel::redis::Options;
 using keel::redis::Pipeline;
 using keel::redis::transport::Call;
 using keel::redis::transport::CallResult;
-using keel::redis::transport::EventLoop;
 using keel::redis::transport::MuxConnection;
 using namespace std::chrono_literals;
 using SteadyTime = std::chrono::steady_clock;
@@ -43,11 +43,11 @@ Options OptionsFor(const keel::test::RedisServer& server) {
 struct Transport {
   Options options;
   std::atomic<int> connects{0};  // setups the connector ran
-  std::unique_ptr<EventLoop> loop;
+  std::shared_ptr<IoLoop> loop;
   std::unique_ptr<MuxConnection> mux;
   explicit Transport(Options o, size_t max_calls = 4096, MuxConnection::ConnectGate gate = nullptr)
       : options(std::move(o)) {
-    auto l = EventLoop::Start("redis \"test\"");
+    auto l = IoLoop::Create({.name = "redis-test"});
     REQUIRE(l.ok());
     loop = std::move(*l);
     mux = std::make_unique<MuxConnection>(
@@ -55,7 +55,7 @@ struct Transport {
                                .connect_timeout = options.connect_timeout,
                                .late_reply_timeout = options.late_reply_timeout,
                                .max_calls = max_calls},
-        *loop,
+        loop,
         [this](Deadline) {
           ++connects;
           return Connection::Connect(options.server, options, Deadline::Infinite());
