@@ -155,7 +155,7 @@ TEST_CASE("redis write-behind worker", "[.redis_wb_worker]") {
 
 TEST_CASE(
     "redis write-behind log: PutBehind writes the tier entry and the pending write "
-    "together; a flush upserts into PostgreSQL and empties the set",
+    "together, and a flush upserts into PostgreSQL and empties the set",
     "[redis_cache][write_behind]") {
   keel::test::RedisServer server;
   auto client = keel::test::MakeRedisClient(server.url());
