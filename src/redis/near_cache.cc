@@ -146,15 +146,18 @@ absl::Status NearCacheTracker::OnConnect(Connection& connection, Deadline deadli
     subscriber_id_ = own_id;
     // kPerKey: a reading connection tracked with another redirect (or none) sends its
     // invalidations nowhere: it must be set up again, pointing here.
-    repoint = client_ != nullptr && reader_redirect_ != own_id;
+    // Only one that is up: one not up yet, or still being set up, points here by itself.
+    repoint = client_ != nullptr && reader_up_ && reader_redirect_ != own_id;
   }
   UpdateTracking();
   if (repoint) {
     repoints_.fetch_add(1, std::memory_order_relaxed);
     client_->Reconnect(
         StrCat("near cache \"", name_, "\": its invalidation connection changed: tracking again"));
-    // A client that never connected has nothing to close: make it connect now, so tracking
-    // comes up without waiting for the first read. The reply does not matter.
+  }
+  if (client_ != nullptr) {
+    // A reading client not connected (never, or just closed) connects now, so tracking comes up
+    // without waiting for the first read. The reply does not matter.
     (void)client_->AsyncCommand(Deadline::After(redis_.connect_timeout, clock_), "PING");
   }
   return absl::OkStatus();
@@ -171,25 +174,26 @@ void NearCacheTracker::OnSubscriberDown() {
 absl::Status NearCacheTracker::OnReaderConnect(Connection& connection, Deadline deadline) {
   // Track with the subscriber's current id; if it changes while the command is on its way, do it
   // again with the new one. With the subscriber down, the connection is made untracked (reads
-  // work, the tier keeps nothing) and the subscriber re-points it once it is back.
+  // work, the tier keeps nothing) and the subscriber re-points it once it is back. The last check
+  // and the state it leaves are under one lock with the subscriber's update, so either this
+  // setup sees the subscriber's new id or the subscriber sees this connection and re-points it.
   int64_t id = 0;
   {
     MutexLock lock(mu_);
     id = subscriber_id_;
   }
-  while (id != 0) {
-    KEEL_RETURN_IF_ERROR(
-        connection.Command(deadline, "CLIENT", "TRACKING", "on", "REDIRECT", id).status());
+  for (;;) {
+    if (id != 0) {
+      KEEL_RETURN_IF_ERROR(
+          connection.Command(deadline, "CLIENT", "TRACKING", "on", "REDIRECT", id).status());
+    }
     MutexLock lock(mu_);
     if (subscriber_id_ == id) {
       reader_redirect_ = id;
+      reader_up_ = true;
       break;
     }
     id = subscriber_id_;
-  }
-  if (id == 0) {
-    MutexLock lock(mu_);
-    reader_redirect_ = 0;
   }
   UpdateTracking();
   return absl::OkStatus();
@@ -199,6 +203,7 @@ void NearCacheTracker::OnReaderLost() {
   {
     MutexLock lock(mu_);
     reader_redirect_ = 0;  // Redis forgot what the lost connection read
+    reader_up_ = false;
   }
   UpdateTracking();
 }

@@ -169,6 +169,7 @@ class NearCacheTracker {
   mutable Mutex mu_;
   int64_t subscriber_id_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t reader_redirect_ ABSL_GUARDED_BY(mu_) = 0;
+  bool reader_up_ ABSL_GUARDED_BY(mu_) = false;  // kPerKey: a reading connection is set up
   std::shared_ptr<Link> link_;
   std::shared_ptr<Client> client_;
   std::unique_ptr<Subscriber> subscriber_;
