@@ -91,10 +91,8 @@ TEST_CASE(
     "near cache: a write in one process drops the key from another's local tier within "
     "100 ms",
     "[redis_cache]") {
-  const NearCacheMode mode = GENERATE(NearCacheMode::kBroadcast, NearCacheMode::kPerKey);
-  INFO((mode == NearCacheMode::kPerKey ? "per key" : "broadcast"));
   keel::test::RedisServer server;
-  Process a(server.url(), "near", mode), b(server.url(), "near", mode);
+  Process a(server.url(), "near"), b(server.url(), "near");
   REQUIRE(a.Tracking());
   REQUIRE(b.Tracking());
   CHECK(a.Read("k", "v1") == "v1");
