@@ -158,40 +158,61 @@ CacheStats CacheCounters::Snapshot() const {
   return s;
 }
 
-absl::Status CacheCounters::Register(MetricsRegistry& metrics, const std::string& name) {
-  const auto keep = [&](absl::StatusOr<MetricsRegistry::Registration> r) -> absl::Status {
+namespace {
+
+// Registers one cache's series, each labelled with the cache's name, keeping the registrations.
+class Registrar {
+ public:
+  Registrar(MetricsRegistry& metrics, const std::string& name,
+            std::vector<MetricsRegistry::Registration>& out)
+      : metrics_(metrics), name_(name), out_(out) {}
+
+  absl::Status Keep(absl::StatusOr<MetricsRegistry::Registration> r) {
     if (!r.ok()) return r.status();
-    registrations.push_back(std::move(r).value());
+    out_.push_back(std::move(r).value());
     return absl::OkStatus();
-  };
-  const auto counter = [&](const char* family, const char* help, Labels labels,
-                           const std::atomic<uint64_t>& value) {
-    labels.emplace_back("name", name);
-    return keep(metrics.AddCounterCallback(family, help, labels, [&value] {
+  }
+  // A counter read from `value`; the name label is added to `labels`.
+  absl::Status Counter(const char* family, const char* help, Labels labels,
+                       const std::atomic<uint64_t>& value) {
+    labels.emplace_back("name", name_);
+    return Keep(metrics_.AddCounterCallback(family, help, labels, [&value] {
       return static_cast<double>(value.load(std::memory_order_relaxed));
     }));
-  };
+  }
+
+ private:
+  MetricsRegistry& metrics_;
+  const std::string& name_;
+  std::vector<MetricsRegistry::Registration>& out_;
+};
+
+}  // namespace
+
+absl::Status CacheCounters::Register(MetricsRegistry& metrics, const std::string& name) {
+  Registrar r(metrics, name, registrations);
   const char* lookups = "Cache reads (GetOrLoad, Get) by result.";
-  KEEL_RETURN_IF_ERROR(counter("keel_cache_lookups_total", lookups, {{"result", "hit"}}, hits));
-  KEEL_RETURN_IF_ERROR(counter("keel_cache_lookups_total", lookups, {{"result", "miss"}}, misses));
-  KEEL_RETURN_IF_ERROR(counter("keel_cache_negative_hits_total",
-                               "Cache reads answered NOT_FOUND by a negative entry.", {},
-                               negative_hits));
+  KEEL_RETURN_IF_ERROR(r.Counter("keel_cache_lookups_total", lookups, {{"result", "hit"}}, hits));
+  KEEL_RETURN_IF_ERROR(
+      r.Counter("keel_cache_lookups_total", lookups, {{"result", "miss"}}, misses));
+  KEEL_RETURN_IF_ERROR(r.Counter("keel_cache_negative_hits_total",
+                                 "Cache reads answered NOT_FOUND by a negative entry.", {},
+                                 negative_hits));
   const char* tier_reads =
       "Cache tier reads by result (error: the tier failed, the cache went on).";
   for (size_t i = 0; i < kinds.size(); ++i) {
     const std::pair<const char*, const std::atomic<uint64_t>*> results[] = {
         {"hit", &tiers[i].hits}, {"miss", &tiers[i].misses}, {"error", &tiers[i].errors}};
     for (const auto& [result, value] : results) {
-      KEEL_RETURN_IF_ERROR(counter("keel_cache_tier_reads_total", tier_reads,
-                                   {{"tier", kinds[i]}, {"result", result}}, *value));
+      KEEL_RETURN_IF_ERROR(r.Counter("keel_cache_tier_reads_total", tier_reads,
+                                     {{"tier", kinds[i]}, {"result", result}}, *value));
     }
-    KEEL_RETURN_IF_ERROR(counter("keel_cache_tier_write_errors_total",
-                                 "Cache tier writes that failed.", {{"tier", kinds[i]}},
-                                 tiers[i].write_errors));
+    KEEL_RETURN_IF_ERROR(r.Counter("keel_cache_tier_write_errors_total",
+                                   "Cache tier writes that failed.", {{"tier", kinds[i]}},
+                                   tiers[i].write_errors));
   }
   // Loads by result: ok is what is left of all loads after the two kinds of failure.
-  KEEL_RETURN_IF_ERROR(keep(metrics.AddCounterCallback(
+  KEEL_RETURN_IF_ERROR(r.Keep(metrics.AddCounterCallback(
       "keel_cache_loads_total", "Loader calls by result.", {{"name", name}, {"result", "ok"}},
       [this] {
         const auto get = [](const std::atomic<uint64_t>& a) {
@@ -199,38 +220,39 @@ absl::Status CacheCounters::Register(MetricsRegistry& metrics, const std::string
         };
         return static_cast<double>(get(loads) - get(load_not_found) - get(load_errors));
       })));
-  KEEL_RETURN_IF_ERROR(counter("keel_cache_loads_total", "Loader calls by result.",
-                               {{"result", "not_found"}}, load_not_found));
-  KEEL_RETURN_IF_ERROR(counter("keel_cache_loads_total", "Loader calls by result.",
-                               {{"result", "error"}}, load_errors));
-  KEEL_RETURN_IF_ERROR(counter("keel_cache_loader_exceptions_total",
-                               "Loader calls that threw (caught, returned as INTERNAL).", {},
-                               loader_exceptions));
+  KEEL_RETURN_IF_ERROR(r.Counter("keel_cache_loads_total", "Loader calls by result.",
+                                 {{"result", "not_found"}}, load_not_found));
+  KEEL_RETURN_IF_ERROR(r.Counter("keel_cache_loads_total", "Loader calls by result.",
+                                 {{"result", "error"}}, load_errors));
+  KEEL_RETURN_IF_ERROR(r.Counter("keel_cache_loader_exceptions_total",
+                                 "Loader calls that threw (caught, returned as INTERNAL).", {},
+                                 loader_exceptions));
   const char* waits = "Loads a cache read waited for instead of loading itself, by scope.";
   KEEL_RETURN_IF_ERROR(
-      counter("keel_cache_stampede_waits_total", waits, {{"scope", "process"}}, stampede_waits));
+      r.Counter("keel_cache_stampede_waits_total", waits, {{"scope", "process"}}, stampede_waits));
   KEEL_RETURN_IF_ERROR(
-      counter("keel_cache_stampede_waits_total", waits, {{"scope", "cluster"}}, lock_waits));
-  KEEL_RETURN_IF_ERROR(counter("keel_cache_stampede_lock_errors_total",
-                               "Stampede lock attempts that failed (loaded without the lock).", {},
-                               lock_errors));
-  KEEL_RETURN_IF_ERROR(counter("keel_cache_stampede_lock_timeouts_total",
-                               "Waits for another process's load that gave up and loaded.", {},
-                               lock_timeouts));
-  KEEL_RETURN_IF_ERROR(counter("keel_cache_early_recomputes_total",
-                               "Background reloads started early by XFetch.", {},
-                               early_recomputes));
+      r.Counter("keel_cache_stampede_waits_total", waits, {{"scope", "cluster"}}, lock_waits));
+  KEEL_RETURN_IF_ERROR(r.Counter("keel_cache_stampede_lock_errors_total",
+                                 "Stampede lock attempts that failed (loaded without the lock).",
+                                 {}, lock_errors));
+  KEEL_RETURN_IF_ERROR(r.Counter("keel_cache_stampede_lock_timeouts_total",
+                                 "Waits for another process's load that gave up and loaded.", {},
+                                 lock_timeouts));
+  KEEL_RETURN_IF_ERROR(r.Counter("keel_cache_early_recomputes_total",
+                                 "Background reloads started early by XFetch.", {},
+                                 early_recomputes));
   const char* refresh_help = "Background reloads (refresh-ahead, XFetch) by result.";
   KEEL_RETURN_IF_ERROR(
-      counter("keel_cache_refreshes_total", refresh_help, {{"result", "ok"}}, refreshes));
-  KEEL_RETURN_IF_ERROR(counter("keel_cache_refreshes_total", refresh_help, {{"result", "failed"}},
-                               refresh_failures));
-  KEEL_RETURN_IF_ERROR(counter("keel_cache_refreshes_total", refresh_help, {{"result", "dropped"}},
-                               refreshes_dropped));
+      r.Counter("keel_cache_refreshes_total", refresh_help, {{"result", "ok"}}, refreshes));
+  KEEL_RETURN_IF_ERROR(r.Counter("keel_cache_refreshes_total", refresh_help, {{"result", "failed"}},
+                                 refresh_failures));
+  KEEL_RETURN_IF_ERROR(r.Counter("keel_cache_refreshes_total", refresh_help,
+                                 {{"result", "dropped"}}, refreshes_dropped));
   const char* writes_help = "Write-through Put calls by result of the writer.";
-  KEEL_RETURN_IF_ERROR(counter("keel_cache_writes_total", writes_help, {{"result", "ok"}}, writes));
   KEEL_RETURN_IF_ERROR(
-      counter("keel_cache_writes_total", writes_help, {{"result", "error"}}, writer_errors));
+      r.Counter("keel_cache_writes_total", writes_help, {{"result", "ok"}}, writes));
+  KEEL_RETURN_IF_ERROR(
+      r.Counter("keel_cache_writes_total", writes_help, {{"result", "error"}}, writer_errors));
   KEEL_ASSIGN_OR_RETURN(
       load_seconds,
       metrics.AddHistogram("keel_cache_load_seconds", "Loader latency (foreground and background).",
@@ -248,58 +270,47 @@ Duration CacheCounters::WriteBehindLag(TimePoint now) const {
 
 absl::Status CacheCounters::RegisterWriteBehind(MetricsRegistry& metrics, const std::string& name,
                                                 const Clock& clock) {
-  const auto keep = [&](absl::StatusOr<MetricsRegistry::Registration> r) -> absl::Status {
-    if (!r.ok()) return r.status();
-    registrations.push_back(std::move(r).value());
-    return absl::OkStatus();
-  };
-  const auto counter = [&](const char* family, const char* help, Labels labels,
-                           const std::atomic<uint64_t>& value) {
-    labels.emplace_back("name", name);
-    return keep(metrics.AddCounterCallback(family, help, labels, [&value] {
-      return static_cast<double>(value.load(std::memory_order_relaxed));
-    }));
-  };
-  KEEL_RETURN_IF_ERROR(keep(metrics.AddGaugeCallback(
+  Registrar r(metrics, name, registrations);
+  KEEL_RETURN_IF_ERROR(r.Keep(metrics.AddGaugeCallback(
       "keel_cache_write_behind_pending",
       "Keys waiting for the write-behind writer (the batch being written included).",
       {{"name", name}},
       [this] { return static_cast<double>(wb_pending.load(std::memory_order_relaxed)); })));
-  KEEL_RETURN_IF_ERROR(keep(metrics.AddGaugeCallback(
+  KEEL_RETURN_IF_ERROR(r.Keep(metrics.AddGaugeCallback(
       "keel_cache_write_behind_lag_seconds",
       "How long the oldest pending write-behind write has waited.", {{"name", name}},
       [this, &clock] {
         return std::chrono::duration<double>(WriteBehindLag(clock.Now())).count();
       })));
   const char* writes = "Write-behind PutBehind calls by result.";
-  KEEL_RETURN_IF_ERROR(keep(metrics.AddCounterCallback(
+  KEEL_RETURN_IF_ERROR(r.Keep(metrics.AddCounterCallback(
       "keel_cache_write_behind_writes_total", writes, {{"name", name}, {"result", "new"}}, [this] {
         return static_cast<double>(wb_writes.load(std::memory_order_relaxed) -
                                    wb_coalesced.load(std::memory_order_relaxed));
       })));
-  KEEL_RETURN_IF_ERROR(counter("keel_cache_write_behind_writes_total", writes,
-                               {{"result", "coalesced"}}, wb_coalesced));
-  KEEL_RETURN_IF_ERROR(counter("keel_cache_write_behind_writes_total", writes,
-                               {{"result", "rejected"}}, wb_rejected));
-  KEEL_RETURN_IF_ERROR(counter("keel_cache_write_behind_flushed_total",
-                               "Writes the write-behind writer wrote to the source of truth.", {},
-                               wb_flushed));
-  KEEL_RETURN_IF_ERROR(counter("keel_cache_write_behind_batches_total",
-                               "Write-behind batches written.", {}, wb_batches));
-  KEEL_RETURN_IF_ERROR(counter("keel_cache_write_behind_failures_total",
-                               "Write-behind batches that failed after retries (kept pending).", {},
-                               wb_failures));
-  KEEL_RETURN_IF_ERROR(counter("keel_cache_write_behind_dropped_total",
-                               "Write-behind writes dropped because the writer refused them.", {},
-                               wb_dropped));
-  KEEL_RETURN_IF_ERROR(counter("keel_cache_write_behind_superseded_total",
-                               "Pending write-behind writes a write-through Put replaced.", {},
-                               wb_superseded));
-  KEEL_RETURN_IF_ERROR(counter("keel_cache_write_behind_errors_total",
-                               "Calls to the durable pending set that failed.", {}, wb_errors));
-  return counter("keel_cache_pending_reads_total",
-                 "Reads that missed every tier and were answered by a pending write.", {},
-                 pending_reads);
+  KEEL_RETURN_IF_ERROR(r.Counter("keel_cache_write_behind_writes_total", writes,
+                                 {{"result", "coalesced"}}, wb_coalesced));
+  KEEL_RETURN_IF_ERROR(r.Counter("keel_cache_write_behind_writes_total", writes,
+                                 {{"result", "rejected"}}, wb_rejected));
+  KEEL_RETURN_IF_ERROR(r.Counter("keel_cache_write_behind_flushed_total",
+                                 "Writes the write-behind writer wrote to the source of truth.", {},
+                                 wb_flushed));
+  KEEL_RETURN_IF_ERROR(r.Counter("keel_cache_write_behind_batches_total",
+                                 "Write-behind batches written.", {}, wb_batches));
+  KEEL_RETURN_IF_ERROR(r.Counter("keel_cache_write_behind_failures_total",
+                                 "Write-behind batches that failed after retries (kept pending).",
+                                 {}, wb_failures));
+  KEEL_RETURN_IF_ERROR(r.Counter("keel_cache_write_behind_dropped_total",
+                                 "Write-behind writes dropped because the writer refused them.", {},
+                                 wb_dropped));
+  KEEL_RETURN_IF_ERROR(r.Counter("keel_cache_write_behind_superseded_total",
+                                 "Pending write-behind writes a write-through Put replaced.", {},
+                                 wb_superseded));
+  KEEL_RETURN_IF_ERROR(r.Counter("keel_cache_write_behind_errors_total",
+                                 "Calls to the durable pending set that failed.", {}, wb_errors));
+  return r.Counter("keel_cache_pending_reads_total",
+                   "Reads that missed every tier and were answered by a pending write.", {},
+                   pending_reads);
 }
 
 }  // namespace keel::cache::internal
