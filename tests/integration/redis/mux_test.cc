@@ -16,6 +16,7 @@
 #include "keel/status.h"
 #include "redis/transport/call.h"
 #include "redis/transport/mux_connection.h"
+#include "support/sanitizers.h"
 
 using keel::Deadline;
 using keel::IoLoop;
@@ -117,7 +118,7 @@ TEST_CASE("redis mux: 64 threads over one connection each get their own replies"
   Options options = OptionsFor(server);
   auto client = Client::Create(options);
   REQUIRE(client.ok());
-#if defined(__SANITIZE_THREAD__)
+#if defined(KEEL_TEST_TSAN)
   constexpr int kPerThread = 1000;  // TSan runs ~10x slower; the interleavings are what matter
 #else
   constexpr int kPerThread = 10000;

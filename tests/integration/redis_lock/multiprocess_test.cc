@@ -23,6 +23,7 @@
 #include "keel/postgres/fencing.h"
 #include "keel/postgres/pool.h"
 #include "keel/redis/lock.h"
+#include "support/sanitizers.h"
 
 using keel::Deadline;
 using keel::redis::Lock;
@@ -33,7 +34,7 @@ namespace {
 
 // The size: 8 processes x 2000 critical sections. Under TSan (10x slower, and the
 // interleavings inside one process are what it checks) 2 processes x 2 threads x 40.
-#if defined(__SANITIZE_THREAD__)
+#if defined(KEEL_TEST_TSAN)
 constexpr int kProcesses = 2;
 constexpr int kThreads = 2;
 constexpr int kSections = 40;  // per thread

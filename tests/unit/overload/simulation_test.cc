@@ -34,6 +34,7 @@
 #include "keel/overload/gradient_limit.h"
 #include "keel/overload/vegas_limit.h"
 #include "keel/overload/windowed_limit.h"
+#include "support/sanitizers.h"
 
 namespace {
 
@@ -45,7 +46,7 @@ using keel::overload::AdaptiveLimiter;
 // The runs that are only printed for comparison (per-call updates, Gradient2 with 100 ms windows)
 // are skipped in the sanitizer builds: single-threaded and deterministic, they have nothing for
 // the sanitizers to find, and they would double the simulation's time there.
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#if defined(KEEL_TEST_ASAN) || defined(KEEL_TEST_TSAN)
 constexpr bool kComparisons = false;
 #else
 constexpr bool kComparisons = true;
