@@ -525,11 +525,18 @@ IoLoop::Scope::Scope(std::shared_ptr<IoLoop> loop, std::shared_ptr<ScopeState> s
 
 IoLoop::Scope::~Scope() { Close(); }
 
+// A task may own this scope and the loop's last handle, and run (on the loop thread) before the
+// call that queued it returns, destroying both: the call holds the loop's state and the scope's
+// until it returns, and reads nothing of the Scope object after queuing.
 bool IoLoop::Scope::Post(Task task) {
-  return loop_->impl_->Post(state_, std::move(task), /*fence=*/false);
+  const std::shared_ptr<Impl> impl = loop_->impl_;
+  const std::shared_ptr<ScopeState> state = state_;
+  return impl->Post(state, std::move(task), /*fence=*/false);
 }
 IoLoop::TimerId IoLoop::Scope::At(TimePoint when, Task task) {
-  return loop_->impl_->At(state_, when, std::move(task));
+  const std::shared_ptr<Impl> impl = loop_->impl_;
+  const std::shared_ptr<ScopeState> state = state_;
+  return impl->At(state, when, std::move(task));
 }
 bool IoLoop::Scope::Cancel(TimerId id) { return loop_->impl_->Cancel(*state_, id); }
 absl::StatusOr<IoLoop::WatchId> IoLoop::Scope::Watch(int fd, uint32_t events, Watcher* watcher) {
