@@ -27,8 +27,8 @@
 // No thread per call. ExecuteAsync runs the first attempt on the calling thread and each hedge
 // from the Timer's thread, posted to `executor` (default: inline on the timer's thread; pass a
 // keel::Executor of your own to keep the timer free); the attempts themselves return futures.
-// Execute, the blocking form, submits every attempt to a ThreadPoolBulkhead and waits, at most
-// until the call's deadline, when it cancels every attempt still running. The Pipeline stage
+// Execute, the blocking form, submits every attempt to a ThreadPoolBulkhead and waits. Both forms
+// end a call at its deadline, cancelling every attempt still running. The Pipeline stage
 // (async and blocking pipelines) is in hedge_stage.h.
 //
 // Latency samples: the delay should be a percentile of how long a call takes unhedged, which
@@ -124,7 +124,10 @@ class Hedge {
 
   // Runs `fn(const CallContext&)`, returning keel::Future<T>, hedged as above; the future
   // completes with the winner's result, or the last failure when every attempt failed, or
-  // INTERNAL when `fn` throws. Each attempt gets `ctx` with its own cancellation token (the
+  // INTERNAL when `fn` throws, or at ctx.deadline, if none of these came first, with
+  // DEADLINE_EXCEEDED (`hedge "<name>": no answer by the deadline`): then every attempt still
+  // running is cancelled through its token and no hedge is sent any more (the deadline is a timer
+  // on `timer`, its expiry posted to `executor` like the hedges). Each attempt gets `ctx` with its own cancellation token (the
   // caller's token is not forwarded: poll it in `fn` if you need both). `fn` is moved into the
   // call and may run on the timer's or the executor's thread after ExecuteAsync returns: it must
   // own (or outlive) what it captures, and never block.
@@ -176,6 +179,14 @@ class Hedge {
   // running (counted in cancelled_total). A decided call is left alone.
   template <typename T>
   static void Abandon(const std::shared_ptr<Call<T>>& call, absl::Status why);
+  // ExecuteAsync: abandons the call at its deadline (DEADLINE_EXCEEDED, attempts cancelled).
+  template <typename T>
+  static void ScheduleDeadline(const std::shared_ptr<Call<T>>& call);
+  // DEADLINE_EXCEEDED `hedge "<name>": no answer by the deadline`.
+  absl::Status Late() const {
+    return absl::DeadlineExceededError(
+        internal::StrCat("hedge \"", options_.name, "\": no answer by the deadline"));
+  }
   template <typename T>
   static void Launch(const std::shared_ptr<Call<T>>& call,
                      std::optional<RetryBudgetPolicy::Grant> grant);
@@ -207,7 +218,6 @@ struct HedgeStats {
   uint64_t hedges_total = 0;          // extra attempts sent
   uint64_t wins_total = 0;            // calls whose winner was a hedge
   uint64_t cancelled_total = 0;       // attempts cancelled: another won, or the deadline passed
-                                      // (blocking form)
   uint64_t refused_budget_total = 0;  // hedges the budget refused
   uint64_t not_idempotent_total = 0;  // calls run once because not marked idempotent
 };
@@ -229,6 +239,7 @@ struct Hedge::Call {
   bool done ABSL_GUARDED_BY(mu) = false;
   int outstanding ABSL_GUARDED_BY(mu) = 0;
   TimerId next_hedge ABSL_GUARDED_BY(mu) = 0;
+  TimerId deadline_timer ABSL_GUARDED_BY(mu) = 0;  // ExecuteAsync with a finite deadline
   // One per attempt started, in order.
   std::vector<CancellationSource> sources ABSL_GUARDED_BY(mu);
   std::vector<bool> finished ABSL_GUARDED_BY(mu);
@@ -247,6 +258,7 @@ auto Hedge::ExecuteAsync(Timer& timer, const CallContext& ctx, F fn, Executor& e
   std::shared_ptr<Call<T>> call =
       Begin<T>(timer, executor, ctx, std::function<Future<T>(const CallContext&)>(std::move(fn)));
   Future<T> out = call->promise.future();
+  if (!ctx.deadline.IsInfinite()) ScheduleDeadline<T>(call);
   Launch<T>(call, std::nullopt);
   return out;
 }
@@ -259,10 +271,7 @@ auto Hedge::Execute(Timer& timer, ThreadPoolBulkhead& pool, const CallContext& c
   auto submit = [p = &pool, shared](const CallContext& c) {
     return p->Submit([shared, c]() -> R { return (*shared)(c); });
   };
-  const auto late = [this] {
-    return absl::DeadlineExceededError(
-        internal::StrCat("hedge \"", options_.name, "\": no answer by the deadline"));
-  };
+  const auto late = [this] { return Late(); };
   if (!ctx.idempotent) {
     CountNotIdempotent();
     Future<T> f = submit(ctx);
@@ -298,17 +307,19 @@ template <typename T>
 void Hedge::Abandon(const std::shared_ptr<Call<T>>& call, absl::Status why) {
   Hedge& h = call->hedge;
   std::vector<CancellationSource> outstanding;
-  TimerId pending = 0;
+  TimerId pending = 0, deadline = 0;
   {
     MutexLock lock(call->mu);
     if (call->done) return;
     call->done = true;
     pending = std::exchange(call->next_hedge, 0);
+    deadline = std::exchange(call->deadline_timer, 0);
     for (size_t i = 0; i < call->sources.size(); ++i) {
       if (!call->finished[i]) outstanding.push_back(call->sources[i]);
     }
   }
   if (pending != 0) call->timer.Cancel(pending);
+  if (deadline != 0) call->timer.Cancel(deadline);
   for (CancellationSource& attempt : outstanding) attempt.Cancel();
   h.cancelled_.fetch_add(outstanding.size(), std::memory_order_relaxed);
   if (h.options_.budget != nullptr) h.options_.budget->OnCallFinished();
@@ -358,6 +369,23 @@ void Hedge::Launch(const std::shared_ptr<Call<T>>& call,
 }
 
 template <typename T>
+void Hedge::ScheduleDeadline(const std::shared_ptr<Call<T>>& call) {
+  // At the deadline nobody waits for the attempts any more: cancel them and answer. Through the
+  // executor, as the hedges are, so that the caller's continuation never runs on the timer.
+  const TimerId id = call->timer.Schedule(call->ctx.deadline.time(), [call] {
+    call->executor.Post([call] { Abandon<T>(call, call->hedge.Late()); });
+  });
+  {
+    MutexLock lock(call->mu);
+    if (!call->done) {
+      call->deadline_timer = id;
+      return;
+    }
+  }
+  call->timer.Cancel(id);
+}
+
+template <typename T>
 void Hedge::ScheduleHedge(const std::shared_ptr<Call<T>>& call, int number, TimePoint from) {
   const std::optional<Duration> d = call->hedge.delay();
   if (!d) return;  // no percentile yet
@@ -400,7 +428,7 @@ void Hedge::OnResult(const std::shared_ptr<Call<T>>& call, size_t index,
   }
   const bool final = ok || h.IsFinal(result.status());  // user code: before the lock
   std::vector<CancellationSource> losers;
-  TimerId pending = 0;
+  TimerId pending = 0, deadline = 0;
   std::optional<Duration> sample;  // the first attempt's latency, or a lower bound of it
   {
     MutexLock lock(call->mu);
@@ -412,11 +440,13 @@ void Hedge::OnResult(const std::shared_ptr<Call<T>>& call, size_t index,
     call->done = true;
     if (ok && (index == 0 || first_running)) sample = h.clock_.Now() - call->first_start;
     pending = std::exchange(call->next_hedge, 0);
+    deadline = std::exchange(call->deadline_timer, 0);
     for (size_t i = 0; i < call->sources.size(); ++i) {
       if (!call->finished[i]) losers.push_back(call->sources[i]);
     }
   }
   if (pending != 0) call->timer.Cancel(pending);
+  if (deadline != 0) call->timer.Cancel(deadline);
   for (CancellationSource& loser : losers) loser.Cancel();
   if (sample && !h.options_.delay) h.latency_.Record(*sample);
   h.cancelled_.fetch_add(losers.size(), std::memory_order_relaxed);

@@ -222,9 +222,34 @@ TEST_CASE("hedge sends no hedge at or past the call's deadline") {
   Fixture f;
   Hedge* hedge = f.Keep(Hedge::Create({.name = "search", .delay = 10ms}, f.clock).value());
   keel::Future<int> out = f.Run(*hedge, Idempotent(keel::Deadline::After(10ms, f.clock)));
-  CHECK(f.timer->Stats().pending == 0);
+  CHECK(f.timer->Stats().pending == 1);  // the deadline's timer, no hedge
   f.attempts.Complete(0, 1);
   CHECK(out.Get().ok());
+  CHECK(f.timer->Stats().pending == 0);  // decided: the deadline's timer is withdrawn
+  f.clock.Advance(1s);
+  CHECK(f.attempts.started() == 1);
+}
+
+TEST_CASE("hedge ends an async call at its deadline and cancels every attempt still running") {
+  Fixture f;
+  Hedge* hedge =
+      f.Keep(Hedge::Create({.name = "search", .delay = 10ms, .max_hedges = 2}, f.clock).value());
+  keel::Future<int> out = f.Run(*hedge, Idempotent(keel::Deadline::After(25ms, f.clock)));
+  f.clock.Advance(10ms);
+  f.attempts.AwaitStarted(2);
+  f.clock.Advance(10ms);
+  f.attempts.AwaitStarted(3);
+  CHECK_FALSE(out.ready());
+  f.clock.Advance(5ms);  // the deadline: nobody waits for the attempts any more
+  absl::StatusOr<int> r = out.Get();
+  REQUIRE(absl::IsDeadlineExceeded(r.status()));
+  CHECK(r.status().message() == "hedge \"search\": no answer by the deadline");
+  for (size_t i = 0; i < 3; ++i) CHECK(f.attempts.cancelled(i));
+  CHECK(hedge->Stats().cancelled_total == 3);
+  f.attempts.Complete(2, 42);  // a late answer changes nothing
+  f.clock.Advance(1s);
+  CHECK(f.attempts.started() == 3);
+  CHECK(hedge->Stats().wins_total == 0);
 }
 
 TEST_CASE("hedge's delay follows the percentile of recent latency") {
