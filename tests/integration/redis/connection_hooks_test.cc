@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "integration/redis/client_list.h"
 #include "integration/redis/test_server.h"
 #include "keel/redis/client.h"
 #include "keel/redis/connection.h"
@@ -26,19 +27,9 @@ std::string MessageOf(const absl::Status& s) { return std::string(s.message()); 
 
 // The ids of the server's connections named `name` (CLIENT LIST).
 std::vector<std::string> IdsNamed(Client& admin, const std::string& name) {
-  auto list = admin.Command(Deadline::After(1s), "CLIENT", "LIST");
-  REQUIRE(list.ok());
   std::vector<std::string> ids;
-  const std::string text = list->str();
-  size_t at = 0;
-  while (at < text.size()) {
-    size_t end = text.find('\n', at);
-    if (end == std::string::npos) end = text.size();
-    const std::string line = text.substr(at, end - at);
-    at = end + 1;
-    if (line.find(" name=" + name + " ") == std::string::npos) continue;
-    const size_t id = line.find("id=");
-    ids.push_back(line.substr(id + 3, line.find(' ', id) - id - 3));
+  for (auto& c : keel::test::ClientList(admin)) {
+    if (c["name"] == name) ids.push_back(c["id"]);
   }
   return ids;
 }

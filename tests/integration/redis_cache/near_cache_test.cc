@@ -10,6 +10,7 @@
 #include <string>
 #include <thread>
 
+#include "integration/redis/client_list.h"
 #include "integration/redis/test_server.h"
 #include "integration/redis_limits/helpers.h"
 #include "keel/cache/cache.h"
@@ -223,26 +224,13 @@ TEST_CASE("near cache: a fill that races with an invalidation of its key is not 
 
 namespace {
 
-// The id of the one connection of `admin`'s server whose CLIENT LIST flags contain `flag` and
-// that is not `admin`'s own connection.
+// The id of the one connection of `admin`'s server whose CLIENT LIST flags contain `flag`.
 std::string IdWithFlag(keel::redis::Client& admin, char flag) {
-  auto list = admin.Command(Deadline::After(1s), "CLIENT", "LIST");
-  REQUIRE(list.ok());
-  const std::string text = list->str();
   std::string found;
-  size_t at = 0;
-  while (at < text.size()) {
-    size_t end = text.find('\n', at);
-    if (end == std::string::npos) end = text.size();
-    const std::string line = text.substr(at, end - at);
-    at = end + 1;
-    const size_t f = line.find(" flags=");
-    if (f == std::string::npos) continue;
-    const std::string flags = line.substr(f + 7, line.find(' ', f + 7) - f - 7);
-    if (flags.find(flag) == std::string::npos) continue;
-    const size_t id = line.find("id=");
+  for (auto& c : keel::test::ClientList(admin)) {
+    if (c["flags"].find(flag) == std::string::npos) continue;
     REQUIRE(found.empty());  // exactly one
-    found = line.substr(id + 3, line.find(' ', id) - id - 3);
+    found = c["id"];
   }
   REQUIRE(!found.empty());
   return found;
