@@ -428,7 +428,7 @@ void AsyncEngine::OnReady(Lane& lane, uint32_t events) {
   UpdateWatch(lane);
 }
 
-void AsyncEngine::CloseAll(const std::string& why) {
+std::vector<std::unique_ptr<AsyncEngine::Op>> AsyncEngine::TakeAll(bool unwatch) {
   std::vector<std::unique_ptr<Op>> left;
   std::vector<std::pair<int, absl::StatusOr<std::unique_ptr<Connection>>>> opened;
   {
@@ -441,14 +441,20 @@ void AsyncEngine::CloseAll(const std::string& why) {
       for (auto& op : *q) left.push_back(std::move(op));
       q->clear();
     }
-    lane->state = Lane::State::kDown;
-    lane->flushing = false;
-    UpdateWatch(*lane);
+    if (unwatch) {
+      lane->state = Lane::State::kDown;
+      lane->flushing = false;
+      UpdateWatch(*lane);
+    }
     lane->conn.reset();
   }
+  return left;  // `opened` goes here, before the calls are completed
+}
+
+void AsyncEngine::CloseAll(const std::string& why) {
+  std::vector<std::unique_ptr<Op>> left = TakeAll(/*unwatch=*/true);
   if (timer_ != 0) scope_->Cancel(timer_);
   timer_ = 0;
-  opened.clear();
   for (auto& op : left) Complete(*op, absl::CancelledError(why));
 }
 
@@ -486,21 +492,7 @@ void AsyncEngine::Shutdown() {
     for (auto& lane : lanes_) {
       if (lane->connector.joinable()) lane->connector.join();
     }
-    std::vector<std::unique_ptr<Op>> left;
-    std::vector<std::pair<int, absl::StatusOr<std::unique_ptr<Connection>>>> opened;
-    {
-      MutexLock lock(mu_);
-      left.swap(incoming_);
-      opened.swap(connected_);
-    }
-    for (auto& lane : lanes_) {
-      for (auto* q : {&lane->waiting, &lane->in_flight}) {
-        for (auto& op : *q) left.push_back(std::move(op));
-        q->clear();
-      }
-      lane->conn.reset();
-    }
-    opened.clear();
+    std::vector<std::unique_ptr<Op>> left = TakeAll(/*unwatch=*/false);
     for (auto& op : left) {
       Complete(*op, absl::CancelledError(StrCat(settings_.component, ": shut down")));
     }

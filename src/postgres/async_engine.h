@@ -97,6 +97,10 @@ class AsyncEngine {
   void Rearm();
   // Completes everything with CANCELLED `why` and closes the connections.
   void CloseAll(const std::string& why) ABSL_LOCKS_EXCLUDED(mu_);
+  // Empties the engine: returns the calls queued, waiting and in flight (to complete outside),
+  // drops the connections opened and not yet taken and every lane's connection. `unwatch`: on the
+  // loop thread, the lanes' watches still registered, so they are marked down and unwatched too.
+  std::vector<std::unique_ptr<Op>> TakeAll(bool unwatch) ABSL_LOCKS_EXCLUDED(mu_);
   void LoopStopped() ABSL_LOCKS_EXCLUDED(mu_);
   void Assign(std::vector<std::unique_ptr<Op>>& incoming);
   void Drive(Lane& lane, TimePoint now);
