@@ -127,10 +127,10 @@ class Hedge {
   // INTERNAL when `fn` throws, or at ctx.deadline, if none of these came first, with
   // DEADLINE_EXCEEDED (`hedge "<name>": no answer by the deadline`): then every attempt still
   // running is cancelled through its token and no hedge is sent any more (the deadline is a timer
-  // on `timer`, its expiry posted to `executor` like the hedges). Each attempt gets `ctx` with its own cancellation token (the
-  // caller's token is not forwarded: poll it in `fn` if you need both). `fn` is moved into the
-  // call and may run on the timer's or the executor's thread after ExecuteAsync returns: it must
-  // own (or outlive) what it captures, and never block.
+  // on `timer`, its expiry posted to `executor` like the hedges). Each attempt gets `ctx` with its
+  // own cancellation token (the caller's token is not forwarded: poll it in `fn` if you need both).
+  // `fn` is moved into the call and may run on the timer's or the executor's thread after
+  // ExecuteAsync returns: it must own (or outlive) what it captures, and never block.
   template <typename F>
   auto ExecuteAsync(Timer& timer, const CallContext& ctx, F fn,
                     Executor& executor = InlineExecutor());
