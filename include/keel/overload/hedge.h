@@ -271,12 +271,11 @@ auto Hedge::Execute(Timer& timer, ThreadPoolBulkhead& pool, const CallContext& c
   auto submit = [p = &pool, shared](const CallContext& c) {
     return p->Submit([shared, c]() -> R { return (*shared)(c); });
   };
-  const auto late = [this] { return Late(); };
   if (!ctx.idempotent) {
     CountNotIdempotent();
     Future<T> f = submit(ctx);
     absl::StatusOr<T> r = f.Get(ctx.deadline);
-    if (absl::IsDeadlineExceeded(r.status()) && !f.ready()) return absl::StatusOr<T>(late());
+    if (absl::IsDeadlineExceeded(r.status()) && !f.ready()) return absl::StatusOr<T>(Late());
     return r;
   }
   std::shared_ptr<Call<T>> call =
@@ -288,7 +287,7 @@ auto Hedge::Execute(Timer& timer, ThreadPoolBulkhead& pool, const CallContext& c
   // the attempts any more, so they are cancelled, unless one decided the call meanwhile: either
   // way the future now holds the answer.
   if (absl::IsDeadlineExceeded(r.status()) && !f.ready()) {
-    Abandon<T>(call, late());
+    Abandon<T>(call, Late());
     return f.Get();
   }
   return r;
